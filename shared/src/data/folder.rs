@@ -1,0 +1,115 @@
+//! Image folders: one sub-folder per class, PNG or JPEG files inside (the layout of torchvision's
+//! `ImageFolder`). The binary walks the folder; this module decodes and resizes the bytes.
+
+use image::imageops::FilterType;
+
+use super::{DataError, ImageDataset, ImageShape};
+
+/// One file of an image folder.
+#[derive(Debug, Clone)]
+pub struct FolderEntry {
+    /// The sub-folder's name: the class.
+    pub class: String,
+    /// The file's name, for error messages.
+    pub file_name: String,
+    /// The encoded image.
+    pub bytes: Vec<u8>,
+}
+
+/// Decodes every entry, converts it to `target.channels` (1: luminance, 3: RGB) and resizes it to
+/// `target.height × target.width` (Lanczos3 when shrinking, triangle when enlarging). Classes are
+/// the sorted distinct sub-folder names.
+pub fn decode_image_folder(
+    entries: &[FolderEntry],
+    target: ImageShape,
+) -> Result<ImageDataset, DataError> {
+    if entries.is_empty() {
+        return Err(DataError::Empty("the folder holds no image files".into()));
+    }
+    if target.channels != 1 && target.channels != 3 {
+        return Err(DataError::Inconsistent(format!(
+            "images can have 1 or 3 channels, not {}",
+            target.channels
+        )));
+    }
+    let mut class_names: Vec<String> = entries.iter().map(|e| e.class.clone()).collect();
+    class_names.sort();
+    class_names.dedup();
+    let mut images = Vec::with_capacity(entries.len() * target.len());
+    let mut labels = Vec::with_capacity(entries.len());
+    for e in entries {
+        let name = format!("{}/{}", e.class, e.file_name);
+        let img = image::load_from_memory(&e.bytes)
+            .map_err(|err| DataError::corrupt(&name, format!("cannot decode the image ({err})")))?;
+        let (w, h) = (target.width as u32, target.height as u32);
+        let filter = if img.width() > w || img.height() > h {
+            FilterType::Lanczos3
+        } else {
+            FilterType::Triangle
+        };
+        let resized = img.resize_exact(w, h, filter);
+        if target.channels == 1 {
+            images.extend(resized.to_luma8().pixels().map(|p| f32::from(p.0[0]) / 255.0));
+        } else {
+            let rgb = resized.to_rgb8();
+            for c in 0..3 {
+                images.extend(rgb.pixels().map(|p| f32::from(p.0[c]) / 255.0));
+            }
+        }
+        let label = class_names.binary_search(&e.class).unwrap_or_default() as u32;
+        labels.push(label);
+    }
+    ImageDataset::new(images, labels, target, class_names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::{ImageFormat, Rgb, RgbImage};
+    use std::io::Cursor;
+
+    fn encoded(colour: [u8; 3], format: ImageFormat) -> Vec<u8> {
+        let img = RgbImage::from_pixel(10, 6, Rgb(colour));
+        let mut out = Cursor::new(Vec::new());
+        img.write_to(&mut out, format).unwrap();
+        out.into_inner()
+    }
+
+    fn entry(class: &str, file: &str, bytes: Vec<u8>) -> FolderEntry {
+        FolderEntry {
+            class: class.into(),
+            file_name: file.into(),
+            bytes,
+        }
+    }
+
+    #[test]
+    fn decodes_png_and_jpeg_resizes_and_labels_by_sorted_folder() {
+        let entries = vec![
+            entry("zebra", "a.png", encoded([255, 0, 0], ImageFormat::Png)),
+            entry("apple", "b.jpg", encoded([0, 0, 255], ImageFormat::Jpeg)),
+        ];
+        let d = decode_image_folder(&entries, ImageShape::new(3, 4, 4)).unwrap();
+        assert_eq!(d.class_names, vec!["apple", "zebra"]);
+        assert_eq!(d.labels, vec![1, 0]);
+        assert_eq!(d.image(0)[0], 1.0); // red channel of the red PNG
+        assert_eq!(d.image(0)[16], 0.0); // its green channel
+        assert!(d.image(1)[32] > 0.9); // blue channel of the (lossy) blue JPEG
+        let grey = decode_image_folder(&entries, ImageShape::new(1, 8, 8)).unwrap();
+        assert_eq!(grey.shape.len(), 64);
+        assert!((grey.image(0)[0] - 0.2126).abs() < 0.01, "{}", grey.image(0)[0]);
+    }
+
+    #[test]
+    fn corrupt_file_is_named() {
+        let mut png = encoded([1, 2, 3], ImageFormat::Png);
+        png.truncate(png.len() / 2);
+        let entries = vec![
+            entry("cats", "ok.png", encoded([1, 2, 3], ImageFormat::Png)),
+            entry("cats", "broken.png", png),
+        ];
+        let err = decode_image_folder(&entries, ImageShape::new(1, 4, 4)).unwrap_err();
+        assert!(err.to_string().starts_with("cats/broken.png: cannot decode"), "{err}");
+        assert!(decode_image_folder(&[], ImageShape::new(1, 4, 4)).is_err());
+    }
+}

@@ -1,0 +1,22 @@
+//! # Veil core
+//!
+//! Everything secret and everything numerical in Veil, written once for any burn
+//! [`Device`](burn::tensor::Device) and run unchanged natively (the `veil` server and CLI) and in
+//! the browser (the wasm client, on WebGPU or the CPU). This crate does no IO: it takes bytes and
+//! returns values; the binaries read files and talk to networks.
+//!
+//! - [`keys`], [`keyfile`]: master keys, HKDF subkeys, fingerprints, passphrase-wrapped key files.
+//! - [`haar`]: Haar-random orthogonal matrices from a key, bit-identical on every platform.
+//! - [`data`]: dataset decoders (UCI digits, MNIST IDX, CIFAR-10, image folders), splits, and a
+//!   synthetic generator.
+//! - [`model`], [`train`]: the small CNN and its training loop.
+
+pub mod data;
+pub mod haar;
+pub mod keyfile;
+pub mod keys;
+pub mod model;
+pub mod testvectors;
+pub mod train;
+
+pub use burn;

@@ -1,0 +1,186 @@
+//! The small CNN classifier: defined once, trained natively by `veil train-demo` and by the ML
+//! factory, and run in the browser with the same weights.
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig, MaxPool2d, MaxPool2dConfig};
+use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig, PaddingConfig2d};
+use burn::prelude::*;
+use burn::store::ModuleRecord;
+use burn::tensor::activation::{relu, softmax};
+
+use crate::data::ImageShape;
+
+/// A model that maps a batch of images `[B, C, H, W]` to class logits `[B, K]`.
+pub trait Classifier: Module + Clone {
+    /// Class logits.
+    fn forward(&self, images: Tensor<4>) -> Tensor<2>;
+
+    /// Class probabilities (softmax of the logits).
+    fn probabilities(&self, images: Tensor<4>) -> Tensor<2> {
+        softmax(self.forward(images), 1)
+    }
+}
+
+/// Configuration of [`SmallCnn`].
+#[derive(Config, Debug, PartialEq)]
+pub struct SmallCnnConfig {
+    /// Input channels.
+    pub channels: usize,
+    /// Input height.
+    pub height: usize,
+    /// Input width.
+    pub width: usize,
+    /// Number of classes.
+    pub num_classes: usize,
+    /// Filters of the first convolution; later ones have 2× and 4× as many.
+    #[config(default = 16)]
+    pub base_filters: usize,
+    /// Units of the hidden dense layer.
+    #[config(default = 64)]
+    pub hidden: usize,
+    /// Dropout before the output layer.
+    #[config(default = 0.25)]
+    pub dropout: f64,
+}
+
+/// Three 3×3 convolutions (f, 2f, 4f filters) with ReLU, a 2×2 max-pool after the second, an
+/// adaptive average pool to 2×2, a hidden dense layer and the output layer. Works for any input of
+/// at least 4×4 pixels (8×8 digits, 28×28 MNIST, 32×32 CIFAR).
+#[derive(Module, Debug)]
+pub struct SmallCnn {
+    conv1: Conv2d,
+    conv2: Conv2d,
+    conv3: Conv2d,
+    pool: MaxPool2d,
+    squeeze: AdaptiveAvgPool2d,
+    hidden: Linear,
+    dropout: Dropout,
+    output: Linear,
+}
+
+impl SmallCnnConfig {
+    /// The configuration for images of `shape` and `num_classes` classes, other fields default.
+    pub fn for_shape(shape: ImageShape, num_classes: usize) -> Self {
+        Self::new(shape.channels, shape.height, shape.width, num_classes)
+    }
+
+    /// The input shape.
+    pub fn input_shape(&self) -> ImageShape {
+        ImageShape::new(self.channels, self.height, self.width)
+    }
+
+    /// A freshly initialised model on `device`.
+    pub fn init(&self, device: &Device) -> SmallCnn {
+        let f = self.base_filters;
+        let conv = |i, o| {
+            Conv2dConfig::new([i, o], [3, 3])
+                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                .init(device)
+        };
+        SmallCnn {
+            conv1: conv(self.channels, f),
+            conv2: conv(f, 2 * f),
+            conv3: conv(2 * f, 4 * f),
+            pool: MaxPool2dConfig::new([2, 2]).with_strides([2, 2]).init(),
+            squeeze: AdaptiveAvgPool2dConfig::new([2, 2]).init(),
+            hidden: LinearConfig::new(4 * f * 4, self.hidden).init(device),
+            dropout: DropoutConfig::new(self.dropout).init(),
+            output: LinearConfig::new(self.hidden, self.num_classes).init(device),
+        }
+    }
+
+    /// The model with the weights of a burnpack record (as written by [`SmallCnn::to_bytes`]).
+    pub fn load(&self, bytes: &[u8], device: &Device) -> Result<SmallCnn, ModelError> {
+        let record = ModuleRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes.to_vec()))
+            .map_err(|e| ModelError::Weights(e.to_string()))?;
+        // Load and check on the CPU, where parameters can be read synchronously, then move.
+        let model = self
+            .init(&Device::flex())
+            .try_load_record(record)
+            .map_err(|e| ModelError::Weights(e.to_string()))?;
+        check_finite(&model)?;
+        Ok(model.to_device(device))
+    }
+}
+
+impl SmallCnn {
+    /// The weights as a burnpack byte buffer.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, ModelError> {
+        let bytes = self
+            .clone()
+            .into_record()
+            .into_bytes()
+            .map_err(|e| ModelError::Weights(e.to_string()))?;
+        Ok(bytes.to_vec())
+    }
+}
+
+impl Classifier for SmallCnn {
+    fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+        let x = relu(self.conv1.forward(images));
+        let x = self.pool.forward(relu(self.conv2.forward(x)));
+        let x = relu(self.conv3.forward(x));
+        let x = self.squeeze.forward(x).flatten::<2>(1, 3);
+        let x = relu(self.hidden.forward(x));
+        self.output.forward(self.dropout.forward(x))
+    }
+}
+
+/// Why a model could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// The weights do not fit the architecture, or the bytes are not a burnpack record.
+    #[error("the weights cannot be loaded: {0}")]
+    Weights(String),
+    /// A parameter holds NaN or infinity.
+    #[error("the weights hold non-finite values (NaN or infinity) in {0}")]
+    NonFinite(String),
+}
+
+/// Refuses weights with NaN or infinite values, naming the first offending parameter.
+///
+/// Reads every parameter synchronously: call it on a CPU (flex) device, before moving the model
+/// to a WebGPU device (where synchronous reads are not allowed).
+pub fn check_finite<M: Module>(model: &M) -> Result<(), ModelError> {
+    let mut visitor = FiniteCheck::default();
+    model.visit(&mut visitor);
+    match visitor.first_bad {
+        Some(path) => Err(ModelError::NonFinite(path)),
+        None => Ok(()),
+    }
+}
+
+#[derive(Default)]
+struct FiniteCheck {
+    path: Vec<String>,
+    first_bad: Option<String>,
+}
+
+impl ModuleVisitor for FiniteCheck {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_owned());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if self.first_bad.is_some() {
+            return;
+        }
+        let finite = param
+            .val()
+            .into_data()
+            .iter::<f32>()
+            .all(f32::is_finite);
+        if !finite {
+            self.first_bad = Some(if self.path.is_empty() {
+                "the model".to_owned()
+            } else {
+                self.path.join(".")
+            });
+        }
+    }
+}
