@@ -1,1 +1,104 @@
-fn main() {}
+//! `veil`: the companion server and command-line tool.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+mod demo;
+
+#[derive(Parser)]
+#[command(
+    name = "veil",
+    version,
+    about = "Veil: privacy-preserving ML on images. Companion server and tools."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the pages, the wasm client and the API (the default command).
+    Serve(ServeArgs),
+    /// Train the demo CNN on the embedded digits and write its weights and model card.
+    TrainDemo(demo::TrainDemoArgs),
+}
+
+#[derive(clap::Args, Default)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "VEIL_BIND", default_value = "127.0.0.1:8080")]
+    bind: Option<SocketAddr>,
+    /// Folder of the pages (with the built wasm package in `pkg/`).
+    #[arg(long, env = "VEIL_WWW")]
+    www: Option<PathBuf>,
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new("info,tower_http=info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
+        Command::Serve(args) => serve(args),
+        Command::TrainDemo(args) => demo::train_demo(args),
+    }
+}
+
+fn serve(args: ServeArgs) -> Result<()> {
+    let bind = args
+        .bind
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
+    let www = args.www.unwrap_or_else(veil_server::default_www_dir);
+    if !www.join("pkg").join("veil_client.js").exists() {
+        tracing::warn!(
+            "{} has no built wasm client (pkg/veil_client.js): run `cargo xtask serve`, which builds it",
+            www.display()
+        );
+    }
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(bind)
+            .await
+            .with_context(|| format!("cannot listen on {bind}"))?;
+        let addr = listener.local_addr()?;
+        tracing::info!("Veil is serving {} at http://{addr}/", www.display());
+        // Tests and scripts read this line to learn the port when binding to port 0.
+        println!("listening on http://{addr}/");
+        let app = veil_server::app(veil_server::AppState::with_defaults(www));
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+            .context("server error")
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down");
+}

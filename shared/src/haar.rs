@@ -108,7 +108,11 @@ impl HaarRotation {
 
     /// `A·x`.
     pub fn apply(&self, x: &[f64]) -> Vec<f64> {
-        assert_eq!(x.len(), self.dim, "vector length must equal the rotation's dimension");
+        assert_eq!(
+            x.len(),
+            self.dim,
+            "vector length must equal the rotation's dimension"
+        );
         self.entries
             .chunks_exact(self.dim)
             .map(|row| row.iter().zip(x).map(|(a, b)| a * b).sum())
@@ -117,7 +121,11 @@ impl HaarRotation {
 
     /// `Aᵀ·y`, the inverse rotation.
     pub fn apply_transpose(&self, y: &[f64]) -> Vec<f64> {
-        assert_eq!(y.len(), self.dim, "vector length must equal the rotation's dimension");
+        assert_eq!(
+            y.len(),
+            self.dim,
+            "vector length must equal the rotation's dimension"
+        );
         let mut out = vec![0.0; self.dim];
         for (row, &yi) in self.entries.chunks_exact(self.dim).zip(y) {
             for (o, a) in out.iter_mut().zip(row) {
@@ -171,10 +179,18 @@ mod tests {
         let mut rng = ChaCha20Rng::seed_from_u64(1);
         for dim in [1, 2, 5, 64, 256] {
             let a = HaarRotation::sample(&mut rng, dim);
-            assert!(a.orthogonality_error() < 1e-12, "dim {dim}: {}", a.orthogonality_error());
+            assert!(
+                a.orthogonality_error() < 1e-12,
+                "dim {dim}: {}",
+                a.orthogonality_error()
+            );
             let x: Vec<f64> = (0..dim).map(|i| (i as f64).sin()).collect();
             let back = a.apply_transpose(&a.apply(&x));
-            let err = x.iter().zip(&back).map(|(p, q)| (p - q).abs()).fold(0.0, f64::max);
+            let err = x
+                .iter()
+                .zip(&back)
+                .map(|(p, q)| (p - q).abs())
+                .fold(0.0, f64::max);
             assert!(err < 1e-12);
         }
     }
@@ -230,7 +246,10 @@ mod tests {
         let se_mean = (1.0 / n).sqrt();
         let se_var = (2.0 / n).sqrt();
         assert!(mean.abs() < 3.0 * se_mean, "mean {mean} (se {se_mean})");
-        assert!((var - 1.0).abs() < 3.0 * se_var, "variance {var} (se {se_var})");
+        assert!(
+            (var - 1.0).abs() < 3.0 * se_var,
+            "variance {var} (se {se_var})"
+        );
     }
 
     /// Under the Haar measure every entry is symmetric about 0, so P(A₀₀ > 0) = 1/2. LAPACK's
@@ -258,6 +277,9 @@ mod tests {
         let haar = haar_pos as f64 / draws as f64;
         let lapack = lapack_pos as f64 / draws as f64;
         assert!((haar - 0.5).abs() < 3.0 * se, "Haar: P(A00 > 0) = {haar}");
-        assert!((lapack - 0.5).abs() > 10.0 * se, "LAPACK convention: P(Q00 > 0) = {lapack}");
+        assert!(
+            (lapack - 0.5).abs() > 10.0 * se,
+            "LAPACK convention: P(Q00 > 0) = {lapack}"
+        );
     }
 }

@@ -236,12 +236,20 @@ impl KeyFile {
                     "its format is {other:?}, expected {FORMAT:?}"
                 )));
             }
-            None => return Err(KeyFileError::NotAKeyFile("it has no \"format\" field".into())),
+            None => {
+                return Err(KeyFileError::NotAKeyFile(
+                    "it has no \"format\" field".into(),
+                ));
+            }
         }
         match obj.get("version").and_then(|v| v.as_u64()) {
             Some(v) if v == u64::from(VERSION) => {}
             Some(found) => return Err(KeyFileError::UnsupportedVersion { found }),
-            None => return Err(KeyFileError::Malformed("missing or non-numeric \"version\"".into())),
+            None => {
+                return Err(KeyFileError::Malformed(
+                    "missing or non-numeric \"version\"".into(),
+                ));
+            }
         }
         let file: KeyFile =
             serde_json::from_value(value).map_err(|e| KeyFileError::Malformed(e.to_string()))?;
@@ -282,7 +290,13 @@ impl KeyFile {
                 let aad = self.associated_data();
                 Zeroizing::new(
                     cipher
-                        .decrypt(XNonce::from_slice(&nonce), Payload { msg: &ct, aad: &aad })
+                        .decrypt(
+                            XNonce::from_slice(&nonce),
+                            Payload {
+                                msg: &ct,
+                                aad: &aad,
+                            },
+                        )
                         .map_err(|_| KeyFileError::WrongPassphraseOrTampered)?,
                 )
             }
@@ -293,7 +307,10 @@ impl KeyFile {
             }
         };
         let arr: [u8; KEY_LEN] = bytes.as_slice().try_into().map_err(|_| {
-            KeyFileError::Malformed(format!("the key is {} bytes, expected {KEY_LEN}", bytes.len()))
+            KeyFileError::Malformed(format!(
+                "the key is {} bytes, expected {KEY_LEN}",
+                bytes.len()
+            ))
         })?;
         let key = MasterKey::from_bytes(arr);
         if key.fingerprint().to_string() != self.fingerprint {
@@ -309,7 +326,9 @@ impl KeyFile {
             .ok_or_else(|| KeyFileError::Malformed("not a wrapped key file".into()))?;
         let salt = decode_b64("salt", &w.salt)?;
         if salt.len() < 8 {
-            return Err(KeyFileError::Malformed("the salt is shorter than 8 bytes".into()));
+            return Err(KeyFileError::Malformed(
+                "the salt is shorter than 8 bytes".into(),
+            ));
         }
         let mut out = Zeroizing::new([0u8; 32]);
         w.cost
@@ -344,7 +363,8 @@ mod tests {
 
     fn wrapped() -> (MasterKey, String) {
         let key = MasterKey::generate().unwrap();
-        let file = KeyFile::wrap(&key, "lab", "correct horse", KdfCost::INSECURE_FOR_TESTS).unwrap();
+        let file =
+            KeyFile::wrap(&key, "lab", "correct horse", KdfCost::INSECURE_FOR_TESTS).unwrap();
         (key, file.to_json())
     }
 
@@ -361,7 +381,10 @@ mod tests {
     fn plain_round_trip() {
         let key = MasterKey::generate().unwrap();
         let json = KeyFile::plain(&key, "k").to_json();
-        assert_eq!(KeyFile::from_json(&json).unwrap().unlock(None).unwrap(), key);
+        assert_eq!(
+            KeyFile::from_json(&json).unwrap().unlock(None).unwrap(),
+            key
+        );
     }
 
     #[test]
@@ -372,7 +395,10 @@ mod tests {
             file.unlock(Some("wrong")),
             Err(KeyFileError::WrongPassphraseOrTampered)
         ));
-        assert!(matches!(file.unlock(None), Err(KeyFileError::PassphraseRequired)));
+        assert!(matches!(
+            file.unlock(None),
+            Err(KeyFileError::PassphraseRequired)
+        ));
     }
 
     #[test]
@@ -380,7 +406,10 @@ mod tests {
         let (_, json) = wrapped();
         for cut in [1, json.len() / 3, json.len() - 2] {
             assert!(
-                matches!(KeyFile::from_json(&json[..cut]), Err(KeyFileError::Truncated)),
+                matches!(
+                    KeyFile::from_json(&json[..cut]),
+                    Err(KeyFileError::Truncated)
+                ),
                 "cut at {cut}"
             );
         }
@@ -406,7 +435,10 @@ mod tests {
         let key = MasterKey::generate().unwrap();
         let mut plain = KeyFile::plain(&key, "k");
         plain.fingerprint = MasterKey::generate().unwrap().fingerprint().to_string();
-        assert!(matches!(plain.unlock(None), Err(KeyFileError::FingerprintMismatch)));
+        assert!(matches!(
+            plain.unlock(None),
+            Err(KeyFileError::FingerprintMismatch)
+        ));
     }
 
     #[test]
@@ -421,7 +453,10 @@ mod tests {
             KeyFile::from_json("{\"hello\": 1}"),
             Err(KeyFileError::NotAKeyFile(_))
         ));
-        assert!(matches!(KeyFile::from_json("%PNG"), Err(KeyFileError::NotAKeyFile(_))));
+        assert!(matches!(
+            KeyFile::from_json("%PNG"),
+            Err(KeyFileError::NotAKeyFile(_))
+        ));
         let msg = KeyFile::from_json(&v2).unwrap_err().to_string();
         assert!(msg.contains("version 2"), "{msg}");
     }

@@ -238,7 +238,8 @@ mod tests {
         assert_eq!(hex::encode(sub.as_bytes()), PINNED_FLOW_CLASS0);
     }
 
-    const PINNED_FLOW_CLASS0: &str = "6beaa6d947ee627b85774f3094a566e8eb33215b2dc26f63da119ef1d954d2d3";
+    const PINNED_FLOW_CLASS0: &str =
+        "6beaa6d947ee627b85774f3094a566e8eb33215b2dc26f63da119ef1d954d2d3";
 
     #[test]
     fn rng_streams_follow_the_subkey() {
@@ -258,6 +259,14 @@ mod tests {
         assert_eq!(s.len(), 19);
         assert_eq!(Fingerprint::parse(&s), Some(fp));
         assert!(!format!("{k:?}").contains(&hex::encode(&k.as_bytes()[..4])));
-        assert_ne!(k.fingerprint(), MasterKey::generate().unwrap().fingerprint());
+        assert_ne!(
+            k.fingerprint(),
+            MasterKey::generate().unwrap().fingerprint()
+        );
     }
+}
+
+/// Lower-case hex of bytes (digests, test vectors).
+pub fn to_hex(bytes: &[u8]) -> String {
+    hex::encode(bytes)
 }

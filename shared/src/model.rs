@@ -170,11 +170,7 @@ impl ModuleVisitor for FiniteCheck {
         if self.first_bad.is_some() {
             return;
         }
-        let finite = param
-            .val()
-            .into_data()
-            .iter::<f32>()
-            .all(f32::is_finite);
+        let finite = param.val().into_data().iter::<f32>().all(f32::is_finite);
         if !finite {
             self.first_bad = Some(if self.path.is_empty() {
                 "the model".to_owned()
@@ -182,5 +178,46 @@ impl ModuleVisitor for FiniteCheck {
                 self.path.join(".")
             });
         }
+    }
+}
+
+/// What a shipped model is: its architecture, the data it was trained on, its measured accuracy,
+/// and reference outputs that every host must reproduce (`assets/models/<name>.json`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ModelCard {
+    /// Model name (also the weights' file stem).
+    pub name: String,
+    /// The architecture.
+    pub config: SmallCnnConfig,
+    /// Class names, by label.
+    pub classes: Vec<String>,
+    /// The data it was trained on.
+    pub dataset: String,
+    /// The deterministic split: test fraction and seed.
+    pub split: (f64, u64),
+    /// Training hyper-parameters.
+    pub train: crate::train::TrainOptions,
+    /// Top-1 accuracy on the held-out test split, measured natively after training.
+    pub test_accuracy: f32,
+    /// Indices (into the test split) of the reference images.
+    pub reference_indices: Vec<usize>,
+    /// Native logits of the reference images, row-major `[R, K]`: every host must reproduce them.
+    pub reference_logits: Vec<f32>,
+}
+
+/// The demo model shipped with Veil: the small CNN trained on the embedded digits by
+/// `veil train-demo`.
+pub mod demo {
+    use super::ModelCard;
+
+    /// The model card (JSON).
+    pub const CARD_JSON: &str = include_str!("../../assets/models/digits-cnn.json");
+    /// The weights (burnpack).
+    pub const WEIGHTS: &[u8] = include_bytes!("../../assets/models/digits-cnn.bpk");
+
+    /// The parsed model card.
+    pub fn card() -> ModelCard {
+        serde_json::from_str(CARD_JSON)
+            .unwrap_or_else(|e| unreachable!("the shipped model card parses: {e}"))
     }
 }

@@ -62,7 +62,9 @@ pub enum Control {
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
     /// The loss became NaN or infinite (learning rate too high, or bad data).
-    #[error("the training loss became {loss} at epoch {epoch}, step {step}; lower the learning rate or check the data for NaN")]
+    #[error(
+        "the training loss became {loss} at epoch {epoch}, step {step}; lower the learning rate or check the data for NaN"
+    )]
     NonFiniteLoss {
         /// The loss value.
         loss: f32,
@@ -89,7 +91,9 @@ pub fn train_classifier<M: Classifier>(
         return Err(TrainError::Invalid("the training set is empty".into()));
     }
     if options.batch_size == 0 || options.epochs == 0 {
-        return Err(TrainError::Invalid("epochs and batch size must be positive".into()));
+        return Err(TrainError::Invalid(
+            "epochs and batch size must be positive".into(),
+        ));
     }
     let mut optimizer = AdamConfig::new().init();
     let loss_fn = CrossEntropyLossConfig::new().init(device);
@@ -101,7 +105,8 @@ pub fn train_classifier<M: Classifier>(
         let shuffled = data.subset(&order);
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
         for step in 0..steps_per_epoch {
-            let range = step * options.batch_size..((step + 1) * options.batch_size).min(data.len());
+            let range =
+                step * options.batch_size..((step + 1) * options.batch_size).min(data.len());
             let batch = range.len();
             let images = shuffled.images_tensor(range.clone(), device);
             let targets = shuffled.labels_tensor(range, device);
@@ -170,6 +175,10 @@ pub fn argmax_rows(values: &[f32], k: usize) -> Vec<u32> {
 pub fn accuracy<M: Classifier>(model: &M, data: &ImageDataset, device: &Device) -> f32 {
     let logits = predict_logits(model, data, device);
     let predicted = argmax_rows(&logits, data.num_classes());
-    let hits = predicted.iter().zip(&data.labels).filter(|(p, l)| p == l).count();
+    let hits = predicted
+        .iter()
+        .zip(&data.labels)
+        .filter(|(p, l)| p == l)
+        .count();
     hits as f32 / data.len().max(1) as f32
 }

@@ -1,1 +1,234 @@
-//! Test support.
+//! Support for Veil's end-to-end tests: the real server on a free port, and headless Chromium
+//! driven through chromedriver (WebDriver), on WebGPU (SwiftShader, `--enable-unsafe-webgpu`) or
+//! with no WebGPU adapter at all (the CPU fallback).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use fantoccini::{Client, ClientBuilder};
+use serde_json::json;
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+/// Where tests save screenshots (`target/screenshots`).
+pub fn screenshot_dir() -> PathBuf {
+    let dir = repo_root().join("target").join("screenshots");
+    let _ = std::fs::create_dir_all(&dir);
+    dir
+}
+
+/// Starts the real Veil app (the same router `veil serve` runs) on 127.0.0.1 and a free port.
+pub async fn start_server() -> Result<SocketAddr> {
+    let www = repo_root().join("www");
+    if !www.join("pkg").join("veil_client_bg.wasm").exists() {
+        bail!(
+            "{} has no built wasm client: `cargo xtask test` builds it before the browser tests",
+            www.display()
+        );
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let app = veil_server::app(veil_server::AppState::with_defaults(www));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(addr)
+}
+
+/// Which WebGPU situation the browser is started in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GpuMode {
+    /// `--enable-unsafe-webgpu`: Chromium offers its software (SwiftShader) adapter.
+    Webgpu,
+    /// No flag: `requestAdapter()` returns null, so the client must use the CPU.
+    NoWebgpu,
+}
+
+impl GpuMode {
+    /// From `VEIL_E2E_GPU` (`webgpu` or `none`; default `webgpu`).
+    pub fn from_env() -> Self {
+        match std::env::var("VEIL_E2E_GPU").as_deref() {
+            Ok("none") | Ok("cpu") => GpuMode::NoWebgpu,
+            _ => GpuMode::Webgpu,
+        }
+    }
+
+    /// The backend label the page must report.
+    pub fn expected_backend(self) -> &'static str {
+        match self {
+            GpuMode::Webgpu => "webgpu",
+            GpuMode::NoWebgpu => "cpu",
+        }
+    }
+}
+
+/// A headless Chromium session through a chromedriver child process; both are stopped on drop
+/// (call [`Browser::close`] for a clean WebDriver shutdown first).
+pub struct Browser {
+    /// The WebDriver client.
+    pub client: Client,
+    driver: Child,
+    _profile: tempfile::TempDir,
+    /// Where downloads land.
+    pub downloads: tempfile::TempDir,
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+impl Browser {
+    /// Starts chromedriver and a headless Chromium in `mode`.
+    pub async fn start(mode: GpuMode) -> Result<Self> {
+        let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+        let chromedriver =
+            std::env::var("CHROMEDRIVER").unwrap_or_else(|_| "/usr/bin/chromedriver".into());
+        let port = free_port()?;
+        let driver = Command::new(&chromedriver)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| {
+                format!("starting {chromedriver} (install Debian's chromium-driver)")
+            })?;
+        let profile = tempfile::tempdir()?;
+        let downloads = tempfile::tempdir()?;
+        let mut args = vec![
+            "--headless=new".to_string(),
+            "--no-sandbox".into(),
+            "--no-first-run".into(),
+            "--disable-background-networking".into(),
+            "--disable-component-update".into(),
+            "--disable-sync".into(),
+            "--disable-quic".into(),
+            "--disable-dev-shm-usage".into(),
+            "--window-size=1100,1400".into(),
+            format!("--user-data-dir={}", profile.path().display()),
+        ];
+        if mode == GpuMode::Webgpu {
+            args.push("--enable-unsafe-webgpu".into());
+        }
+        let caps = json!({
+            "goog:chromeOptions": {
+                "binary": chromium,
+                "args": args,
+                "prefs": {
+                    "download.default_directory": downloads.path(),
+                    "download.prompt_for_download": false,
+                }
+            }
+        });
+        let serde_json::Value::Object(caps) = caps else {
+            unreachable!()
+        };
+        let url = format!("http://127.0.0.1:{port}");
+        let started = Instant::now();
+        let client = loop {
+            let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+            match ClientBuilder::new(connector)
+                .capabilities(caps.clone())
+                .connect(&url)
+                .await
+            {
+                Ok(c) => break c,
+                Err(e) if started.elapsed() < Duration::from_secs(30) => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => bail!("cannot start Chromium through chromedriver: {e}"),
+            }
+        };
+        Ok(Self {
+            client,
+            driver,
+            _profile: profile,
+            downloads,
+        })
+    }
+
+    /// Ends the WebDriver session and stops chromedriver.
+    pub async fn close(mut self) -> Result<()> {
+        let client = self.client.clone();
+        let _ = client.close().await;
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+        Ok(())
+    }
+
+    /// Saves a PNG screenshot under `target/screenshots/<name>.png`.
+    pub async fn screenshot(&self, name: &str) -> Result<PathBuf> {
+        let png = self.client.screenshot().await?;
+        let path = screenshot_dir().join(format!("{name}.png"));
+        std::fs::write(&path, png)?;
+        Ok(path)
+    }
+
+    /// Polls `script` (a JS expression body returning a value) until it returns something other
+    /// than null/false/empty string, or fails after `timeout`.
+    pub async fn wait_for(
+        &self,
+        what: &str,
+        script: &str,
+        timeout: Duration,
+    ) -> Result<serde_json::Value> {
+        let started = Instant::now();
+        loop {
+            let v = self.client.execute(script, vec![]).await?;
+            let done = !(v.is_null() || v == json!(false) || v == json!(""));
+            if done {
+                return Ok(v);
+            }
+            if started.elapsed() > timeout {
+                bail!("timed out after {timeout:?} waiting for {what}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits for a file to appear in the download folder and returns its path.
+    pub async fn wait_for_download(&self, timeout: Duration) -> Result<PathBuf> {
+        let started = Instant::now();
+        loop {
+            for entry in std::fs::read_dir(self.downloads.path())? {
+                let path = entry?.path();
+                let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                if !name.ends_with(".crdownload") && !name.starts_with('.') {
+                    return Ok(path);
+                }
+            }
+            if started.elapsed() > timeout {
+                bail!("no download arrived within {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+    }
+}
+
+/// Writes an 8×8 digit (values in [0, 1]) as a `scale`× nearest-neighbour greyscale PNG.
+pub fn digit_png(pixels: &[f32], scale: u32, path: &Path) -> Result<()> {
+    let side = 8 * scale;
+    let img = image::GrayImage::from_fn(side, side, |x, y| {
+        let v = pixels[((y / scale) * 8 + x / scale) as usize];
+        image::Luma([(v * 255.0).round() as u8])
+    });
+    img.save(path)?;
+    Ok(())
+}

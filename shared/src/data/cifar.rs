@@ -5,7 +5,16 @@ use super::{DataError, ImageDataset, ImageShape};
 
 /// CIFAR-10's class names, by label (`batches.meta.txt`).
 pub const CIFAR10_CLASSES: [&str; 10] = [
-    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
 ];
 
 const RECORD: usize = 1 + 3 * 32 * 32;
@@ -29,7 +38,10 @@ pub fn decode_cifar10(batches: &[(&str, &[u8])]) -> Result<ImageDataset, DataErr
             if rec[0] > 9 {
                 return Err(DataError::corrupt(
                     *name,
-                    format!("record {i}: label {} is outside 0..=9 (is this CIFAR-100?)", rec[0]),
+                    format!(
+                        "record {i}: label {} is outside 0..=9 (is this CIFAR-100?)",
+                        rec[0]
+                    ),
                 ));
             }
             labels.push(u32::from(rec[0]));

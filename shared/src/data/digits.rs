@@ -17,8 +17,8 @@ pub fn digits() -> ImageDataset {
 /// Pixels are scaled to [0, 1] by dividing by 16.
 pub fn decode_digits_csv(source_name: &str, bytes: &[u8]) -> Result<ImageDataset, DataError> {
     let raw = maybe_gunzip(source_name, bytes)?;
-    let text = std::str::from_utf8(&raw)
-        .map_err(|_| DataError::corrupt(source_name, "not UTF-8 text"))?;
+    let text =
+        std::str::from_utf8(&raw).map_err(|_| DataError::corrupt(source_name, "not UTF-8 text"))?;
     let mut images = Vec::new();
     let mut labels = Vec::new();
     for (lineno, line) in text.lines().enumerate() {
@@ -26,13 +26,21 @@ pub fn decode_digits_csv(source_name: &str, bytes: &[u8]) -> Result<ImageDataset
         if line.is_empty() {
             continue;
         }
-        let at = |reason: String| DataError::corrupt(source_name, format!("line {}: {reason}", lineno + 1));
+        let at = |reason: String| {
+            DataError::corrupt(source_name, format!("line {}: {reason}", lineno + 1))
+        };
         let fields: Vec<&str> = line.split(',').collect();
         if fields.len() != 65 {
-            return Err(at(format!("{} fields, expected 65 (64 pixels and a label)", fields.len())));
+            return Err(at(format!(
+                "{} fields, expected 65 (64 pixels and a label)",
+                fields.len()
+            )));
         }
         for f in &fields[..64] {
-            let v: u8 = f.trim().parse().map_err(|_| at(format!("pixel {f:?} is not an integer")))?;
+            let v: u8 = f
+                .trim()
+                .parse()
+                .map_err(|_| at(format!("pixel {f:?} is not an integer")))?;
             if v > 16 {
                 return Err(at(format!("pixel {v} is outside 0..=16")));
             }
@@ -72,7 +80,10 @@ mod tests {
 
     #[test]
     fn plain_text_and_errors() {
-        let row: String = (0..64).map(|i| (i % 17).to_string()).collect::<Vec<_>>().join(",");
+        let row: String = (0..64)
+            .map(|i| (i % 17).to_string())
+            .collect::<Vec<_>>()
+            .join(",");
         let ok = format!("{row},3\n{row},4\n");
         let d = decode_digits_csv("t.csv", ok.as_bytes()).unwrap();
         assert_eq!(d.labels, vec![3, 4]);
@@ -83,7 +94,8 @@ mod tests {
         let bad = ok.replacen('3', "x", 1);
         assert!(decode_digits_csv("t.csv", bad.as_bytes()).is_err());
         // A gzip stream cut in half.
-        let err = decode_digits_csv("d.csv.gz", &DIGITS_CSV_GZ[..DIGITS_CSV_GZ.len() / 2]).unwrap_err();
+        let err =
+            decode_digits_csv("d.csv.gz", &DIGITS_CSV_GZ[..DIGITS_CSV_GZ.len() / 2]).unwrap_err();
         assert!(err.to_string().contains("d.csv.gz"), "{err}");
     }
 }

@@ -49,7 +49,12 @@ pub fn decode_image_folder(
         };
         let resized = img.resize_exact(w, h, filter);
         if target.channels == 1 {
-            images.extend(resized.to_luma8().pixels().map(|p| f32::from(p.0[0]) / 255.0));
+            images.extend(
+                resized
+                    .to_luma8()
+                    .pixels()
+                    .map(|p| f32::from(p.0[0]) / 255.0),
+            );
         } else {
             let rgb = resized.to_rgb8();
             for c in 0..3 {
@@ -97,7 +102,11 @@ mod tests {
         assert!(d.image(1)[32] > 0.9); // blue channel of the (lossy) blue JPEG
         let grey = decode_image_folder(&entries, ImageShape::new(1, 8, 8)).unwrap();
         assert_eq!(grey.shape.len(), 64);
-        assert!((grey.image(0)[0] - 0.2126).abs() < 0.01, "{}", grey.image(0)[0]);
+        assert!(
+            (grey.image(0)[0] - 0.2126).abs() < 0.01,
+            "{}",
+            grey.image(0)[0]
+        );
     }
 
     #[test]
@@ -109,7 +118,11 @@ mod tests {
             entry("cats", "broken.png", png),
         ];
         let err = decode_image_folder(&entries, ImageShape::new(1, 4, 4)).unwrap_err();
-        assert!(err.to_string().starts_with("cats/broken.png: cannot decode"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("cats/broken.png: cannot decode"),
+            "{err}"
+        );
         assert!(decode_image_folder(&[], ImageShape::new(1, 4, 4)).is_err());
     }
 }

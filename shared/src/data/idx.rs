@@ -29,7 +29,10 @@ pub fn decode_mnist_idx(
     if pixels.len() != expected {
         return Err(DataError::corrupt(
             images_name,
-            format!("{} pixel bytes, header promises {expected} ({n}×{h}×{w})", pixels.len()),
+            format!(
+                "{} pixel bytes, header promises {expected} ({n}×{h}×{w})",
+                pixels.len()
+            ),
         ));
     }
     let label_bytes = &labels[8..];
@@ -55,14 +58,19 @@ pub fn decode_mnist_idx(
 fn header(name: &str, bytes: &[u8], magic: u32, ndims: usize) -> Result<Vec<usize>, DataError> {
     let need = 4 + 4 * ndims;
     if bytes.len() < need {
-        return Err(DataError::corrupt(name, format!("{} bytes, shorter than the IDX header", bytes.len())));
+        return Err(DataError::corrupt(
+            name,
+            format!("{} bytes, shorter than the IDX header", bytes.len()),
+        ));
     }
     let word = |i: usize| u32::from_be_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
     let found = word(0);
     if found != magic {
         return Err(DataError::corrupt(
             name,
-            format!("magic number {found:#010x}, expected {magic:#010x} (is this the right IDX file?)"),
+            format!(
+                "magic number {found:#010x}, expected {magic:#010x} (is this the right IDX file?)"
+            ),
         ));
     }
     Ok((0..ndims).map(|d| word(4 + 4 * d) as usize).collect())
@@ -114,7 +122,8 @@ mod tests {
         assert!(err.to_string().starts_with("train-images:"), "{err}");
         let err = decode_mnist_idx("i", &img, "l", &img).unwrap_err();
         assert!(err.to_string().contains("magic"), "{err}");
-        let err = decode_mnist_idx("i", &img, "l", &encode_mnist_idx(&[], &[1, 2], 4, 5).1).unwrap_err();
+        let err =
+            decode_mnist_idx("i", &img, "l", &encode_mnist_idx(&[], &[1, 2], 4, 5).1).unwrap_err();
         assert!(err.to_string().contains("3 images but l holds 2"), "{err}");
         assert!(decode_mnist_idx("i", &img[..6], "l", &lab).is_err());
     }

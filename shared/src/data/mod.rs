@@ -12,7 +12,7 @@ mod synthetic;
 pub use cifar::{CIFAR10_CLASSES, decode_cifar10};
 pub use digits::{DIGITS_CSV_GZ, decode_digits_csv, digits};
 pub use folder::{FolderEntry, decode_image_folder};
-pub use idx::decode_mnist_idx;
+pub use idx::{decode_mnist_idx, encode_mnist_idx};
 pub use synthetic::{SyntheticConfig, synthetic};
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
@@ -109,7 +109,9 @@ impl ImageDataset {
         class_names: Vec<String>,
     ) -> Result<Self, DataError> {
         if shape.is_empty() {
-            return Err(DataError::Inconsistent("the image shape has no pixels".into()));
+            return Err(DataError::Inconsistent(
+                "the image shape has no pixels".into(),
+            ));
         }
         if images.len() != labels.len() * shape.len() {
             return Err(DataError::Inconsistent(format!(
@@ -185,7 +187,9 @@ impl ImageDataset {
         let mut train = Vec::new();
         let mut test = Vec::new();
         for class in 0..self.num_classes() as u32 {
-            let mut idx: Vec<usize> = (0..self.len()).filter(|&i| self.labels[i] == class).collect();
+            let mut idx: Vec<usize> = (0..self.len())
+                .filter(|&i| self.labels[i] == class)
+                .collect();
             idx.shuffle(&mut rng);
             let n_test = (idx.len() as f64 * test_fraction).round() as usize;
             test.extend_from_slice(&idx[..n_test]);
@@ -199,7 +203,11 @@ impl ImageDataset {
     /// Images `range` as a `[B, C, H, W]` tensor.
     pub fn images_tensor(&self, range: std::ops::Range<usize>, device: &Device) -> Tensor<4> {
         let n = self.shape.len();
-        images_tensor(&self.images[range.start * n..range.end * n], self.shape, device)
+        images_tensor(
+            &self.images[range.start * n..range.end * n],
+            self.shape,
+            device,
+        )
     }
 
     /// Labels `range` as an int tensor.
@@ -214,7 +222,10 @@ impl ImageDataset {
 pub fn images_tensor(pixels: &[f32], shape: ImageShape, device: &Device) -> Tensor<4> {
     let b = pixels.len() / shape.len();
     Tensor::from_data(
-        TensorData::new(pixels.to_vec(), [b, shape.channels, shape.height, shape.width]),
+        TensorData::new(
+            pixels.to_vec(),
+            [b, shape.channels, shape.height, shape.width],
+        ),
         device,
     )
 }
@@ -246,7 +257,13 @@ mod tests {
                 labels.push(c);
             }
         }
-        ImageDataset::new(images, labels, shape, vec!["a".into(), "b".into(), "c".into()]).unwrap()
+        ImageDataset::new(
+            images,
+            labels,
+            shape,
+            vec!["a".into(), "b".into(), "c".into()],
+        )
+        .unwrap()
     }
 
     #[test]

@@ -11,8 +11,22 @@ use crate::haar::gaussian_fill;
 
 /// The shapes, by class (mod 16).
 pub const SHAPES: [&str; 16] = [
-    "disc", "square", "triangle", "ring", "plus", "cross", "h-bar", "v-bar", "diamond", "ell",
-    "two-dots", "frame", "half-disc", "checker", "stripes", "arrow",
+    "disc",
+    "square",
+    "triangle",
+    "ring",
+    "plus",
+    "cross",
+    "h-bar",
+    "v-bar",
+    "diamond",
+    "ell",
+    "two-dots",
+    "frame",
+    "half-disc",
+    "checker",
+    "stripes",
+    "arrow",
 ];
 
 /// What to generate.
@@ -74,7 +88,11 @@ pub fn synthetic(config: SyntheticConfig) -> Result<ImageDataset, DataError> {
     let class_names = (0..config.classes)
         .map(|c| {
             let base = SHAPES[c % 16];
-            if c >= 16 { format!("{base}-striped") } else { base.to_string() }
+            if c >= 16 {
+                format!("{base}-striped")
+            } else {
+                base.to_string()
+            }
         })
         .collect();
     ImageDataset::new(images, labels, shape, class_names)
@@ -139,13 +157,25 @@ fn inside(s: usize, u: f32, v: f32) -> bool {
         6 => v.abs() < 0.3 && u.abs() < 1.1,
         7 => u.abs() < 0.3 && v.abs() < 1.1,
         8 => u.abs() + v.abs() < 1.0,
-        9 => (u.abs() < 1.0 && (0.5..1.0).contains(&v)) || ((-1.0..-0.5).contains(&u) && v.abs() < 1.0),
-        10 => ((u - 0.55).powi(2) + v * v).sqrt() < 0.4 || ((u + 0.55).powi(2) + v * v).sqrt() < 0.4,
+        9 => {
+            (u.abs() < 1.0 && (0.5..1.0).contains(&v))
+                || ((-1.0..-0.5).contains(&u) && v.abs() < 1.0)
+        }
+        10 => {
+            ((u - 0.55).powi(2) + v * v).sqrt() < 0.4 || ((u + 0.55).powi(2) + v * v).sqrt() < 0.4
+        }
         11 => u.abs().max(v.abs()) < 1.0 && u.abs().max(v.abs()) > 0.65,
         12 => r < 1.0 && v > 0.0,
-        13 => u.abs() < 1.0 && v.abs() < 1.0 && (((u + 1.0) * 2.0) as i32 + ((v + 1.0) * 2.0) as i32) % 2 == 0,
+        13 => {
+            u.abs() < 1.0
+                && v.abs() < 1.0
+                && (((u + 1.0) * 2.0) as i32 + ((v + 1.0) * 2.0) as i32) % 2 == 0
+        }
         14 => u.abs() < 1.0 && v.abs() < 1.0 && (((v + 1.0) * 2.5) as i32) % 2 == 0,
-        _ => (v.abs() < 0.2 && (-1.0..0.3).contains(&u)) || ((0.3..1.0).contains(&u) && v.abs() < 1.0 - u),
+        _ => {
+            (v.abs() < 0.2 && (-1.0..0.3).contains(&u))
+                || ((0.3..1.0).contains(&u) && v.abs() < 1.0 - u)
+        }
     }
 }
 
@@ -178,24 +208,50 @@ mod tests {
         let grid: Vec<(f32, f32)> = (0..40)
             .flat_map(|i| (0..40).map(move |j| (i as f32 / 16.0 - 1.25, j as f32 / 16.0 - 1.25)))
             .collect();
-        let masks: Vec<Vec<bool>> =
-            (0..16).map(|s| grid.iter().map(|&(u, v)| inside(s, u, v)).collect()).collect();
+        let masks: Vec<Vec<bool>> = (0..16)
+            .map(|s| grid.iter().map(|&(u, v)| inside(s, u, v)).collect())
+            .collect();
         for (s, m) in masks.iter().enumerate() {
             let share = m.iter().filter(|&&b| b).count() as f32 / m.len() as f32;
-            assert!((0.04..0.7).contains(&share), "shape {} covers {share}", SHAPES[s]);
+            assert!(
+                (0.04..0.7).contains(&share),
+                "shape {} covers {share}",
+                SHAPES[s]
+            );
         }
         for a in 0..16 {
             for b in a + 1..16 {
-                let diff = masks[a].iter().zip(&masks[b]).filter(|(x, y)| x != y).count();
-                assert!(diff > 40, "{} and {} differ in {diff} cells", SHAPES[a], SHAPES[b]);
+                let diff = masks[a]
+                    .iter()
+                    .zip(&masks[b])
+                    .filter(|(x, y)| x != y)
+                    .count();
+                assert!(
+                    diff > 40,
+                    "{} and {} differ in {diff} cells",
+                    SHAPES[a],
+                    SHAPES[b]
+                );
             }
         }
     }
 
     #[test]
     fn bad_configs_are_refused() {
-        assert!(synthetic(SyntheticConfig { classes: 40, ..Default::default() }).is_err());
+        assert!(
+            synthetic(SyntheticConfig {
+                classes: 40,
+                ..Default::default()
+            })
+            .is_err()
+        );
         let tiny = ImageShape::new(3, 4, 4);
-        assert!(synthetic(SyntheticConfig { shape: tiny, ..Default::default() }).is_err());
+        assert!(
+            synthetic(SyntheticConfig {
+                shape: tiny,
+                ..Default::default()
+            })
+            .is_err()
+        );
     }
 }

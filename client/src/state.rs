@@ -1,0 +1,78 @@
+//! Device choice and weights.
+
+use veil::burn::tensor::Device;
+
+/// Which backend runs the tensors.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Backend {
+    /// WebGPU through burn-wgpu.
+    Webgpu,
+    /// burn's flex CPU backend (WebAssembly in the page, native elsewhere).
+    Cpu {
+        /// Why the GPU is not used (no WebGPU in this browser, no adapter, or not asked for).
+        reason: String,
+    },
+}
+
+impl Backend {
+    /// A short label for the page (`webgpu` or `cpu`).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Backend::Webgpu => "webgpu",
+            Backend::Cpu { .. } => "cpu",
+        }
+    }
+}
+
+/// Picks the device: WebGPU when `prefer_gpu` and the browser offers an adapter, else the CPU.
+///
+/// In the browser the WebGPU runtime must be initialised asynchronously before any tensor exists
+/// (`init_async`); when there is no adapter it returns an error and we fall back to flex.
+pub async fn init_device(prefer_gpu: bool) -> (Device, Backend) {
+    if !prefer_gpu {
+        return (
+            Device::flex(),
+            Backend::Cpu {
+                reason: "the CPU was requested".into(),
+            },
+        );
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        use veil::burn::tensor::wgpu::WgpuBackend;
+        if !crate::web::has_webgpu() {
+            return (
+                Device::flex(),
+                Backend::Cpu {
+                    reason: "this browser does not offer WebGPU".into(),
+                },
+            );
+        }
+        match Device::wgpu_options()
+            .graphics_api(WgpuBackend::WebGpu)
+            .init_async()
+            .await
+        {
+            Ok(device) => (device, Backend::Webgpu),
+            Err(e) => {
+                let detail = e.to_string();
+                let reason = if detail.contains("No adapter") || detail.contains("no adapters") {
+                    "this browser has WebGPU but no usable GPU adapter".to_owned()
+                } else {
+                    format!("WebGPU could not start: {detail}")
+                };
+                (Device::flex(), Backend::Cpu { reason })
+            }
+        }
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        (
+            Device::flex(),
+            Backend::Cpu {
+                reason: "native builds of the client use the CPU".into(),
+            },
+        )
+    }
+}

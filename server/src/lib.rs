@@ -1,0 +1,53 @@
+//! Veil's companion server: the untrusted "ML factory". It serves the pages and the wasm client,
+//! and the public models; it never receives a key or a plaintext image of a data owner.
+
+pub mod error;
+pub mod routes;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::Router;
+
+pub use error::AppError;
+
+/// A model the server offers (weights are public: they are the *untrusted* side's models).
+#[derive(Debug, Clone)]
+pub struct ServedModel {
+    /// The model card.
+    pub card: veil::model::ModelCard,
+    /// Burnpack weights.
+    pub weights: Arc<Vec<u8>>,
+}
+
+/// Shared server state.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The folder of the pages (`www/`), served at `/`.
+    pub www_dir: PathBuf,
+    /// Models by name.
+    pub models: Arc<Vec<ServedModel>>,
+}
+
+impl AppState {
+    /// The state with the embedded default models, serving pages from `www_dir`.
+    pub fn with_defaults(www_dir: PathBuf) -> Self {
+        Self {
+            www_dir,
+            models: Arc::new(vec![ServedModel {
+                card: veil::model::demo::card(),
+                weights: Arc::new(veil::model::demo::WEIGHTS.to_vec()),
+            }]),
+        }
+    }
+}
+
+/// The application: API routes, then static files.
+pub fn app(state: AppState) -> Router {
+    routes::router(state)
+}
+
+/// The `www/` folder of this source tree (the default when `--www` is not given).
+pub fn default_www_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../www")
+}

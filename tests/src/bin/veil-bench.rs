@@ -1,0 +1,261 @@
+//! `veil-bench`: measures Veil natively and in headless Chromium (CPU and WebGPU) and writes
+//! `docs/BENCHMARKS.md` and `docs/benchmarks.json`. Run through `cargo xtask bench`, which builds
+//! the shipped (size-optimised) wasm client first.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use fantoccini::Locator;
+use serde_json::{Value, json};
+use veil::burn::tensor::Device;
+use veil::data::digits;
+use veil::haar::HaarRotation;
+use veil::model::{Classifier, demo};
+use veil_tests::{Browser, GpuMode, repo_root, start_server};
+
+fn main() -> Result<()> {
+    let root = repo_root();
+    let mut results = json!({});
+    eprintln!("native: 3072×3072 Haar rotation…");
+    results["native"] = native()?;
+    eprintln!("{}", results["native"]);
+    let runtime = tokio::runtime::Runtime::new()?;
+    let mut browser = json!({});
+    for mode in [GpuMode::NoWebgpu, GpuMode::Webgpu] {
+        eprintln!("browser ({}): running bench.html…", mode.expected_backend());
+        match runtime.block_on(browser_bench(mode)) {
+            Ok(v) => browser[mode.expected_backend()] = v,
+            Err(e) => browser[mode.expected_backend()] = json!({ "error": format!("{e:#}") }),
+        }
+        eprintln!("{}", browser[mode.expected_backend()]);
+    }
+    results["browser"] = browser;
+    results["wasm_size"] = wasm_size(&root.join("www/pkg/veil_client_bg.wasm"))?;
+    results["machine"] = machine();
+    if let Ok(text) = std::fs::read_to_string(root.join("docs/cold-test.json")) {
+        results["cold_xtask_test"] = serde_json::from_str(&text).unwrap_or(Value::Null);
+    }
+    let docs = root.join("docs");
+    std::fs::create_dir_all(&docs)?;
+    std::fs::write(
+        docs.join("benchmarks.json"),
+        serde_json::to_string_pretty(&results)? + "\n",
+    )?;
+    std::fs::write(docs.join("BENCHMARKS.md"), markdown(&results))?;
+    eprintln!("wrote docs/BENCHMARKS.md and docs/benchmarks.json");
+    Ok(())
+}
+
+fn native() -> Result<Value> {
+    let key = veil::testvectors::test_key();
+    let sub = key.class_subkey(veil::keys::Scheme::FlowRotation, 0);
+    let t = Instant::now();
+    let rot = HaarRotation::from_subkey(&sub, 3072);
+    let haar_ms = t.elapsed().as_secs_f64() * 1000.0;
+    let digest = veil::keys::to_hex(&rot.digest());
+    drop(rot);
+
+    let card = demo::card();
+    let device = Device::flex();
+    let model = card.config.load(demo::WEIGHTS, &device)?;
+    let data = digits();
+    let batch = 256;
+    let pixels: Vec<f32> = data.images[..batch * data.shape.len()].to_vec();
+    let run = || {
+        let x = veil::data::images_tensor(&pixels, data.shape, &device);
+        let _ = model.forward(x).into_data();
+    };
+    run();
+    let reps = 20;
+    let t = Instant::now();
+    for _ in 0..reps {
+        run();
+    }
+    let secs = t.elapsed().as_secs_f64();
+    Ok(json!({
+        "haar_3072_ms": haar_ms,
+        "haar_3072_digest": digest,
+        "inference_images_per_s": (batch * reps) as f64 / secs,
+        "inference_batch": batch,
+    }))
+}
+
+async fn browser_bench(mode: GpuMode) -> Result<Value> {
+    let addr = start_server().await?;
+    let b = Browser::start(mode).await?;
+    let out = async {
+        b.client.goto(&format!("http://{addr}/bench.html")).await?;
+        let option = if mode == GpuMode::Webgpu {
+            "gpu"
+        } else {
+            "cpu"
+        };
+        b.client
+            .execute(
+                &format!("document.getElementById('bench-backend').value = '{option}';"),
+                vec![],
+            )
+            .await?;
+        b.client
+            .find(Locator::Id("bench-run"))
+            .await?
+            .click()
+            .await?;
+        let text = b
+            .wait_for(
+                "the benchmark results",
+                "return document.getElementById('bench-json').textContent || null;",
+                Duration::from_secs(900),
+            )
+            .await?;
+        let v: Value = serde_json::from_str(text.as_str().unwrap_or("{}")).context("bench JSON")?;
+        b.screenshot(&format!("bench-{}", mode.expected_backend()))
+            .await?;
+        Ok::<Value, anyhow::Error>(v)
+    }
+    .await;
+    b.close().await?;
+    out
+}
+
+fn wasm_size(path: &Path) -> Result<Value> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&bytes)?;
+    let gzip = gz.finish()?.len();
+    Ok(json!({ "raw_bytes": bytes.len(), "gzip_bytes": gzip }))
+}
+
+fn first_line(cmd: &str, args: &[&str]) -> String {
+    std::process::Command::new(cmd)
+        .args(args)
+        .output()
+        .ok()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_owned()
+        })
+        .unwrap_or_default()
+}
+
+fn machine() -> Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|r| r.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let mem_kib: u64 = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("MemTotal:")
+                .and_then(|r| r.trim().trim_end_matches(" kB").parse().ok())
+        })
+        .unwrap_or(0);
+    json!({
+        "cpu": cpu,
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "memory_gib": (mem_kib as f64 / 1024.0 / 1024.0 * 10.0).round() / 10.0,
+        "os": first_line("uname", &["-sr"]),
+        "rustc": first_line("rustc", &["--version"]),
+        "chromium": first_line("/usr/bin/chromium", &["--version"]),
+        "gpu": "none (WebGPU figures are Chromium's SwiftShader software adapter)",
+    })
+}
+
+fn f(v: &Value) -> Option<f64> {
+    v.as_f64()
+}
+
+fn markdown(r: &Value) -> String {
+    let m = &r["machine"];
+    let n = &r["native"];
+    let cpu = &r["browser"]["cpu"];
+    let gpu = &r["browser"]["webgpu"];
+    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}×", a / b),
+        _ => "—".into(),
+    };
+    let secs = |v: Option<f64>| v.map_or("—".into(), |ms| format!("{:.2} s", ms / 1000.0));
+    let ips = |v: Option<f64>| v.map_or("—".into(), |x| format!("{x:.0} images/s"));
+    let mut s = String::new();
+    s += "# Benchmarks\n\nWritten by `cargo xtask bench` (do not edit by hand).\n\n";
+    s += &format!(
+        "Machine: {} ({} cores), {} GiB, {}; {}; {}. GPU: {}.\n\n",
+        m["cpu"].as_str().unwrap_or("?"),
+        m["cores"],
+        m["memory_gib"],
+        m["os"].as_str().unwrap_or("?"),
+        m["rustc"].as_str().unwrap_or("?"),
+        m["chromium"].as_str().unwrap_or("?"),
+        m["gpu"].as_str().unwrap_or("?"),
+    );
+    s += "## Keys and the demo model\n\n| What | Native (flex) | Browser CPU (wasm) | wasm / native | Browser WebGPU | WebGPU / native |\n|---|---|---|---|---|---|\n";
+    s += &format!(
+        "| 3072×3072 Haar rotation from a key (time; lower is better) | {} | {} | {} | {} | {} |\n",
+        secs(f(&n["haar_3072_ms"])),
+        secs(f(&cpu["haar_3072_ms"])),
+        ratio(f(&cpu["haar_3072_ms"]), f(&n["haar_3072_ms"])),
+        secs(f(&gpu["haar_3072_ms"])),
+        ratio(f(&gpu["haar_3072_ms"]), f(&n["haar_3072_ms"])),
+    );
+    s += &format!(
+        "| Demo CNN inference, batch 256 (throughput; higher is better) | {} | {} | {} | {} | {} |\n\n",
+        ips(f(&n["inference_images_per_s"])),
+        ips(f(&cpu["inference_images_per_s"])),
+        ratio(
+            f(&cpu["inference_images_per_s"]),
+            f(&n["inference_images_per_s"])
+        ),
+        ips(f(&gpu["inference_images_per_s"])),
+        ratio(
+            f(&gpu["inference_images_per_s"]),
+            f(&n["inference_images_per_s"])
+        ),
+    );
+    s += "The Haar rotation is computed on the CPU in f64 on every host (it must be bit-identical), so its \
+          WebGPU column is the same computation in the same wasm module.\n\n";
+    for (name, v) in [("CPU", cpu), ("WebGPU", gpu)] {
+        if let Some(e) = v["error"].as_str() {
+            s += &format!("Browser {name} run failed: {e}\n\n");
+        }
+    }
+    let w = &r["wasm_size"];
+    s += "## Shipped wasm client\n\n| Build | Raw | gzip |\n|---|---|---|\n";
+    s += &format!(
+        "| `wasm-size` profile (LTO, opt-level z) + `wasm-opt -Oz`, WebGPU + CPU backends | {:.1} MB | {:.1} MB |\n\n",
+        f(&w["raw_bytes"]).unwrap_or(0.0) / 1e6,
+        f(&w["gzip_bytes"]).unwrap_or(0.0) / 1e6,
+    );
+    s += "## `cargo xtask test` on a fresh clone\n\n";
+    match r.get("cold_xtask_test") {
+        Some(c) if !c.is_null() => {
+            s += &format!(
+                "Cold run (empty target directory, tools already installed): {:.1} min on this machine.\n\n| Step | Seconds |\n|---|---|\n",
+                f(&c["total_s"]).unwrap_or(0.0) / 60.0
+            );
+            if let Some(steps) = c["steps"].as_array() {
+                for st in steps {
+                    s += &format!(
+                        "| {} | {:.0} |\n",
+                        st["step"].as_str().unwrap_or("?"),
+                        f(&st["seconds"]).unwrap_or(0.0)
+                    );
+                }
+            }
+        }
+        _ => {
+            s += "Not measured yet: `cargo xtask cold-test` clones the repository, runs `cargo xtask test` in it and records the time in docs/cold-test.json.\n"
+        }
+    }
+    s
+}

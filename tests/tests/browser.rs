@@ -1,0 +1,198 @@
+//! End-to-end: the real server, headless Chromium, the real page. Generates a key, exports it
+//! passphrase-wrapped through the page's download, forgets it, imports it back, and classifies
+//! digit images dropped into the page, asserting the labels.
+//!
+//! Needs the wasm build and Chromium, so it is `#[ignore]`d for plain `cargo test`;
+//! `cargo xtask test` runs it on both paths (`VEIL_E2E_GPU=webgpu` and `VEIL_E2E_GPU=none`).
+
+use std::time::Duration;
+
+use anyhow::Result;
+use fantoccini::Locator;
+use veil::data::digits;
+use veil_tests::{Browser, GpuMode, digit_png, start_server};
+
+const LONG: Duration = Duration::from_secs(180);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the built wasm client and Chromium: run by `cargo xtask test`"]
+async fn key_round_trip_and_local_classification() -> Result<()> {
+    let mode = GpuMode::from_env();
+    let addr = start_server().await?;
+    let browser = Browser::start(mode).await?;
+    let result = journey(&browser, &format!("http://{addr}/"), mode).await;
+    if result.is_err() {
+        let _ = browser
+            .screenshot(&format!("failure-{}", mode.expected_backend()))
+            .await;
+    }
+    browser.close().await?;
+    result
+}
+
+async fn journey(b: &Browser, url: &str, mode: GpuMode) -> Result<()> {
+    let c = &b.client;
+    c.goto(url).await?;
+    let backend = b
+        .wait_for(
+            "the client to start",
+            "const s = document.getElementById('backend'); \
+             if (s.classList.contains('failed')) return 'failed: ' + s.textContent; \
+             return s.dataset.backend || null;",
+            LONG,
+        )
+        .await?;
+    assert_eq!(
+        backend,
+        mode.expected_backend(),
+        "the page reports backend {backend}"
+    );
+
+    // Generate a key.
+    c.find(Locator::Id("key-name")).await?.clear().await?;
+    c.find(Locator::Id("key-name"))
+        .await?
+        .send_keys("e2e key")
+        .await?;
+    c.find(Locator::Id("generate")).await?.click().await?;
+    let fp = b
+        .wait_for(
+            "a fingerprint",
+            "return document.getElementById('fingerprint').dataset.fingerprint;",
+            LONG,
+        )
+        .await?;
+    let fp = fp.as_str().unwrap_or_default().to_owned();
+    assert_eq!(fp.len(), 19, "fingerprint {fp:?}");
+
+    // Export it with a passphrase: the page downloads a wrapped key file.
+    c.find(Locator::Id("export-pass"))
+        .await?
+        .send_keys("a long passphrase")
+        .await?;
+    c.find(Locator::Id("export")).await?.click().await?;
+    let path = b.wait_for_download(LONG).await?;
+    let text = std::fs::read_to_string(&path)?;
+    let file = veil::keyfile::KeyFile::from_json(&text)?;
+    assert!(
+        file.is_wrapped(),
+        "the exported file must be passphrase-wrapped"
+    );
+    assert_eq!(file.fingerprint, fp);
+    assert_eq!(file.name, "e2e key");
+    assert!(file.unlock(Some("a long passphrase")).is_ok());
+
+    // Forget it, then a wrong passphrase is refused in the page, and the right one restores it.
+    c.find(Locator::Id("forget")).await?.click().await?;
+    b.wait_for(
+        "the key to be forgotten",
+        "return document.getElementById('fingerprint').dataset.fingerprint === '';",
+        LONG,
+    )
+    .await?;
+    c.find(Locator::Id("import-file"))
+        .await?
+        .send_keys(&path.display().to_string())
+        .await?;
+    c.find(Locator::Id("import-pass"))
+        .await?
+        .send_keys("not it")
+        .await?;
+    c.find(Locator::Id("import")).await?.click().await?;
+    let msg = b
+        .wait_for(
+            "the import error",
+            "const m = document.getElementById('keys-message'); return m.classList.contains('error') ? m.textContent : null;",
+            LONG,
+        )
+        .await?;
+    assert!(
+        msg.as_str().unwrap_or("").contains("wrong passphrase"),
+        "{msg}"
+    );
+    c.find(Locator::Id("import-pass")).await?.clear().await?;
+    c.find(Locator::Id("import-pass"))
+        .await?
+        .send_keys("a long passphrase")
+        .await?;
+    c.find(Locator::Id("import")).await?.click().await?;
+    let restored = b
+        .wait_for(
+            "the imported fingerprint",
+            "return document.getElementById('fingerprint').dataset.fingerprint;",
+            LONG,
+        )
+        .await?;
+    assert_eq!(restored, fp);
+
+    // Classify the model card's reference digits, dropped into the page as PNG files: the page
+    // must give the native model's answer for every one (right or wrong), and so be right as
+    // often as it is natively.
+    let card = veil::model::demo::card();
+    let (_, test) = digits().split(card.split.0, card.split.1);
+    let native = veil::train::argmax_rows(&card.reference_logits, card.classes.len());
+    let dir = tempfile::tempdir()?;
+    let mut correct = 0;
+    for (r, &i) in card.reference_indices.iter().enumerate() {
+        let png = dir.path().join(format!("digit-{i}.png"));
+        digit_png(test.image(i), 8, &png)?;
+        c.execute(
+            "document.getElementById('prediction').dataset.label = '';",
+            vec![],
+        )
+        .await?;
+        let input = c.find(Locator::Id("image-file")).await?;
+        input.send_keys(&png.display().to_string()).await?;
+        let label = b
+            .wait_for(
+                "a prediction",
+                "return document.getElementById('prediction').dataset.label || null;",
+                LONG,
+            )
+            .await?;
+        assert_eq!(
+            label.as_str().unwrap_or(""),
+            native[r].to_string(),
+            "test image {i}: the page predicted {label}, natively {}",
+            native[r]
+        );
+        correct += usize::from(native[r] == test.labels[i]);
+        // Reset the input so the next file fires `change`.
+        c.execute("document.getElementById('image-file').value = '';", vec![])
+            .await?;
+    }
+    // Draw a "1" on the pad (a vertical stroke) and classify the drawing: the page turns it into a
+    // 32×32 bitmap and counts set pixels in 4×4 blocks, as the UCI data was made.
+    c.execute(
+        "const pad = document.getElementById('pad'); const r = pad.getBoundingClientRect(); \
+         const ev = (type, y) => pad.dispatchEvent(new PointerEvent(type, { pointerId: 1, bubbles: true, \
+           clientX: r.left + r.width * 0.5, clientY: r.top + r.height * y })); \
+         ev('pointerdown', 0.15); for (let y = 0.15; y <= 0.85; y += 0.05) ev('pointermove', y); ev('pointerup', 0.85); \
+         document.getElementById('prediction').dataset.label = '';",
+        vec![],
+    )
+    .await?;
+    c.find(Locator::Id("classify-drawing"))
+        .await?
+        .click()
+        .await?;
+    let drawn = b
+        .wait_for(
+            "the drawing's prediction",
+            "return document.getElementById('prediction').dataset.label || null;",
+            LONG,
+        )
+        .await?;
+    assert_eq!(drawn, "1", "a vertical stroke was read as {drawn}");
+
+    let native_correct = native
+        .iter()
+        .zip(&card.reference_indices)
+        .filter(|(p, i)| **p == test.labels[**i])
+        .count();
+    assert_eq!(correct, native_correct);
+    assert!(correct >= 15, "{correct}/16 reference digits right");
+    b.screenshot(&format!("home-{}", mode.expected_backend()))
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,68 @@
+// Runs Veil's client benchmarks in a fresh worker and shows the results (and, for `cargo xtask
+// bench`, leaves them as JSON in #bench-json).
+const $ = (id) => document.getElementById(id);
+
+function rpc(worker) {
+  let next = 1;
+  const pending = new Map();
+  worker.onmessage = ({ data }) => {
+    const p = pending.get(data.id);
+    pending.delete(data.id);
+    data.ok ? p.resolve(data.result) : p.reject(new Error(data.error));
+  };
+  return (op, args) => new Promise((resolve, reject) => {
+    const id = next++;
+    pending.set(id, { resolve, reject });
+    worker.postMessage({ id, op, args });
+  });
+}
+
+async function runBenchmarks(preferGpu) {
+  const worker = new Worker(new URL('./worker.js', import.meta.url), { type: 'module' });
+  const call = rpc(worker);
+  const status = $('bench-status');
+  const results = {};
+  try {
+    status.textContent = 'Starting the client…';
+    const { backend } = await call('start', { preferGpu });
+    results.backend = backend.kind;
+    status.textContent = `Haar key generation (3072×3072) on the CPU…`;
+    results.haar_3072_ms = (await call('benchHaar', { dim: 3072 })).ms;
+    status.textContent = `Demo-model inference on ${backend.kind}…`;
+    const inf = await call('benchInference', { batch: 256, reps: 8 });
+    results.inference_images_per_s = inf.images_per_s;
+    status.textContent = 'Done.';
+    status.className = 'message ok';
+  } catch (err) {
+    status.textContent = `The benchmark failed: ${err.message}`;
+    status.className = 'message error';
+    results.error = err.message;
+  } finally {
+    worker.terminate();
+  }
+  return results;
+}
+
+function show(results) {
+  const rows = [
+    ['Device', results.backend ?? '—'],
+    ['3072×3072 Haar rotation from a key', results.haar_3072_ms ? `${(results.haar_3072_ms / 1000).toFixed(2)} s` : '—'],
+    ['Demo model inference', results.inference_images_per_s ? `${Math.round(results.inference_images_per_s)} images/s` : '—'],
+  ];
+  const body = $('bench-table').tBodies[0];
+  body.replaceChildren(...rows.map(([k, v]) => {
+    const tr = document.createElement('tr');
+    tr.innerHTML = `<td>${k}</td><td>${v}</td>`;
+    return tr;
+  }));
+  $('bench-table').hidden = false;
+  $('bench-json').textContent = JSON.stringify(results);
+  $('bench-json').hidden = false;
+}
+
+$('bench-run').addEventListener('click', async () => {
+  $('bench-run').disabled = true;
+  $('bench-json').textContent = '';
+  show(await runBenchmarks($('bench-backend').value === 'gpu'));
+  $('bench-run').disabled = false;
+});
