@@ -166,7 +166,7 @@ impl Session {
     /// back asynchronously (WebGPU does not allow synchronous reads).
     pub async fn logits(&self, pixels: &[f32]) -> Result<Vec<f32>, ClientError> {
         let shape = self.input_shape();
-        if pixels.is_empty() || pixels.len() % shape.len() != 0 {
+        if pixels.is_empty() || !pixels.len().is_multiple_of(shape.len()) {
             return Err(ClientError::BadInput(format!(
                 "expected a multiple of {} pixel values ({shape} images), got {}",
                 shape.len(),

@@ -204,6 +204,11 @@ impl std::fmt::Debug for Fingerprint {
     }
 }
 
+/// Lower-case hex of bytes (digests, test vectors).
+pub fn to_hex(bytes: &[u8]) -> String {
+    hex::encode(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -264,9 +269,4 @@ mod tests {
             MasterKey::generate().unwrap().fingerprint()
         );
     }
-}
-
-/// Lower-case hex of bytes (digests, test vectors).
-pub fn to_hex(bytes: &[u8]) -> String {
-    hex::encode(bytes)
 }

@@ -25,7 +25,7 @@ pub fn decode_cifar10(batches: &[(&str, &[u8])]) -> Result<ImageDataset, DataErr
     let mut images = Vec::new();
     let mut labels = Vec::new();
     for (name, bytes) in batches {
-        if bytes.is_empty() || bytes.len() % RECORD != 0 {
+        if bytes.is_empty() || !bytes.len().is_multiple_of(RECORD) {
             return Err(DataError::corrupt(
                 *name,
                 format!(
