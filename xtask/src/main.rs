@@ -61,6 +61,41 @@ pub(crate) fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// Runs a `cargo test` command like [`run`], echoing its output, and returns the passed and
+/// failed counts summed over its "test result:" lines.
+pub(crate) fn run_tests(cmd: &mut Command) -> Result<(u64, u64)> {
+    use std::io::{BufRead, BufReader};
+    eprintln!("\n$ {}", describe(cmd));
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot run {}", describe(cmd)))?;
+    let (mut passed, mut failed) = (0, 0);
+    if let Some(out) = child.stdout.take() {
+        for line in BufReader::new(out).lines() {
+            let line = line?;
+            println!("{line}");
+            if let Some(rest) = line.trim().strip_prefix("test result: ") {
+                let count = |word: &str| {
+                    rest.split([';', '.'])
+                        .find_map(|part| part.trim().strip_suffix(word)?.trim().parse::<u64>().ok())
+                        .unwrap_or(0)
+                };
+                passed += count(" passed");
+                failed += count(" failed");
+            }
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!(
+            "`{}` failed ({status}; {failed} tests failed)",
+            describe(cmd)
+        );
+    }
+    Ok((passed, failed))
+}
+
 fn describe(cmd: &Command) -> String {
     let envs: Vec<String> = cmd
         .get_envs()
@@ -156,6 +191,11 @@ fn serve(root: &Path, rest: &[String]) -> Result<()> {
 fn test(root: &Path) -> Result<()> {
     let started = Instant::now();
     let mut steps: Vec<(String, f64)> = Vec::new();
+    let totals = std::cell::Cell::new((0u64, 0u64));
+    let count = |(p, f): (u64, u64)| {
+        let (tp, tf) = totals.get();
+        totals.set((tp + p, tf + f));
+    };
     let mut step = |name: &str, f: &mut dyn FnMut() -> Result<()>| -> Result<()> {
         let t = Instant::now();
         eprintln!("\n==== {name} ====");
@@ -197,7 +237,7 @@ fn test(root: &Path) -> Result<()> {
         ]))
     })?;
     step("native tests", &mut || {
-        run(cargo().args(["test", "--workspace", "--release"]))
+        run_tests(cargo().args(["test", "--workspace", "--release"])).map(count)
     })?;
     step("wasm build", &mut || build_wasm(root, false).map(|_| ()))?;
     for (mode, expect) in [("webgpu", "webgpu"), ("none", "cpu")] {
@@ -205,39 +245,49 @@ fn test(root: &Path) -> Result<()> {
             &format!("wasm tests in headless Chromium ({mode})"),
             &mut || {
                 let config = tools::webdriver_json(root, mode == "webgpu")?;
-                run(cargo()
-                    .args([
-                        "test",
-                        "--release",
-                        "--target",
-                        WASM_TARGET,
-                        "-p",
-                        "veil-client",
-                    ])
-                    .env(
-                        "CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER",
-                        tools::bindgen_test_runner(root)?,
-                    )
-                    .env("CHROMEDRIVER", "/usr/bin/chromedriver")
-                    .env("WASM_BINDGEN_TEST_TIMEOUT", "300")
-                    .env("WASM_BINDGEN_TEST_WEBDRIVER_JSON", &config)
-                    .env("VEIL_EXPECT_BACKEND", expect))
+                run_tests(
+                    cargo()
+                        .args([
+                            "test",
+                            "--release",
+                            "--target",
+                            WASM_TARGET,
+                            "-p",
+                            "veil-client",
+                            "--test",
+                            "web",
+                        ])
+                        .env(
+                            "CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER",
+                            tools::bindgen_test_runner(root)?,
+                        )
+                        .env("CHROMEDRIVER", "/usr/bin/chromedriver")
+                        .env("WASM_BINDGEN_TEST_TIMEOUT", "300")
+                        .env("WASM_BINDGEN_TEST_WEBDRIVER_JSON", &config)
+                        .env("VEIL_EXPECT_BACKEND", expect),
+                )
+                .map(count)
             },
         )?;
         step(
             &format!("end-to-end tests in headless Chromium ({mode})"),
             &mut || {
-                run(cargo()
-                    .args([
-                        "test",
-                        "--release",
-                        "-p",
-                        "veil-tests",
-                        "--",
-                        "--ignored",
-                        "--test-threads=1",
-                    ])
-                    .env("VEIL_E2E_GPU", mode))
+                run_tests(
+                    cargo()
+                        .args([
+                            "test",
+                            "--release",
+                            "-p",
+                            "veil-tests",
+                            "--test",
+                            "browser",
+                            "--",
+                            "--ignored",
+                            "--test-threads=1",
+                        ])
+                        .env("VEIL_E2E_GPU", mode),
+                )
+                .map(count)
             },
         )?;
     }
@@ -252,6 +302,9 @@ fn test(root: &Path) -> Result<()> {
         "steps": steps.iter().map(|(n, s)| serde_json::json!({"step": n, "seconds": s})).collect::<Vec<_>>(),
     });
     std::fs::write(record, serde_json::to_string_pretty(&json)?)?;
-    println!("xtask test: all {} steps passed", steps.len());
+    let (passed, failed) = totals.get();
+    eprintln!("all {} steps passed", steps.len());
+    // The plain closing line CI reads.
+    println!("xtask: {passed} passed, {failed} failed");
     Ok(())
 }
