@@ -27,7 +27,9 @@ async function runBenchmarks(preferGpu) {
     const { backend } = await call('start', { preferGpu });
     results.backend = backend.kind;
     status.textContent = `Haar key generation (3072×3072) on the CPU…`;
-    results.haar_3072_ms = (await call('benchHaar', { dim: 3072 })).ms;
+    const haar = await call('benchHaar', { dim: 3072 });
+    results.haar_3072_ms = haar.ms;
+    results.haar_3072_digest = haar.digest;
     status.textContent = `Demo-model inference on ${backend.kind}…`;
     const inf = await call('benchInference', { batch: 256, reps: 8 });
     results.inference_images_per_s = inf.images_per_s;

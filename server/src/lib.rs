@@ -1,6 +1,7 @@
 //! Veil's companion server: the untrusted "ML factory". It serves the pages and the wasm client,
 //! and the public models; it never receives a key or a plaintext image of a data owner.
 
+pub mod datasets;
 pub mod error;
 pub mod routes;
 

@@ -26,6 +26,24 @@ enum Command {
     Serve(ServeArgs),
     /// Train the demo CNN on the embedded digits and write its weights and model card.
     TrainDemo(demo::TrainDemoArgs),
+    /// Read a dataset from disk and describe it (checks that Veil can load it).
+    DataInfo(DataInfoArgs),
+}
+
+#[derive(clap::Args)]
+struct DataInfoArgs {
+    /// A digits .csv(.gz) file, or a folder: MNIST IDX files, CIFAR-10 batches, or one
+    /// sub-folder of PNG/JPEG images per class.
+    path: PathBuf,
+    /// The format (detected from the path by default).
+    #[arg(long, value_enum, default_value = "auto")]
+    format: veil_server::datasets::Format,
+    /// Image folders: channels (1 or 3) to convert to.
+    #[arg(long, default_value_t = 3)]
+    channels: usize,
+    /// Image folders: side length to resize to.
+    #[arg(long, default_value_t = 32)]
+    size: usize,
 }
 
 #[derive(clap::Args, Default)]
@@ -50,6 +68,12 @@ fn main() -> Result<()> {
     match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
         Command::Serve(args) => serve(args),
         Command::TrainDemo(args) => demo::train_demo(args),
+        Command::DataInfo(args) => {
+            let shape = veil::data::ImageShape::new(args.channels, args.size, args.size);
+            let data = veil_server::datasets::load(&args.path, args.format, shape)?;
+            print!("{}", veil_server::datasets::summary(&data));
+            Ok(())
+        }
     }
 }
 

@@ -225,6 +225,16 @@ fn markdown(r: &Value) -> String {
     s += "The Haar rotation is computed on the CPU in f64 on every host (it must be bit-identical), so its \
           WebGPU column is the same computation in the same wasm module.\n\n";
     for (name, v) in [("CPU", cpu), ("WebGPU", gpu)] {
+        if let Some(d) = v["haar_3072_digest"].as_str() {
+            let same = Some(d) == n["haar_3072_digest"].as_str();
+            s += &format!(
+                "Browser {name} run: the 3072×3072 matrix's SHA-256 {} the native one ({}).\n\n",
+                if same { "equals" } else { "DIFFERS FROM" },
+                &d[..16.min(d.len())]
+            );
+        }
+    }
+    for (name, v) in [("CPU", cpu), ("WebGPU", gpu)] {
         if let Some(e) = v["error"].as_str() {
             s += &format!("Browser {name} run failed: {e}\n\n");
         }
