@@ -12,6 +12,7 @@
 //! - [`model`], [`train`]: the small CNN and its training loop.
 
 pub mod data;
+pub mod glow;
 pub mod haar;
 pub mod keyfile;
 pub mod keys;
