@@ -126,6 +126,7 @@ impl GlowConfig {
                 [1, 2 * top.channels, top.height, top.width],
                 device,
             )),
+            latent_shapes: shapes.iter().map(|(_, out)| *out).collect(),
         }
     }
 }
@@ -431,6 +432,9 @@ pub struct GlowLevel {
 pub struct Glow {
     levels: Vec<GlowLevel>,
     top_prior: Param<Tensor<4>>,
+    /// Shape of each level's latent ε (level 0 first).
+    #[module(skip)]
+    latent_shapes: Vec<ImageShape>,
 }
 
 /// 2×2 space-to-depth: `[B, C, H, W] → [B, 4C, H/2, W/2]`.
@@ -570,6 +574,70 @@ impl Glow {
             logdet,
             log_prior,
         }
+    }
+
+    /// Runs the flow layer by layer (without autodiff, reading values back) and names the first
+    /// layer whose output holds NaN or infinity: `level 2, step 3, coupling`. For error reports.
+    pub fn first_non_finite_layer(&self, x: Tensor<4>) -> Option<String> {
+        let glow = self.valid();
+        let finite = |t: &Tensor<4>| t.clone().into_data().iter::<f32>().all(f32::is_finite);
+        if !finite(&x) {
+            return Some("the input (after the logit preprocessing)".into());
+        }
+        let mut h = x;
+        for (l, level) in glow.levels.iter().enumerate() {
+            h = squeeze(h);
+            for (k, step) in level.steps.iter().enumerate() {
+                let name = |layer: &str| format!("level {}, step {}, {layer}", l + 1, k + 1);
+                let (y, _) = step.actnorm.forward(h);
+                if !finite(&y) {
+                    return Some(name("actnorm"));
+                }
+                let (y, _) = step.invconv.forward(y);
+                if !finite(&y) {
+                    return Some(name("invconv"));
+                }
+                let (y, _) = step.coupling.forward(y);
+                if !finite(&y) {
+                    return Some(name("coupling"));
+                }
+                h = y;
+            }
+            if let Some(prior) = &level.prior {
+                let [_, c, _, _] = h.dims();
+                let kept = h.narrow(1, 0, c / 2);
+                if !finite(&prior.forward(kept.clone())) {
+                    return Some(format!("level {}, split prior", l + 1));
+                }
+                h = kept;
+            }
+        }
+        None
+    }
+
+    /// Shape of each level's latent ε (level 0 first).
+    pub fn latent_shapes(&self) -> &[ImageShape] {
+        &self.latent_shapes
+    }
+
+    /// The latents as one `[B, D]` matrix, in the documented order (level 0 first; within a
+    /// level, C order of `[C, H, W]`).
+    pub fn flatten_latents(eps: Vec<Tensor<4>>) -> Tensor<2> {
+        Tensor::cat(eps.into_iter().map(|e| e.flatten::<2>(1, 3)).collect(), 1)
+    }
+
+    /// The inverse of [`Glow::flatten_latents`].
+    pub fn unflatten_latents(&self, flat: Tensor<2>) -> Vec<Tensor<4>> {
+        let [b, _] = flat.dims();
+        let mut offset = 0;
+        self.latent_shapes
+            .iter()
+            .map(|s| {
+                let part = flat.clone().narrow(1, offset, s.len());
+                offset += s.len();
+                part.reshape([b, s.channels, s.height, s.width])
+            })
+            .collect()
     }
 
     /// Decodes standardised latents (level 0 first) back to the input space.
@@ -716,6 +784,7 @@ mod tests {
         Glow {
             levels,
             top_prior: jitter(glow.top_prior, scale),
+            latent_shapes: glow.latent_shapes,
         }
     }
 
@@ -868,5 +937,23 @@ mod tests {
         // An untrained flow is no better than uniform over 17 levels (log2 17 = 4.09 bits) by much,
         // and finite.
         assert!(bpd.is_finite() && bpd > 1.0 && bpd < 12.0, "bits/dim {bpd}");
+    }
+
+    #[test]
+    fn a_non_finite_layer_is_named() {
+        let device = Device::flex();
+        let x = normal([4, 1, 8, 8], 1.0, &device);
+        let mut glow = GlowConfig::new(1, 8, 8)
+            .with_hidden(8)
+            .init(&device)
+            .data_init(x.clone());
+        assert_eq!(glow.first_non_finite_layer(x.clone()), None);
+        let step = &mut glow.levels[1].steps[2];
+        let poisoned = step.invconv.log_s.val().zeros_like() + f32::INFINITY;
+        step.invconv.log_s = Param::from_tensor(poisoned);
+        assert_eq!(
+            glow.first_non_finite_layer(x).as_deref(),
+            Some("level 2, step 3, invconv")
+        );
     }
 }

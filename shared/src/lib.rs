@@ -12,6 +12,8 @@
 //! - [`model`], [`train`]: the small CNN and its training loop.
 
 pub mod data;
+pub mod flow_rotation;
+pub mod flow_train;
 pub mod glow;
 pub mod haar;
 pub mod keyfile;
