@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 mod demo;
+mod experiments;
 
 #[derive(Parser)]
 #[command(
@@ -28,6 +29,15 @@ enum Command {
     TrainDemo(demo::TrainDemoArgs),
     /// Read a dataset from disk and describe it (checks that Veil can load it).
     DataInfo(DataInfoArgs),
+    /// Reproduce a paper's experiments (report.md, results.json, figures).
+    #[command(subcommand)]
+    Experiment(Experiment),
+}
+
+#[derive(Subcommand)]
+enum Experiment {
+    /// Flow rotation (Wu, Du, Yuan): Tables 1-2, Figure 3, and the Gaussianity probe.
+    Flow(experiments::flow::FlowArgs),
 }
 
 #[derive(clap::Args)]
@@ -68,6 +78,7 @@ fn main() -> Result<()> {
     match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
         Command::Serve(args) => serve(args),
         Command::TrainDemo(args) => demo::train_demo(args),
+        Command::Experiment(Experiment::Flow(args)) => experiments::flow::run(args),
         Command::DataInfo(args) => {
             let shape = veil::data::ImageShape::new(args.channels, args.size, args.size);
             let data = veil_server::datasets::load(&args.path, args.format, shape)?;

@@ -144,4 +144,24 @@ mod tests {
             "a wrong key recovers the image: mean error {wrong}"
         );
     }
+
+    #[test]
+    fn encryption_is_deterministic_per_key() {
+        let device = Device::flex();
+        let pre = Preprocess {
+            levels: 17,
+            alpha: 0.05,
+        };
+        let data = digits().subset(&(0..8).collect::<Vec<_>>());
+        let x = data.images_tensor(0..8, &device);
+        let glow = GlowConfig::new(1, 8, 8).with_hidden(8).init(&device);
+        let key = MasterKey::from_bytes([6; 32]);
+        let sub = key.class_subkey(Scheme::FlowRotation, 3);
+        let a = FlowEncryptor::new(glow.clone(), pre, &sub, &device).encrypt(x.clone());
+        let b = FlowEncryptor::new(glow, pre, &sub, &device).encrypt(x);
+        assert_eq!(
+            a.into_data().iter::<f32>().collect::<Vec<_>>(),
+            b.into_data().iter::<f32>().collect::<Vec<_>>()
+        );
+    }
 }

@@ -686,14 +686,19 @@ impl Preprocess {
         let levels = self.levels as f32;
         let k = (x * (levels - 1.0)).round().clamp(0.0, levels - 1.0);
         let u = if dequantize {
+            // Kept off 0 and 1 so that 1 − y stays positive in f32.
             k.random_like(burn::tensor::Distribution::Uniform(0.0, 1.0))
+                .clamp(1e-4, 1.0 - 1e-4)
         } else {
             k.zeros_like() + 0.5
         };
+        // 1 − p = (1 − α)(1 − y), computed from (levels − k − u) directly: forming p first and
+        // subtracting it from 1 rounds to 0 in f32 for the brightest pixels.
+        let one_minus_y = (k.clone().neg() + levels - u.clone()) / levels;
         let y = (k + u) / levels;
         let p = y * (1.0 - self.alpha) + self.alpha;
         let log_p = p.clone().log();
-        let log_1mp = (p.neg() + 1.0).log();
+        let log_1mp = one_minus_y.log() + (1.0 - self.alpha).ln();
         let s = log_p.clone() - log_1mp.clone();
         let per = (log_p + log_1mp).neg() + (1.0 - self.alpha).ln();
         let logdet = per.flatten::<2>(1, 3).sum_dim(1).squeeze_dim::<1>(1);

@@ -14,11 +14,13 @@
 pub mod data;
 pub mod flow_rotation;
 pub mod flow_train;
+pub mod gaussianity;
 pub mod glow;
 pub mod haar;
 pub mod keyfile;
 pub mod keys;
 pub mod model;
+pub mod resnet;
 pub mod testvectors;
 pub mod train;
 

@@ -17,13 +17,25 @@ use veil_tests::{Browser, GpuMode, repo_root, start_server};
 
 fn main() -> Result<()> {
     let root = repo_root();
+    // `--native-only`: re-measure the native figures and keep the browser ones of the last run.
+    let native_only = std::env::args().any(|a| a == "--native-only");
+    let previous: Value = std::fs::read_to_string(root.join("docs/benchmarks.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(Value::Null);
     let mut results = json!({});
     eprintln!("native: 3072×3072 Haar rotation…");
     results["native"] = native()?;
-    eprintln!("{}", results["native"]);
+    eprintln!("native: flow rotation…");
+    results["flow_rotation"] = flow_rotation()?;
+    eprintln!("{} {}", results["native"], results["flow_rotation"]);
     let runtime = tokio::runtime::Runtime::new()?;
     let mut browser = json!({});
     for mode in [GpuMode::NoWebgpu, GpuMode::Webgpu] {
+        if native_only {
+            browser[mode.expected_backend()] = previous["browser"][mode.expected_backend()].clone();
+            continue;
+        }
         eprintln!("browser ({}): running bench.html…", mode.expected_backend());
         match runtime.block_on(browser_bench(mode)) {
             Ok(v) => browser[mode.expected_backend()] = v,
@@ -32,7 +44,12 @@ fn main() -> Result<()> {
         eprintln!("{}", browser[mode.expected_backend()]);
     }
     results["browser"] = browser;
-    results["wasm_size"] = wasm_size(&root.join("www/pkg/veil_client_bg.wasm"))?;
+    results["browser_from_previous_run"] = json!(native_only);
+    results["wasm_size"] = if native_only {
+        previous["wasm_size"].clone()
+    } else {
+        wasm_size(&root.join("www/pkg/veil_client_bg.wasm"))?
+    };
     results["machine"] = machine();
     if let Ok(text) = std::fs::read_to_string(root.join("docs/cold-test.json")) {
         results["cold_xtask_test"] = serde_json::from_str(&text).unwrap_or(Value::Null);
@@ -80,6 +97,66 @@ fn native() -> Result<Value> {
         "inference_images_per_s": (batch * reps) as f64 / secs,
         "inference_batch": batch,
     }))
+}
+
+/// Flow-rotation figures: encryption throughput for 16×16×1 and 32×32×3 images (a 2-level,
+/// 4-step Glow with 48 hidden channels — untrained weights cost the same as trained ones), and the
+/// time of one training epoch of that flow on the digits.
+fn flow_rotation() -> Result<Value> {
+    use veil::burn::tensor::Distribution;
+    use veil::flow_rotation::FlowEncryptor;
+    use veil::flow_train::{FlowTrainOptions, train_flow};
+    use veil::glow::{GlowConfig, Preprocess};
+    let device = Device::flex();
+    let key = veil::testvectors::test_key();
+    let mut out = json!({});
+    for (c, side) in [(1usize, 16usize), (3, 32)] {
+        let config = GlowConfig::new(c, side, side).with_steps(4).with_hidden(48);
+        let x = veil::burn::tensor::Tensor::<4>::random(
+            [128, c, side, side],
+            Distribution::Uniform(0.0, 1.0),
+            &device,
+        );
+        let pre = Preprocess::EIGHT_BIT;
+        let (s, _) = pre.to_logit(x.clone(), true);
+        let glow = config.init(&device).data_init(s);
+        let enc = FlowEncryptor::new(
+            glow,
+            pre,
+            &key.class_subkey(veil::keys::Scheme::FlowRotation, 0),
+            &device,
+        );
+        let _ = enc.encrypt(x.clone()).into_data();
+        let reps = 3;
+        let t = Instant::now();
+        for _ in 0..reps {
+            let _ = enc.encrypt(x.clone()).into_data();
+        }
+        out[format!("encrypt_{c}x{side}x{side}_images_per_s")] =
+            json!((128 * reps) as f64 / t.elapsed().as_secs_f64());
+    }
+    let data = digits();
+    let (train, _) = data.split(0.2, 7);
+    let pre = Preprocess {
+        levels: 17,
+        alpha: 0.05,
+    };
+    let ad = Device::flex().autodiff();
+    let config = GlowConfig::new(1, 8, 8).with_steps(4).with_hidden(48);
+    let (s, _) = pre.to_logit(train.images_tensor(0..256, &ad), true);
+    let glow = config.init(&ad).data_init(s);
+    let options = FlowTrainOptions {
+        epochs: 1,
+        batch_size: 32,
+        ..Default::default()
+    };
+    let t = Instant::now();
+    let _ = train_flow(glow, &train, pre, options, &ad, |_| {
+        veil::train::Control::Continue
+    })?;
+    out["flow_train_epoch_digits_s"] = json!(t.elapsed().as_secs_f64());
+    out["flow_train_images"] = json!(train.len());
+    Ok(out)
 }
 
 async fn browser_bench(mode: GpuMode) -> Result<Value> {
@@ -222,6 +299,10 @@ fn markdown(r: &Value) -> String {
             f(&n["inference_images_per_s"])
         ),
     );
+    if r["browser_from_previous_run"].as_bool() == Some(true) {
+        s += "Browser figures and the wasm size come from the previous full run (`veil-bench --native-only` \
+              re-measured only the native ones), so these ratios mix two runs.\n\n";
+    }
     s += "The Haar rotation is computed on the CPU in f64 on every host (it must be bit-identical), so its \
           WebGPU column is the same computation in the same wasm module.\n\n";
     for (name, v) in [("CPU", cpu), ("WebGPU", gpu)] {
@@ -239,6 +320,15 @@ fn markdown(r: &Value) -> String {
             s += &format!("Browser {name} run failed: {e}\n\n");
         }
     }
+    let fr = &r["flow_rotation"];
+    s += "## Flow rotation (native, flex CPU)\n\n| What | Figure |\n|---|---|\n";
+    s += &format!(
+        "| Encryption, 16×16×1 images (2-level, 4-step Glow, 48 hidden) | {} |\n| Encryption, 32×32×3 images (same flow) | {} |\n| Flow training, one epoch of the {} digits training images (8×8, batch 32) | {} |\n\n",
+        ips(f(&fr["encrypt_1x16x16_images_per_s"])),
+        ips(f(&fr["encrypt_3x32x32_images_per_s"])),
+        fr["flow_train_images"],
+        f(&fr["flow_train_epoch_digits_s"]).map_or("—".into(), |x| format!("{x:.2} s")),
+    );
     let w = &r["wasm_size"];
     s += "## Shipped wasm client\n\n| Build | Raw | gzip |\n|---|---|---|\n";
     s += &format!(
