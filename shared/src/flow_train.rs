@@ -79,14 +79,47 @@ pub enum FlowTrainError {
     Invalid(String),
 }
 
+/// Where a training run stands after an epoch: enough to resume it exactly.
+#[derive(Debug, Clone)]
+pub struct FlowCheckpoint {
+    /// Epochs completed.
+    pub epoch: usize,
+    /// Optimizer steps taken (the warm-up position).
+    pub global_step: usize,
+    /// Adam's state (burnpack bytes of `ModuleOptimizer::into_bytes`).
+    pub optimizer: Vec<u8>,
+    /// Mean training bits/dim of the last epoch.
+    pub bits_per_dim: f32,
+}
+
 /// Trains `glow` (on an autodiff device; initialise it with [`Glow::data_init`] first) on `data`.
 pub fn train_flow(
+    glow: Glow,
+    data: &ImageDataset,
+    pre: Preprocess,
+    options: FlowTrainOptions,
+    device: &Device,
+    on_step: impl FnMut(&FlowStepReport) -> Control,
+) -> Result<Glow, FlowTrainError> {
+    train_flow_resumable(glow, data, pre, options, device, None, on_step, |_, _| {
+        Control::Continue
+    })
+}
+
+/// [`train_flow`] that starts from a checkpoint (`resume`: the weights in `glow` must be the
+/// checkpoint's) and hands one to `on_epoch` after every epoch, with the flow, for saving. The
+/// shuffle of epoch `e` depends only on the seed and `e`, so a resumed run takes the same steps as
+/// an uninterrupted one.
+#[allow(clippy::too_many_arguments)]
+pub fn train_flow_resumable(
     mut glow: Glow,
     data: &ImageDataset,
     pre: Preprocess,
     options: FlowTrainOptions,
     device: &Device,
+    resume: Option<&FlowCheckpoint>,
     mut on_step: impl FnMut(&FlowStepReport) -> Control,
+    mut on_epoch: impl FnMut(&FlowCheckpoint, &Glow) -> Control,
 ) -> Result<Glow, FlowTrainError> {
     if data.is_empty() || options.batch_size == 0 || options.epochs == 0 {
         return Err(FlowTrainError::Invalid(
@@ -97,11 +130,25 @@ pub fn train_flow(
     let mut optimizer = AdamConfig::new()
         .with_grad_clipping(Some(GradientClippingConfig::Norm(options.max_grad_norm)))
         .init();
-    let mut rng = ChaCha20Rng::seed_from_u64(options.seed);
+    let (first_epoch, mut global_step) = match resume {
+        Some(c) => {
+            optimizer = optimizer
+                .from_bytes(burn::tensor::Bytes::from_bytes_vec(c.optimizer.clone()))
+                .map_err(|e| {
+                    FlowTrainError::Invalid(format!(
+                        "the checkpoint's optimizer state cannot be read: {e}"
+                    ))
+                })?;
+            (c.epoch + 1, c.global_step)
+        }
+        None => (1, 0),
+    };
     let steps_per_epoch = data.len().div_ceil(options.batch_size);
-    let mut order: Vec<usize> = (0..data.len()).collect();
-    let mut global_step = 0usize;
-    for epoch in 1..=options.epochs {
+    for epoch in first_epoch..=options.epochs {
+        let mut rng = ChaCha20Rng::seed_from_u64(
+            options.seed ^ (epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+        );
+        let mut order: Vec<usize> = (0..data.len()).collect();
         order.shuffle(&mut rng);
         let shuffled = data.subset(&order);
         let (mut sum, mut seen) = (0.0f64, 0usize);
@@ -110,6 +157,9 @@ pub fn train_flow(
             let range =
                 step * options.batch_size..((step + 1) * options.batch_size).min(data.len());
             let batch = range.len();
+            // The dequantisation noise of each step depends only on (seed, epoch, step), so that a
+            // resumed run draws the same noise as an uninterrupted one.
+            device.seed(options.seed ^ ((epoch as u64) << 32) ^ step as u64);
             let (s, logdet_pre) = pre.to_logit(shuffled.images_tensor(range, device), true);
             let out = glow.forward(s.clone());
             let loss = pre.bits_per_dim(&out, logdet_pre, dims).mean();
@@ -140,6 +190,20 @@ pub fn train_flow(
             if on_step(&report) == Control::Stop {
                 return Ok(glow);
             }
+        }
+        let checkpoint = FlowCheckpoint {
+            epoch,
+            global_step,
+            optimizer: optimizer
+                .into_bytes()
+                .map_err(|e| {
+                    FlowTrainError::Invalid(format!("cannot save the optimizer state: {e}"))
+                })?
+                .to_vec(),
+            bits_per_dim: (sum / seen.max(1) as f64) as f32,
+        };
+        if on_epoch(&checkpoint, &glow) == Control::Stop {
+            return Ok(glow);
         }
     }
     Ok(glow)

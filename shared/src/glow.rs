@@ -95,6 +95,28 @@ impl GlowConfig {
         out
     }
 
+    /// The flow with the weights of `bytes` (from [`Glow::to_bytes`]), checked for NaN and
+    /// infinity on the CPU before moving to `device`.
+    pub fn load(&self, bytes: &[u8], device: &Device) -> Result<Glow, crate::model::ModelError> {
+        use crate::model::ModelError;
+        let record = burn::store::ModuleRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(
+            bytes.to_vec(),
+        ))
+        .map_err(|e| ModelError::Weights(e.to_string()))?;
+        let glow = self
+            .init(&Device::flex())
+            .try_load_record(record)
+            .map_err(|e| ModelError::Weights(e.to_string()))?;
+        crate::model::check_finite(&glow)?;
+        let glow = glow.to_device(device);
+        // On an autodiff device, make the parameters trainable again (e.g. to resume training).
+        Ok(if device.is_autodiff() {
+            glow.train()
+        } else {
+            glow
+        })
+    }
+
     /// A freshly initialised flow. Call [`Glow::data_init`] on a batch before training.
     pub fn init(&self, device: &Device) -> Glow {
         let mut rng = ChaCha20Rng::seed_from_u64(self.seed);
@@ -179,13 +201,14 @@ impl ActNorm {
 /// initialised to a random rotation. `log|det W| = Σ log_s`, so the log-determinant costs O(C).
 #[derive(Module, Debug)]
 pub struct InvConv1x1 {
-    /// Fixed (not trained), but recorded with the weights.
-    permutation: Param<Tensor<2>>,
+    /// Fixed: a constant, not a parameter. It is not recorded with the weights: `GlowConfig::init`
+    /// regenerates it from the config's seed, identically, before a record is loaded.
+    permutation: Tensor<2>,
     lower: Param<Tensor<2>>,
     upper: Param<Tensor<2>>,
     log_s: Param<Tensor<1>>,
-    /// Fixed (not trained), but recorded with the weights.
-    sign_s: Param<Tensor<1>>,
+    /// Fixed, like `permutation`.
+    sign_s: Tensor<1>,
 }
 
 fn from_rows(rows: &DMatrix<f64>, device: &Device) -> Tensor<2> {
@@ -218,20 +241,19 @@ impl InvConv1x1 {
         let vec1 =
             |v: Vec<f32>| Tensor::<1>::from_data(TensorData::new(v.clone(), [v.len()]), device);
         Self {
-            permutation: Param::from_tensor(from_rows(&perm, device)).set_require_grad(false),
+            permutation: from_rows(&perm, device),
             lower: Param::from_tensor(from_rows(&strict_l, device)),
             upper: Param::from_tensor(from_rows(&strict_u, device)),
             log_s: Param::from_tensor(vec1(diag.iter().map(|d| d.abs().ln() as f32).collect())),
-            sign_s: Param::from_tensor(vec1(diag.iter().map(|d| d.signum() as f32).collect()))
-                .set_require_grad(false),
+            sign_s: vec1(diag.iter().map(|d| d.signum() as f32).collect()),
         }
     }
 
     fn factors(&self) -> (Tensor<2>, Tensor<2>, Tensor<2>, Tensor<1>) {
         let lower = self.lower.val().tril(-1);
         let upper = self.upper.val().triu(1);
-        let s = self.sign_s.val() * self.log_s.val().exp();
-        (self.permutation.val(), lower, upper, s)
+        let s = self.sign_s.clone() * self.log_s.val().exp();
+        (self.permutation.clone(), lower, upper, s)
     }
 
     /// The weight matrix W.
@@ -613,6 +635,15 @@ impl Glow {
             }
         }
         None
+    }
+
+    /// The weights as burnpack bytes.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, crate::model::ModelError> {
+        self.clone()
+            .into_record()
+            .into_bytes()
+            .map(|b| b.to_vec())
+            .map_err(|e| crate::model::ModelError::Weights(e.to_string()))
     }
 
     /// Shape of each level's latent ε (level 0 first).

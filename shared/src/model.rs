@@ -100,7 +100,12 @@ impl SmallCnnConfig {
             .try_load_record(record)
             .map_err(|e| ModelError::Weights(e.to_string()))?;
         check_finite(&model)?;
-        Ok(model.to_device(device))
+        let model = model.to_device(device);
+        Ok(if device.is_autodiff() {
+            model.train()
+        } else {
+            model
+        })
     }
 }
 

@@ -7,8 +7,12 @@ use veil::flow_train::{FlowTrainOptions, evaluate_bits_per_dim, train_flow};
 use veil::glow::{GlowConfig, Preprocess};
 use veil::train::Control;
 
+/// The flex device's RNG is global: tests that seed it must not run at the same time.
+static DEVICE_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn training_lowers_held_out_bits_per_dim() {
+    let _rng = DEVICE_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let (train, test) = digits().split(0.2, 7);
     let train = train.subset(&(0..400).collect::<Vec<_>>());
     let pre = Preprocess {
@@ -48,4 +52,112 @@ fn training_lowers_held_out_bits_per_dim() {
     );
     // A 17-level pixel costs at most log2(17) = 4.09 bits uniformly; a trained flow beats that.
     assert!(after < 4.09, "after {after}");
+}
+
+/// Two epochs, a checkpoint (Adam's state and the flow, both as burnpack bytes), two more epochs
+/// from the reloaded flow: the reloaded parameters (values and ids) equal the checkpointed ones,
+/// and the resumed run ends within 0.02 bits/dim of an uninterrupted one. Resuming the in-memory
+/// flow with the restored optimizer state reproduces the uninterrupted run exactly; the reloaded
+/// flow differs from it by about 0.005 bits/dim for a reason not yet found (see the notes).
+#[test]
+fn a_resumed_run_matches_an_uninterrupted_one() {
+    let _rng = DEVICE_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    use veil::burn::module::{ModuleVisitor, Param};
+    use veil::burn::tensor::Tensor;
+    use veil::flow_train::{FlowCheckpoint, train_flow_resumable};
+    let (train, test) = digits().split(0.2, 7);
+    let train = train.subset(&(0..96).collect::<Vec<_>>());
+    let test = test.subset(&(0..64).collect::<Vec<_>>());
+    let pre = Preprocess {
+        levels: 17,
+        alpha: 0.05,
+    };
+    let device = Device::flex().autodiff();
+    let config = GlowConfig::new(1, 8, 8)
+        .with_levels(2)
+        .with_steps(2)
+        .with_hidden(8);
+    let fresh = || {
+        device.seed(5);
+        let (s, _) = pre.to_logit(train.images_tensor(0..96, &device), true);
+        config.init(&device).data_init(s)
+    };
+    let options = FlowTrainOptions {
+        epochs: 4,
+        batch_size: 32,
+        warmup_steps: 4,
+        ..Default::default()
+    };
+    let go = |_: &_| Control::Continue;
+    let straight = train_flow(fresh(), &train, pre, options, &device, go).unwrap();
+
+    let mut saved: Option<(FlowCheckpoint, Vec<u8>)> = None;
+    let at_checkpoint =
+        train_flow_resumable(fresh(), &train, pre, options, &device, None, go, |c, g| {
+            saved = Some((c.clone(), g.to_bytes().unwrap()));
+            if c.epoch == 2 {
+                Control::Stop
+            } else {
+                Control::Continue
+            }
+        })
+        .unwrap();
+    let (checkpoint, weights) = saved.unwrap();
+    assert_eq!(checkpoint.epoch, 2);
+    let reloaded = config.load(&weights, &device).unwrap();
+
+    // The reloaded flow has the same parameters, with the same ids, as the one in memory.
+    struct Params(Vec<(String, Vec<f32>)>);
+    impl ModuleVisitor for Params {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+            self.0.push((
+                p.id.to_string(),
+                p.val().inner().into_data().iter::<f32>().collect(),
+            ));
+        }
+    }
+    let (mut a, mut b) = (Params(vec![]), Params(vec![]));
+    reloaded.visit(&mut a);
+    at_checkpoint.visit(&mut b);
+    assert_eq!(a.0, b.0);
+
+    let finish = |g| {
+        train_flow_resumable(
+            g,
+            &train,
+            pre,
+            options,
+            &device,
+            Some(&checkpoint),
+            go,
+            |_, _| Control::Continue,
+        )
+        .unwrap()
+    };
+    let from_memory = finish(at_checkpoint.clone());
+    let from_bytes = finish(reloaded);
+    let eval = Device::flex();
+    let bpd = |g: &veil::glow::Glow| {
+        eval.seed(1);
+        evaluate_bits_per_dim(&g.valid(), &test, pre, &eval)
+    };
+    let (u, m, r, c) = (
+        bpd(&straight),
+        bpd(&from_memory),
+        bpd(&from_bytes),
+        bpd(&at_checkpoint),
+    );
+    eprintln!(
+        "bits/dim: uninterrupted {u}, resumed in memory {m}, from bytes {r}, at the checkpoint {c}"
+    );
+    // Same flow object, restored optimizer state: the very same run.
+    assert_eq!(u, m, "uninterrupted {u}, resumed in memory {m}");
+    assert!(
+        (u - r).abs() < 0.02,
+        "uninterrupted {u}, resumed from bytes {r}"
+    );
+    assert!(
+        c - u > 0.02,
+        "the last two epochs changed nothing: {c} → {u}"
+    );
 }
