@@ -167,6 +167,32 @@ fn load_folder(dir: &Path, shape: ImageShape) -> Result<ImageDataset> {
     Ok(decode_image_folder(&entries, shape)?)
 }
 
+/// Writes a dataset as an image folder: `<out>/<class>/<index>.png` (8-bit, grey or RGB).
+pub fn write_image_folder(data: &ImageDataset, out: &Path) -> Result<()> {
+    let shape = data.shape;
+    let plane = shape.height * shape.width;
+    let byte = |v: f32| (v.clamp(0.0, 1.0) * 255.0).round() as u8;
+    for (i, &label) in data.labels.iter().enumerate() {
+        let dir = out.join(&data.class_names[label as usize]);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let px = data.image(i);
+        let (w, h) = (shape.width as u32, shape.height as u32);
+        let path = dir.join(format!("{i:05}.png"));
+        let saved = if shape.channels == 1 {
+            image::GrayImage::from_fn(w, h, |x, y| image::Luma([byte(px[(y * w + x) as usize])]))
+                .save(&path)
+        } else {
+            image::RgbImage::from_fn(w, h, |x, y| {
+                let k = (y * w + x) as usize;
+                image::Rgb([byte(px[k]), byte(px[plane + k]), byte(px[2 * plane + k])])
+            })
+            .save(&path)
+        };
+        saved.with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
 /// A human summary: size, shape, classes with counts, pixel statistics.
 pub fn summary(data: &ImageDataset) -> String {
     let n = data.images.len().max(1) as f64;

@@ -9,6 +9,7 @@ use tracing_subscriber::EnvFilter;
 
 mod demo;
 mod experiments;
+mod flows;
 
 #[derive(Parser)]
 #[command(
@@ -29,15 +30,49 @@ enum Command {
     TrainDemo(demo::TrainDemoArgs),
     /// Read a dataset from disk and describe it (checks that Veil can load it).
     DataInfo(DataInfoArgs),
+    /// Write the synthetic class-conditional image set as an image folder (one sub-folder per
+    /// class, PNG files), for scale tests.
+    DataSynth(DataSynthArgs),
     /// Reproduce a paper's experiments (report.md, results.json, figures).
     #[command(subcommand)]
     Experiment(Experiment),
+    /// Flow rotation's flows.
+    #[command(subcommand)]
+    Flow(FlowCommand),
+}
+
+#[derive(Subcommand)]
+enum FlowCommand {
+    /// Train one flow per class and a class-agnostic one, with per-epoch checkpoints.
+    Train(flows::FlowTrainArgs),
 }
 
 #[derive(Subcommand)]
 enum Experiment {
     /// Flow rotation (Wu, Du, Yuan): Tables 1-2, Figure 3, and the Gaussianity probe.
     Flow(experiments::flow::FlowArgs),
+}
+
+#[derive(clap::Args)]
+struct DataSynthArgs {
+    /// Output folder.
+    #[arg(long)]
+    out: PathBuf,
+    /// Classes (2 to 32).
+    #[arg(long, default_value_t = 10)]
+    classes: usize,
+    /// Images per class.
+    #[arg(long, default_value_t = 100)]
+    per_class: usize,
+    /// Side length.
+    #[arg(long, default_value_t = 32)]
+    size: usize,
+    /// Channels (1 or 3).
+    #[arg(long, default_value_t = 3)]
+    channels: usize,
+    /// Seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
 }
 
 #[derive(clap::Args)]
@@ -79,6 +114,24 @@ fn main() -> Result<()> {
         Command::Serve(args) => serve(args),
         Command::TrainDemo(args) => demo::train_demo(args),
         Command::Experiment(Experiment::Flow(args)) => experiments::flow::run(args),
+        Command::Flow(FlowCommand::Train(args)) => flows::train(args),
+        Command::DataSynth(args) => {
+            let data = veil::data::synthetic(veil::data::SyntheticConfig {
+                classes: args.classes,
+                per_class: args.per_class,
+                shape: veil::data::ImageShape::new(args.channels, args.size, args.size),
+                noise: 0.05,
+                seed: args.seed,
+            })?;
+            veil_server::datasets::write_image_folder(&data, &args.out)?;
+            eprintln!(
+                "wrote {} images in {} classes to {}",
+                data.len(),
+                data.num_classes(),
+                args.out.display()
+            );
+            Ok(())
+        }
         Command::DataInfo(args) => {
             let shape = veil::data::ImageShape::new(args.channels, args.size, args.size);
             let data = veil_server::datasets::load(&args.path, args.format, shape)?;

@@ -65,3 +65,52 @@ fn quick_flow_experiment_writes_a_consistent_report() {
     // Three rows (originals, route a, route b) of ten 64-pixel tiles with 4-pixel gaps.
     assert_eq!((fig.width(), fig.height()), (10 * 68 + 4, 3 * 68 + 4));
 }
+
+#[test]
+fn flow_train_writes_flows_and_refuses_to_overwrite_without_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_veil"))
+            .args([
+                "flow",
+                "train",
+                "--epochs",
+                "2",
+                "--steps",
+                "2",
+                "--hidden",
+                "16",
+                "--agnostic-only",
+                "--out",
+            ])
+            .arg(dir.path())
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let first = run(&[]);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("flows.json")).unwrap())
+            .unwrap();
+    assert_eq!(manifest["flows"][0]["name"], "agnostic");
+    let bpd = manifest["flows"][0]["held_out_bits_per_dim"]
+        .as_f64()
+        .unwrap();
+    assert!(bpd > 0.5 && bpd < 4.09, "held-out bits/dim {bpd}");
+    assert!(dir.path().join("flow-agnostic.bpk").exists());
+    assert!(
+        !dir.path().join("checkpoints/agnostic.bpk").exists(),
+        "the checkpoint of a finished flow is removed"
+    );
+    let again = run(&[]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--resume"));
+    let resumed = run(&["--resume"]);
+    assert!(resumed.status.success());
+    assert!(String::from_utf8_lossy(&resumed.stderr).contains("already trained, skipping"));
+}
