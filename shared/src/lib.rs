@@ -9,8 +9,10 @@
 //! - [`haar`]: Haar-random orthogonal matrices from a key, bit-identical on every platform.
 //! - [`data`]: dataset decoders (UCI digits, MNIST IDX, CIFAR-10, image folders), splits, and a
 //!   synthetic generator.
-//! - [`model`], [`train`]: the small CNN and its training loop.
+//! - [`container`]: the dataset container (safetensors) that carries images to the ML factory.
+//! - [`model`], [`train`]: the small CNN and its (resumable) training loop.
 
+pub mod container;
 pub mod data;
 pub mod flow_rotation;
 pub mod flow_train;

@@ -1,7 +1,7 @@
 //! Training and evaluating a [`Classifier`] on an [`ImageDataset`], on any burn device.
 
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::{AdamConfig, GradientsParams};
+use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -78,15 +78,73 @@ pub enum TrainError {
     Invalid(String),
 }
 
+/// Where a training run stands: enough to resume it exactly (same shuffles, same optimizer
+/// state), written by [`train_classifier_resumable`] at every epoch's end and when it is stopped.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TrainCheckpoint {
+    /// Epochs completed.
+    pub epochs_done: usize,
+    /// Steps completed of the epoch after those (0 at an epoch boundary).
+    pub step_in_epoch: usize,
+    /// Running sums of the partial epoch: loss × images, correct predictions, images.
+    pub partial: (f64, usize, usize),
+    /// Adam's state (burnpack bytes of `ModuleOptimizer::into_bytes`).
+    #[serde(skip)]
+    pub optimizer: Vec<u8>,
+}
+
+/// The end of an epoch, handed to the `on_epoch` callback of [`train_classifier_resumable`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EpochReport {
+    /// 1-based epoch just completed.
+    pub epoch: usize,
+    /// Mean training loss over the epoch.
+    pub loss: f32,
+    /// Training accuracy over the epoch.
+    pub accuracy: f32,
+}
+
+/// What [`train_classifier_resumable`] returns: the model, where training stopped, and whether
+/// it ran to the last epoch.
+#[derive(Debug)]
+pub struct Trained<M> {
+    /// The model as training left it.
+    pub model: M,
+    /// The position reached (resume from it to continue).
+    pub checkpoint: TrainCheckpoint,
+    /// `true` if every epoch ran; `false` if a callback stopped training.
+    pub finished: bool,
+}
+
 /// Trains `model` (whose parameters live on an autodiff device) with Adam and cross-entropy.
 /// `on_step` sees every step and may stop training early.
 pub fn train_classifier<M: Classifier>(
+    model: M,
+    data: &ImageDataset,
+    options: TrainOptions,
+    device: &Device,
+    on_step: impl FnMut(&StepReport) -> Control,
+) -> Result<M, TrainError> {
+    train_classifier_resumable(model, data, options, device, None, on_step, |_, _, _| {
+        Control::Continue
+    })
+    .map(|t| t.model)
+}
+
+/// [`train_classifier`] that can start from a checkpoint (`resume`: the weights in `model` must
+/// be the checkpoint's) and hands one to `on_epoch` after every epoch, with the model, for
+/// saving. The shuffle of epoch `e` and the dropout noise of each step depend only on the seed,
+/// `e` and the step, so a run stopped anywhere and resumed takes the same steps as one that was
+/// never stopped.
+pub fn train_classifier_resumable<M: Classifier>(
     mut model: M,
     data: &ImageDataset,
     options: TrainOptions,
     device: &Device,
+    resume: Option<&TrainCheckpoint>,
     mut on_step: impl FnMut(&StepReport) -> Control,
-) -> Result<M, TrainError> {
+    mut on_epoch: impl FnMut(&EpochReport, &M, &TrainCheckpoint) -> Control,
+) -> Result<Trained<M>, TrainError> {
     if data.is_empty() {
         return Err(TrainError::Invalid("the training set is empty".into()));
     }
@@ -95,19 +153,53 @@ pub fn train_classifier<M: Classifier>(
             "epochs and batch size must be positive".into(),
         ));
     }
-    let mut optimizer = AdamConfig::new().init();
-    let loss_fn = CrossEntropyLossConfig::new().init(device);
-    let mut rng = ChaCha20Rng::seed_from_u64(options.seed);
     let steps_per_epoch = data.len().div_ceil(options.batch_size);
-    let mut order: Vec<usize> = (0..data.len()).collect();
-    for epoch in 1..=options.epochs {
+    let mut optimizer = AdamConfig::new().init();
+    let (first_epoch, first_step, mut partial) = match resume {
+        Some(c) => {
+            if c.step_in_epoch > steps_per_epoch {
+                return Err(TrainError::Invalid(format!(
+                    "the checkpoint is at step {} of an epoch of {steps_per_epoch} steps: it \
+                     belongs to another dataset or batch size",
+                    c.step_in_epoch
+                )));
+            }
+            optimizer = optimizer
+                .from_bytes(burn::tensor::Bytes::from_bytes_vec(c.optimizer.clone()))
+                .map_err(|e| {
+                    TrainError::Invalid(format!(
+                        "the checkpoint's optimizer state cannot be read: {e}"
+                    ))
+                })?;
+            (c.epochs_done + 1, c.step_in_epoch, c.partial)
+        }
+        None => (1, 0, (0.0, 0, 0)),
+    };
+    let loss_fn = CrossEntropyLossConfig::new().init(device);
+    let checkpoint = |optimizer: &ModuleOptimizer, epochs_done, step_in_epoch, partial| {
+        optimizer_bytes(optimizer).map(|optimizer| TrainCheckpoint {
+            epochs_done,
+            step_in_epoch,
+            partial,
+            optimizer,
+        })
+    };
+    for epoch in first_epoch..=options.epochs {
+        let mut rng = ChaCha20Rng::seed_from_u64(
+            options.seed ^ (epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+        );
+        let mut order: Vec<usize> = (0..data.len()).collect();
         order.shuffle(&mut rng);
         let shuffled = data.subset(&order);
-        let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
-        for step in 0..steps_per_epoch {
+        let start = if epoch == first_epoch { first_step } else { 0 };
+        if start == 0 {
+            partial = (0.0, 0, 0);
+        }
+        for step in start..steps_per_epoch {
             let range =
                 step * options.batch_size..((step + 1) * options.batch_size).min(data.len());
             let batch = range.len();
+            device.seed(step_seed(options.seed, epoch, step));
             let images = shuffled.images_tensor(range.clone(), device);
             let targets = shuffled.labels_tensor(range, device);
             let logits = model.forward(images);
@@ -124,22 +216,74 @@ pub fn train_classifier<M: Classifier>(
             }
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             model = optimizer.step(options.learning_rate, model, grads);
-            loss_sum += f64::from(loss_value) * batch as f64;
-            correct += hits;
-            seen += batch;
+            partial.0 += f64::from(loss_value) * batch as f64;
+            partial.1 += hits;
+            partial.2 += batch;
             let report = StepReport {
                 epoch,
                 step: step + 1,
                 steps_per_epoch,
-                loss: (loss_sum / seen as f64) as f32,
-                accuracy: correct as f32 / seen as f32,
+                loss: (partial.0 / partial.2 as f64) as f32,
+                accuracy: partial.1 as f32 / partial.2 as f32,
             };
             if on_step(&report) == Control::Stop {
-                return Ok(model);
+                let at = if step + 1 == steps_per_epoch {
+                    checkpoint(&optimizer, epoch, 0, (0.0, 0, 0))?
+                } else {
+                    checkpoint(&optimizer, epoch - 1, step + 1, partial)?
+                };
+                return Ok(Trained {
+                    model,
+                    checkpoint: at,
+                    finished: false,
+                });
             }
         }
+        let end = EpochReport {
+            epoch,
+            loss: (partial.0 / partial.2.max(1) as f64) as f32,
+            accuracy: partial.1 as f32 / partial.2.max(1) as f32,
+        };
+        let saved = checkpoint(&optimizer, epoch, 0, (0.0, 0, 0))?;
+        if on_epoch(&end, &model, &saved) == Control::Stop {
+            return Ok(Trained {
+                model,
+                checkpoint: saved,
+                finished: epoch == options.epochs,
+            });
+        }
+        if epoch == options.epochs {
+            return Ok(Trained {
+                model,
+                checkpoint: saved,
+                finished: true,
+            });
+        }
     }
-    Ok(model)
+    // Resumed from a checkpoint that had already finished every epoch.
+    Ok(Trained {
+        model,
+        checkpoint: checkpoint(&optimizer, options.epochs, 0, (0.0, 0, 0))?,
+        finished: true,
+    })
+}
+
+/// The device seed of one step (dropout noise): SplitMix64 of (seed, epoch, step), so that
+/// neighbouring steps draw unrelated noise whatever the backend's generator does with its seed.
+fn step_seed(seed: u64, epoch: usize, step: usize) -> u64 {
+    let mut z = seed
+        .wrapping_add((epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15))
+        .wrapping_add((step as u64).wrapping_mul(0xd1b5_4a32_d192_ed03));
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+fn optimizer_bytes(optimizer: &ModuleOptimizer) -> Result<Vec<u8>, TrainError> {
+    optimizer
+        .into_bytes()
+        .map(|b| b.to_vec())
+        .map_err(|e| TrainError::Invalid(format!("cannot save the optimizer state: {e}")))
 }
 
 /// Logits of every image, in batches, as a row-major `[N, K]` vector (synchronous read: for
