@@ -21,7 +21,8 @@ fn usage() -> ! {
            serve [--fast] [-- <veil serve args>]  build the wasm client (size-optimised; --fast: plain release)\n                                          and run the server at http://127.0.0.1:8080/\n  \
            test                                   every check: fmt, clippy (native and wasm32), native tests,\n                                          wasm tests and end-to-end tests in headless Chromium\n  \
            bench                                  measure, and write docs/BENCHMARKS.md and docs/benchmarks.json\n  \
-           cold-test                              time `cargo xtask test` on a fresh clone (docs/cold-test.json)"
+           cold-test                              time `cargo xtask test` on a fresh clone (docs/cold-test.json)\n  \
+           fuzz [--seconds N]                     fuzz the dataset container decoder with cargo-fuzz (nightly;\n                                          default 120 s); new inputs join fuzz/corpus/, which `test` replays"
     );
     std::process::exit(2)
 }
@@ -37,6 +38,7 @@ fn main() -> Result<()> {
         "test" => test(&root),
         "bench" => bench::run_bench(&root),
         "cold-test" => bench::cold_test(&root),
+        "fuzz" => tools::fuzz(&root, &rest),
         "build-wasm" => build_wasm(&root, rest.iter().any(|a| a == "--size")).map(|_| ()),
         _ => usage(),
     }

@@ -147,3 +147,40 @@ pub fn wasm_opt(root: &Path) -> Result<PathBuf> {
     }
     Ok(bin)
 }
+
+/// `cargo xtask fuzz [--seconds N]`: cargo-fuzz (libFuzzer) on the dataset container decoder for
+/// a fixed budget, installing the nightly toolchain and cargo-fuzz when missing. Fails if the
+/// fuzzer finds a crash (it then leaves the input under fuzz/artifacts/).
+pub fn fuzz(root: &Path, rest: &[String]) -> Result<()> {
+    let seconds = match rest.iter().position(|a| a == "--seconds") {
+        Some(i) => rest
+            .get(i + 1)
+            .and_then(|v| v.parse::<u64>().ok())
+            .context("--seconds takes a whole number")?,
+        None => 120,
+    };
+    let toolchains = output(Command::new("rustup").args(["toolchain", "list"])).unwrap_or_default();
+    if !toolchains.lines().any(|l| l.starts_with("nightly")) {
+        run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))
+        .context("cargo-fuzz needs the nightly toolchain")?;
+    }
+    if output(crate::cargo().args(["fuzz", "--version"])).is_none() {
+        run(crate::cargo().args(["install", "cargo-fuzz"]))?;
+    }
+    let corpus = root.join("fuzz").join("corpus").join("dataset_container");
+    run(Command::new("cargo")
+        .current_dir(root)
+        .args(["+nightly", "fuzz", "run", "dataset_container"])
+        .arg(&corpus)
+        .args([
+            "--",
+            &format!("-max_total_time={seconds}"),
+            "-max_len=65536",
+        ]))
+}
