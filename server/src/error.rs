@@ -13,6 +13,18 @@ pub enum AppError {
     /// 400 with what is wrong with the request.
     #[error("{0}")]
     BadRequest(String),
+    /// 409: the request conflicts with the current state (e.g. deleting a dataset in use).
+    #[error("{0}")]
+    Conflict(String),
+    /// 413: the body is larger than the route allows.
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// 415: the body's content type is not one the route reads.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// 503: overloaded or timed out; retry later.
+    #[error("{0}")]
+    Unavailable(String),
     /// 500: logged in full, answered with a generic message.
     #[error("internal error")]
     Internal(#[from] anyhow::Error),
@@ -23,6 +35,10 @@ impl IntoResponse for AppError {
         let status = match &self {
             AppError::NotFound(_) => StatusCode::NOT_FOUND,
             AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AppError::Conflict(_) => StatusCode::CONFLICT,
+            AppError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            AppError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Internal(err) => {
                 tracing::error!(error = ?err, "internal error");
                 StatusCode::INTERNAL_SERVER_ERROR

@@ -1,8 +1,11 @@
 //! Veil's companion server: the untrusted "ML factory". It serves the pages and the wasm client,
-//! and the public models; it never receives a key or a plaintext image of a data owner.
+//! the public models, and the [`factory`]: datasets, training jobs and the untrusted classifier.
+//! It never receives a key or a plaintext image of a data owner.
 
+pub mod client;
 pub mod datasets;
 pub mod error;
+pub mod factory;
 pub mod routes;
 
 use std::path::PathBuf;
@@ -26,15 +29,18 @@ pub struct ServedModel {
 pub struct AppState {
     /// The folder of the pages (`www/`), served at `/`.
     pub www_dir: PathBuf,
-    /// Models by name.
+    /// Built-in models by name.
     pub models: Arc<Vec<ServedModel>>,
+    /// The ML factory (datasets, jobs, trained models).
+    pub factory: Arc<factory::Factory>,
 }
 
 impl AppState {
-    /// The state with the embedded default models, serving pages from `www_dir`.
-    pub fn with_defaults(www_dir: PathBuf) -> Self {
+    /// The state with the embedded default models, serving pages from `www_dir`, with `factory`.
+    pub fn with_defaults(www_dir: PathBuf, factory: Arc<factory::Factory>) -> Self {
         Self {
             www_dir,
+            factory,
             models: Arc::new(vec![ServedModel {
                 card: veil::model::demo::card(),
                 weights: Arc::new(veil::model::demo::WEIGHTS.to_vec()),

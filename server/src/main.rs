@@ -39,6 +39,9 @@ enum Command {
     /// Flow rotation's flows.
     #[command(subcommand)]
     Flow(FlowCommand),
+    /// Talk to a running factory over HTTP: upload, train, status, list, cancel, classify,
+    /// download.
+    Factory(veil_server::client::FactoryArgs),
 }
 
 #[derive(Subcommand)]
@@ -99,6 +102,16 @@ struct ServeArgs {
     /// Folder of the pages (with the built wasm package in `pkg/`).
     #[arg(long, env = "VEIL_WWW")]
     www: Option<PathBuf>,
+    /// The factory's data directory (database, datasets, models, checkpoints); default
+    /// `~/.local/share/veil` on Linux.
+    #[arg(long, env = "VEIL_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Training jobs run at once.
+    #[arg(long, env = "VEIL_JOBS", default_value_t = 1)]
+    jobs: usize,
+    /// Largest dataset upload, in MiB.
+    #[arg(long, env = "VEIL_MAX_UPLOAD_MIB", default_value_t = 512)]
+    max_upload_mib: u64,
 }
 
 fn main() -> Result<()> {
@@ -115,6 +128,7 @@ fn main() -> Result<()> {
         Command::TrainDemo(args) => demo::train_demo(args),
         Command::Experiment(Experiment::Flow(args)) => experiments::flow::run(args),
         Command::Flow(FlowCommand::Train(args)) => flows::train(args),
+        Command::Factory(args) => veil_server::client::run(args),
         Command::DataSynth(args) => {
             let data = veil::data::synthetic(veil::data::SyntheticConfig {
                 classes: args.classes,
@@ -152,21 +166,45 @@ fn serve(args: ServeArgs) -> Result<()> {
             www.display()
         );
     }
+    let data_dir = args
+        .data_dir
+        .unwrap_or_else(veil_server::factory::default_data_dir);
+    let mut config = veil_server::factory::FactoryConfig::new(&data_dir);
+    config.concurrency = args.jobs.max(1);
+    config.max_upload_bytes = args.max_upload_mib.max(1) << 20;
+    let factory = veil_server::factory::Factory::start(config).with_context(|| {
+        format!(
+            "opening the factory's data directory {}",
+            data_dir.display()
+        )
+    })?;
+    tracing::info!("factory data in {}", data_dir.display());
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(bind)
-            .await
-            .with_context(|| format!("cannot listen on {bind}"))?;
-        let addr = listener.local_addr()?;
-        tracing::info!("Veil is serving {} at http://{addr}/", www.display());
-        // Tests and scripts read this line to learn the port when binding to port 0.
-        println!("listening on http://{addr}/");
-        let app = veil_server::app(veil_server::AppState::with_defaults(www));
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown_signal())
-            .await
-            .context("server error")
-    })
+    let served = runtime.block_on({
+        let factory = factory.clone();
+        async move {
+            let listener = tokio::net::TcpListener::bind(bind)
+                .await
+                .with_context(|| format!("cannot listen on {bind}"))?;
+            let addr = listener.local_addr()?;
+            tracing::info!("Veil is serving {} at http://{addr}/", www.display());
+            // Tests and scripts read this line to learn the port when binding to port 0.
+            println!("listening on http://{addr}/");
+            let app = veil_server::app(veil_server::AppState::with_defaults(www, factory.clone()));
+            let stopping = factory.clone();
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    shutdown_signal().await;
+                    stopping.begin_shutdown();
+                })
+                .await
+                .context("server error")
+        }
+    });
+    // Running jobs checkpoint at their current step and resume at the next start.
+    tracing::info!("stopping the training workers (running jobs checkpoint)");
+    factory.shutdown();
+    served
 }
 
 async fn shutdown_signal() {

@@ -1,8 +1,8 @@
 //! Routes: `/api/...` and the static pages.
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderValue, header};
-use axum::response::IntoResponse;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
@@ -17,27 +17,67 @@ use crate::{AppError, AppState};
 struct Health {
     status: &'static str,
     version: &'static str,
+    /// Built-in and trained models.
     models: usize,
+    datasets: usize,
+    /// Training jobs waiting for a worker.
+    queue_depth: usize,
+    /// Training jobs running now.
+    running_jobs: usize,
 }
 
+/// A model as `GET /api/models` lists it: a built-in one (public weights, shipped with Veil) or
+/// one the factory trained.
 #[derive(Serialize)]
 struct ModelSummary {
     name: String,
+    /// `builtin` or `trained`.
+    kind: &'static str,
+    arch: String,
     dataset: String,
+    /// How the images it reads were made (`plain`, `flow-rotation`, …).
+    scheme: String,
+    key_fingerprint: Option<String>,
     input: veil::data::ImageShape,
     classes: Vec<String>,
-    test_accuracy: f32,
+    /// Built-in: accuracy on the held-out test split. Trained: on the job's validation part
+    /// (absent without one).
+    accuracy: Option<f32>,
     weights_url: String,
     card_url: String,
+    classify_url: String,
 }
+
+/// Every API route, as `(method, path)`: `docs/api.md` describes exactly these (a test checks
+/// both that each answers and that the document names each). Add a route here when you add it
+/// to a router.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/api/health"),
+    ("POST", "/api/datasets"),
+    ("GET", "/api/datasets"),
+    ("GET", "/api/datasets/{id}"),
+    ("GET", "/api/datasets/{id}/container"),
+    ("DELETE", "/api/datasets/{id}"),
+    ("POST", "/api/jobs"),
+    ("GET", "/api/jobs"),
+    ("GET", "/api/jobs/{id}"),
+    ("GET", "/api/jobs/{id}/events"),
+    ("POST", "/api/jobs/{id}/cancel"),
+    ("GET", "/api/models"),
+    ("GET", "/api/models/{name}"),
+    ("GET", "/api/models/{name}/weights"),
+    ("DELETE", "/api/models/{name}"),
+    ("POST", "/api/models/{name}/classify"),
+];
 
 pub(crate) fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/api/health", get(health))
         .route("/api/models", get(list_models))
-        .route("/api/models/{name}", get(model_card))
+        .route("/api/models/{name}", get(model_card).delete(delete_model))
         .route("/api/models/{name}/weights", get(model_weights))
-        .fallback(api_not_found);
+        .merge(crate::factory::api::router(&state.factory))
+        .route("/api/{*rest}", axum::routing::any(api_not_found));
     let pages = ServeDir::new(&state.www_dir).append_index_html_on_directories(true);
     Router::new()
         .merge(api)
@@ -52,30 +92,70 @@ pub(crate) fn router(state: AppState) -> Router {
         .layer(TraceLayer::new_for_http())
 }
 
-async fn health(State(state): State<AppState>) -> Json<Health> {
-    Json(Health {
-        status: "ok",
-        version: env!("CARGO_PKG_VERSION"),
-        models: state.models.len(),
+async fn health(State(state): State<AppState>) -> Result<Json<Health>, AppError> {
+    let f = state.factory.clone();
+    let builtin = state.models.len();
+    let queue_depth = f.queue_depth();
+    tokio::task::spawn_blocking(move || {
+        let (datasets, models) = f.store().counts()?;
+        let (_, running_jobs) = f.store().count_active_jobs()?;
+        Ok(Json(Health {
+            status: "ok",
+            version: env!("CARGO_PKG_VERSION"),
+            models: builtin + models,
+            datasets,
+            queue_depth,
+            running_jobs,
+        }))
     })
+    .await
+    .map_err(|e| AppError::Internal(e.into()))?
 }
 
-async fn list_models(State(state): State<AppState>) -> Json<Vec<ModelSummary>> {
-    Json(
-        state
-            .models
-            .iter()
-            .map(|m| ModelSummary {
-                name: m.card.name.clone(),
-                dataset: m.card.dataset.clone(),
-                input: m.card.config.input_shape(),
-                classes: m.card.classes.clone(),
-                test_accuracy: m.card.test_accuracy,
-                weights_url: format!("/api/models/{}/weights", m.card.name),
-                card_url: format!("/api/models/{}", m.card.name),
-            })
-            .collect(),
-    )
+fn builtin_summary(m: &crate::ServedModel) -> ModelSummary {
+    let name = &m.card.name;
+    ModelSummary {
+        name: name.clone(),
+        kind: "builtin",
+        arch: "small-cnn".into(),
+        dataset: m.card.dataset.clone(),
+        scheme: "plain".into(),
+        key_fingerprint: None,
+        input: m.card.config.input_shape(),
+        classes: m.card.classes.clone(),
+        accuracy: Some(m.card.test_accuracy),
+        weights_url: format!("/api/models/{name}/weights"),
+        card_url: format!("/api/models/{name}"),
+        classify_url: format!("/api/models/{name}/classify"),
+    }
+}
+
+fn trained_summary(m: crate::factory::ModelRow) -> ModelSummary {
+    let name = m.id;
+    ModelSummary {
+        kind: "trained",
+        arch: m.arch,
+        dataset: m.dataset_name,
+        scheme: m.scheme,
+        key_fingerprint: m.key_fingerprint,
+        input: m.shape,
+        classes: m.classes,
+        accuracy: m.val_accuracy,
+        weights_url: format!("/api/models/{name}/weights"),
+        card_url: format!("/api/models/{name}"),
+        classify_url: format!("/api/models/{name}/classify"),
+        name,
+    }
+}
+
+async fn list_models(State(state): State<AppState>) -> Result<Json<Vec<ModelSummary>>, AppError> {
+    let mut out: Vec<ModelSummary> = state.models.iter().map(builtin_summary).collect();
+    let f = state.factory.clone();
+    let trained = tokio::task::spawn_blocking(move || crate::factory::api::trained_models(&f))
+        .await
+        .map_err(|e| AppError::Internal(e.into()))??;
+    out.extend(trained.into_iter().map(trained_summary));
+    Ok(Json(out))
 }
 
 fn find<'a>(state: &'a AppState, name: &str) -> Result<&'a crate::ServedModel, AppError> {
@@ -86,22 +166,59 @@ fn find<'a>(state: &'a AppState, name: &str) -> Result<&'a crate::ServedModel, A
         .ok_or_else(|| AppError::NotFound(format!("model {name:?}")))
 }
 
+fn trained(state: &AppState, name: &str) -> Result<crate::factory::ModelRow, AppError> {
+    if !crate::factory::store::valid_id(name, "mdl") {
+        return Err(AppError::NotFound(format!("model {name:?}")));
+    }
+    state
+        .factory
+        .store()
+        .model(name)?
+        .ok_or_else(|| AppError::NotFound(format!("model {name:?}")))
+}
+
 async fn model_card(
     State(state): State<AppState>,
     Path(name): Path<String>,
-) -> Result<Json<veil::model::ModelCard>, AppError> {
-    Ok(Json(find(&state, &name)?.card.clone()))
+) -> Result<Response, AppError> {
+    if let Ok(m) = find(&state, &name) {
+        return Ok(Json(m.card.clone()).into_response());
+    }
+    Ok(Json(trained(&state, &name)?).into_response())
 }
 
 async fn model_weights(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<impl IntoResponse, AppError> {
-    let model = find(&state, &name)?;
-    Ok((
-        [(header::CONTENT_TYPE, "application/octet-stream")],
-        model.weights.as_ref().clone(),
-    ))
+    let bytes = match find(&state, &name) {
+        Ok(model) => model.weights.as_ref().clone(),
+        Err(_) => {
+            trained(&state, &name)?;
+            tokio::fs::read(state.factory.store().model_path(&name))
+                .await
+                .map_err(anyhow::Error::from)?
+        }
+    };
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes))
+}
+
+async fn delete_model(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, AppError> {
+    if find(&state, &name).is_ok() {
+        return Err(AppError::BadRequest(format!(
+            "{name} is a built-in model and cannot be deleted"
+        )));
+    }
+    trained(&state, &name)?;
+    let f = &state.factory;
+    if f.store().delete_model(&name)? {
+        f.models().forget(&name);
+        let _ = std::fs::remove_file(f.store().model_path(&name));
+    }
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn api_not_found() -> AppError {

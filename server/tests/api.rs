@@ -7,7 +7,12 @@ use tower::ServiceExt;
 use veil_server::{AppState, app};
 
 fn state() -> AppState {
-    AppState::with_defaults(veil_server::default_www_dir())
+    // Each test gets a fresh, empty factory.
+    let dir = tempfile::tempdir().unwrap().keep();
+    let factory =
+        veil_server::factory::Factory::start(veil_server::factory::FactoryConfig::new(dir))
+            .unwrap();
+    AppState::with_defaults(veil_server::default_www_dir(), factory)
 }
 
 async fn get(uri: &str) -> (StatusCode, Vec<u8>) {
@@ -43,7 +48,8 @@ async fn models_list_the_demo_cnn_with_its_measured_accuracy() {
     let m = &v[0];
     assert_eq!(m["name"], "digits-cnn");
     assert_eq!(m["input"]["height"], 8);
-    assert!(m["test_accuracy"].as_f64().unwrap() >= 0.95);
+    assert_eq!(m["kind"], "builtin");
+    assert!(m["accuracy"].as_f64().unwrap() >= 0.95);
     let (status, weights) = get(m["weights_url"].as_str().unwrap()).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(weights, veil::model::demo::WEIGHTS);
@@ -70,4 +76,55 @@ async fn the_page_is_served_with_framing_denied() {
     let body = response.into_body().collect().await.unwrap().to_bytes();
     let html = String::from_utf8_lossy(&body);
     assert!(html.contains("<title>Veil"), "{html}");
+}
+
+/// `docs/api.md` names exactly the routes in `ROUTES`, and each of those is routed (answers
+/// something other than the API's "route not found" or 405).
+#[tokio::test]
+async fn docs_api_md_matches_the_router() {
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/api.md"),
+    )
+    .unwrap();
+    let mut documented: Vec<(String, String)> = doc
+        .lines()
+        .filter_map(|l| l.strip_prefix("### "))
+        .filter_map(|l| l.split_once(' '))
+        .map(|(m, p)| (m.to_owned(), p.trim().to_owned()))
+        .collect();
+    let mut routes: Vec<(String, String)> = veil_server::routes::ROUTES
+        .iter()
+        .map(|(m, p)| ((*m).to_owned(), (*p).to_owned()))
+        .collect();
+    documented.sort();
+    routes.sort();
+    assert_eq!(
+        documented, routes,
+        "docs/api.md and routes::ROUTES disagree"
+    );
+    let state = state();
+    for (method, path) in veil_server::routes::ROUTES {
+        let uri = path
+            .replace("{id}", "ds-0000000000000000")
+            .replace("{name}", "no-such-model");
+        let resp = app(state.clone())
+            .oneshot(
+                Request::builder()
+                    .method(*method)
+                    .uri(&uri)
+                    .header("content-type", "application/json")
+                    .body(Body::from("{}"))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let status = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let text = String::from_utf8_lossy(&body);
+        assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+        assert!(
+            !text.contains("API route not found"),
+            "{method} {path} is not routed: {status} {text}"
+        );
+    }
 }

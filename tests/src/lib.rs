@@ -37,7 +37,10 @@ pub async fn start_server() -> Result<SocketAddr> {
     }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let app = veil_server::app(veil_server::AppState::with_defaults(www));
+    let data = tempfile::tempdir()?.keep();
+    let factory =
+        veil_server::factory::Factory::start(veil_server::factory::FactoryConfig::new(data))?;
+    let app = veil_server::app(veil_server::AppState::with_defaults(www, factory));
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });

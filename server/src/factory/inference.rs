@@ -1,0 +1,227 @@
+//! The untrusted classifier: models loaded for inference, on the CPU (flex), and a small cache.
+
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result, bail};
+use burn::prelude::*;
+use veil::data::ImageShape;
+use veil::model::{Classifier, SmallCnn, SmallCnnConfig};
+use veil::resnet::{SmallResNet, SmallResNetConfig};
+
+/// The architectures the factory trains (the menu of issue #4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    /// [`veil::model::SmallCnn`].
+    SmallCnn,
+    /// [`veil::resnet::SmallResNet`].
+    SmallResnet,
+}
+
+impl Arch {
+    /// Every architecture, by name.
+    pub const ALL: [(&'static str, Arch); 2] = [
+        ("small-cnn", Arch::SmallCnn),
+        ("small-resnet", Arch::SmallResnet),
+    ];
+
+    /// From its name.
+    pub fn parse(name: &str) -> Option<Arch> {
+        Self::ALL.iter().find(|(n, _)| *n == name).map(|(_, a)| *a)
+    }
+
+    /// Its name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::SmallCnn => "small-cnn",
+            Arch::SmallResnet => "small-resnet",
+        }
+    }
+}
+
+/// A model ready to classify, of any architecture on the menu.
+// Few of these exist at once (the cache holds eight), so boxing the larger variant buys nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone)]
+pub enum LoadedModel {
+    /// The small CNN.
+    Cnn(SmallCnn),
+    /// The small ResNet.
+    ResNet(SmallResNet),
+}
+
+impl LoadedModel {
+    /// A freshly initialised model for images of `shape` and `classes` classes.
+    pub fn init(arch: Arch, shape: ImageShape, classes: usize, device: &Device) -> Self {
+        match arch {
+            Arch::SmallCnn => {
+                LoadedModel::Cnn(SmallCnnConfig::for_shape(shape, classes).init(device))
+            }
+            Arch::SmallResnet => {
+                LoadedModel::ResNet(SmallResNetConfig::for_shape(shape, classes).init(device))
+            }
+        }
+    }
+
+    /// Weights (burnpack, as [`LoadedModel::to_bytes`] writes them) into a model of `arch`;
+    /// NaN or infinite weights are refused, naming the parameter.
+    pub fn load(
+        arch: Arch,
+        shape: ImageShape,
+        classes: usize,
+        bytes: &[u8],
+        device: &Device,
+    ) -> Result<Self> {
+        let cpu = Device::flex();
+        let record = burn::store::ModuleRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(
+            bytes.to_vec(),
+        ))
+        .map_err(|e| anyhow::anyhow!("the weights are not a burnpack record: {e}"))?;
+        let model = match Self::init(arch, shape, classes, &cpu) {
+            LoadedModel::Cnn(m) => LoadedModel::Cnn(
+                m.try_load_record(record)
+                    .map_err(|e| anyhow::anyhow!("the weights do not fit {}: {e}", arch.name()))?,
+            ),
+            LoadedModel::ResNet(m) => LoadedModel::ResNet(
+                m.try_load_record(record)
+                    .map_err(|e| anyhow::anyhow!("the weights do not fit {}: {e}", arch.name()))?,
+            ),
+        };
+        match &model {
+            LoadedModel::Cnn(m) => veil::model::check_finite(m)?,
+            LoadedModel::ResNet(m) => veil::model::check_finite(m)?,
+        }
+        // On an autodiff device (resuming training) the parameters must track gradients again.
+        let train = device.is_autodiff();
+        Ok(match model {
+            LoadedModel::Cnn(m) => {
+                let m = m.to_device(device);
+                LoadedModel::Cnn(if train { m.train() } else { m })
+            }
+            LoadedModel::ResNet(m) => {
+                let m = m.to_device(device);
+                LoadedModel::ResNet(if train { m.train() } else { m })
+            }
+        })
+    }
+
+    /// The weights as burnpack bytes.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let bytes = match self {
+            LoadedModel::Cnn(m) => m.clone().into_record().into_bytes(),
+            LoadedModel::ResNet(m) => m.clone().into_record().into_bytes(),
+        }
+        .map_err(|e| anyhow::anyhow!("cannot serialise the weights: {e}"))?;
+        Ok(bytes.to_vec())
+    }
+
+    /// Class probabilities `[N, K]` (row-major) of `n` images of `shape`, in batches of 256.
+    pub fn probabilities(&self, pixels: &[f32], shape: ImageShape, device: &Device) -> Vec<f32> {
+        let mut out = Vec::with_capacity(pixels.len() / shape.len().max(1) * 16);
+        for chunk in pixels.chunks(256 * shape.len()) {
+            let images = veil::data::images_tensor(chunk, shape, device);
+            let p = match self {
+                LoadedModel::Cnn(m) => m.probabilities(images),
+                LoadedModel::ResNet(m) => m.probabilities(images),
+            };
+            out.extend(p.into_data().iter::<f32>());
+        }
+        out
+    }
+}
+
+/// A model the classify route can use, with what a request must match.
+#[derive(Debug)]
+pub struct Ready {
+    /// The model.
+    pub model: LoadedModel,
+    /// Input shape.
+    pub shape: ImageShape,
+    /// Class names.
+    pub classes: Vec<String>,
+}
+
+/// The last few models used, by name (an LRU of [`CACHE_SIZE`] entries), so that repeated
+/// classification does not reload weights from disk.
+#[derive(Debug, Default)]
+pub struct ModelCache {
+    entries: Mutex<Vec<(String, Arc<Ready>)>>,
+}
+
+/// How many loaded models the cache keeps.
+pub const CACHE_SIZE: usize = 8;
+
+impl ModelCache {
+    /// The cached model `name`, or the one `load` gives (then cached).
+    pub fn get_or_load(
+        &self,
+        name: &str,
+        load: impl FnOnce() -> Result<Ready>,
+    ) -> Result<Arc<Ready>> {
+        {
+            let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(pos) = entries.iter().position(|(n, _)| n == name) {
+                let hit = entries.remove(pos);
+                let model = hit.1.clone();
+                entries.insert(0, hit);
+                return Ok(model);
+            }
+        }
+        let ready = Arc::new(load()?);
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.retain(|(n, _)| n != name);
+        entries.insert(0, (name.to_owned(), ready.clone()));
+        entries.truncate(CACHE_SIZE);
+        Ok(ready)
+    }
+
+    /// Forgets `name` (after it is deleted).
+    pub fn forget(&self, name: &str) {
+        self.entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(n, _)| n != name);
+    }
+}
+
+/// Loads the built-in demo model (the digits CNN shipped with Veil).
+pub fn load_builtin(name: &str, device: &Device) -> Result<Option<Ready>> {
+    let card = veil::model::demo::card();
+    if card.name != name {
+        return Ok(None);
+    }
+    let model = card
+        .config
+        .load(veil::model::demo::WEIGHTS, device)
+        .context("loading the built-in demo model")?;
+    Ok(Some(Ready {
+        model: LoadedModel::Cnn(model),
+        shape: card.config.input_shape(),
+        classes: card.classes.clone(),
+    }))
+}
+
+/// Checks that `pixels` are whole images of `shape` and at most `max_batch` of them.
+pub fn check_batch(
+    pixels: &[f32],
+    got: ImageShape,
+    want: ImageShape,
+    max_batch: usize,
+) -> Result<usize> {
+    if got != want {
+        bail!("the images are {got}, but the model takes {want}");
+    }
+    if pixels.is_empty() {
+        bail!("no images to classify");
+    }
+    let n = pixels.len() / want.len();
+    if n > max_batch {
+        bail!("{n} images in one request; the limit is {max_batch}: split the batch");
+    }
+    if let Some(i) = pixels.iter().position(|v| !v.is_finite()) {
+        bail!(
+            "image {} holds a non-finite value (NaN or infinity)",
+            i / want.len()
+        );
+    }
+    Ok(n)
+}
