@@ -30,6 +30,9 @@ fn main() -> Result<()> {
     results["flow_rotation"] = flow_rotation()?;
     eprintln!("{} {}", results["native"], results["flow_rotation"]);
     let runtime = tokio::runtime::Runtime::new()?;
+    eprintln!("factory: training throughput and classify load…");
+    results["factory"] = runtime.block_on(factory())?;
+    eprintln!("{}", results["factory"]);
     let mut browser = json!({});
     for mode in [GpuMode::NoWebgpu, GpuMode::Webgpu] {
         if native_only {
@@ -249,6 +252,87 @@ fn machine() -> Value {
     })
 }
 
+/// The ML factory: small-CNN training throughput on the digits, and the classify route under a
+/// local load generator (concurrent HTTP clients on loopback).
+async fn factory() -> Result<Value> {
+    use veil::train::{Control, TrainOptions, train_classifier};
+    let data = digits();
+    let (train, test) = data.split(0.2, 0);
+    let epochs = 3;
+    let t = Instant::now();
+    let device = Device::flex().autodiff();
+    let model = veil::model::SmallCnnConfig::for_shape(train.shape, 10).init(&device);
+    let options = TrainOptions {
+        epochs,
+        batch_size: 64,
+        learning_rate: 2e-3,
+        seed: 0,
+    };
+    let trained = tokio::task::spawn_blocking(move || {
+        train_classifier(model, &train, options, &device, |_| Control::Continue)
+            .map(|_| train.len())
+    })
+    .await??;
+    let train_samples_per_s = (trained * epochs) as f64 / t.elapsed().as_secs_f64();
+
+    let addr = start_server().await?;
+    let url = format!("http://{addr}/api/models/digits-cnn/classify");
+    let http = reqwest::Client::new();
+    let (requests, concurrency) = (2000usize, 8usize);
+    let images: Vec<Vec<f32>> = (0..64).map(|i| test.image(i).to_vec()).collect();
+    // Warm the model cache.
+    http.post(&url)
+        .json(&json!({"images": [images[0]]}))
+        .send()
+        .await?
+        .error_for_status()?;
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (http, url, next, images) = (http.clone(), url.clone(), next.clone(), images.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut errors = 0usize;
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= requests {
+                    break;
+                }
+                let t = Instant::now();
+                let ok = http
+                    .post(&url)
+                    .json(&json!({"images": [images[i % images.len()]]}))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success());
+                lat.push(t.elapsed().as_secs_f64() * 1e3);
+                errors += usize::from(!ok);
+            }
+            (lat, errors)
+        }));
+    }
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    for task in tasks {
+        let (l, e) = task.await?;
+        latencies.extend(l);
+        errors += e;
+    }
+    let elapsed = t.elapsed().as_secs_f64();
+    latencies.sort_by(f64::total_cmp);
+    let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p).round() as usize];
+    Ok(json!({
+        "train_small_cnn_digits_samples_per_s": train_samples_per_s,
+        "classify_requests": requests,
+        "classify_concurrency": concurrency,
+        "classify_requests_per_s": requests as f64 / elapsed,
+        "classify_p50_ms": pct(0.5),
+        "classify_p99_ms": pct(0.99),
+        "classify_errors": errors,
+    }))
+}
+
 fn f(v: &Value) -> Option<f64> {
     v.as_f64()
 }
@@ -328,6 +412,18 @@ fn markdown(r: &Value) -> String {
         ips(f(&fr["encrypt_3x32x32_images_per_s"])),
         fr["flow_train_images"],
         f(&fr["flow_train_epoch_digits_s"]).map_or("—".into(), |x| format!("{x:.2} s")),
+    );
+    let fa = &r["factory"];
+    s += "## The ML factory (native, flex CPU)\n\n| What | Figure |\n|---|---|\n";
+    s += &format!(
+        "| Training the small CNN on the digits (batch 64) | {} samples/s |\n| `POST /api/models/digits-cnn/classify`, one image a request, {} clients on loopback, {} requests | {} requests/s, p50 {} ms, p99 {} ms, {} errors |\n\n",
+        f(&fa["train_small_cnn_digits_samples_per_s"]).map_or("—".into(), |x| format!("{x:.0}")),
+        fa["classify_concurrency"],
+        fa["classify_requests"],
+        f(&fa["classify_requests_per_s"]).map_or("—".into(), |x| format!("{x:.0}")),
+        f(&fa["classify_p50_ms"]).map_or("—".into(), |x| format!("{x:.2}")),
+        f(&fa["classify_p99_ms"]).map_or("—".into(), |x| format!("{x:.2}")),
+        fa["classify_errors"],
     );
     let w = &r["wasm_size"];
     s += "## Shipped wasm client\n\n| Build | Raw | gzip |\n|---|---|---|\n";
