@@ -239,7 +239,8 @@ async fn run_async(args: FactoryArgs) -> Result<()> {
                     j["spec"]["dataset"].as_str().unwrap_or("?"),
                     j["epochs_done"],
                     j["spec"]["epochs"],
-                    last.map(|r| format!("  val acc {}", r["val_accuracy"]))
+                    last.and_then(|r| r["val_accuracy"].as_f64())
+                        .map(|a| format!("  val acc {a:.3}"))
                         .unwrap_or_default(),
                     j["error"]
                         .as_str()
@@ -434,7 +435,7 @@ pub async fn follow(http: &reqwest::Client, base: &str, id: &str) -> Result<()> 
                     ));
                 }
                 "epoch" => {
-                    pb.println(format!(
+                    let line = format!(
                         "epoch {:>3}: loss {:.4}  train acc {:.3}  val acc {}",
                         v["epoch"],
                         v["loss"].as_f64().unwrap_or(f64::NAN),
@@ -443,7 +444,13 @@ pub async fn follow(http: &reqwest::Client, base: &str, id: &str) -> Result<()> 
                             .as_f64()
                             .map(|a| format!("{a:.3}"))
                             .unwrap_or_else(|| "-".into())
-                    ));
+                    );
+                    // A hidden bar (output not a terminal) prints nothing: print the line itself.
+                    if pb.is_hidden() {
+                        println!("{line}");
+                    } else {
+                        pb.println(line);
+                    }
                 }
                 "state" => {
                     if matches!(

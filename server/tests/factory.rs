@@ -562,7 +562,7 @@ fn killed_server_resumes_its_job_after_restart() {
     };
 
     let (mut child, base) = spawn();
-    let (train, _) = digits_split();
+    let (train, test) = digits_split();
     let ds = rt
         .block_on(veil_server::client::upload(
             &http,
@@ -614,6 +614,28 @@ fn killed_server_resumes_its_job_after_restart() {
         datasets.as_array().unwrap().len(),
         1,
         "the dataset survived"
+    );
+    // The resumed job's model classifies held-out digits over the socket (binary route).
+    let model = j["model_id"].as_str().unwrap();
+    let (probs, k) = rt
+        .block_on(veil_server::client::classify(
+            &http,
+            &base,
+            model,
+            &test.images,
+            test.shape,
+        ))
+        .unwrap();
+    let predicted = veil::train::argmax_rows(&probs, k);
+    let hits = predicted
+        .iter()
+        .zip(&test.labels)
+        .filter(|(p, l)| p == l)
+        .count();
+    let accuracy = hits as f64 / test.len() as f64;
+    assert!(
+        accuracy >= 0.9,
+        "held-out accuracy over the socket {accuracy}"
     );
 
     // A job whose checkpoint is damaged fails with the reason instead of vanishing.
