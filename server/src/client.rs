@@ -131,6 +131,10 @@ async fn check(resp: reqwest::Response) -> Result<reqwest::Response> {
     bail!("the server answered {status}: {msg}")
 }
 
+async fn get_json(http: &reqwest::Client, url: &str) -> Result<Value> {
+    Ok(check(http.get(url).send().await?).await?.json().await?)
+}
+
 /// Runs a `veil factory` command.
 pub fn run(args: FactoryArgs) -> Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
@@ -204,18 +208,12 @@ async fn run_async(args: FactoryArgs) -> Result<()> {
             follow: true,
         } => follow(&http, &base, &id).await,
         FactoryCommand::Status { job: Some(id), .. } => {
-            let job: Value = check(http.get(format!("{base}/api/jobs/{id}")).send().await?)
-                .await?
-                .json()
-                .await?;
+            let job: Value = get_json(&http, &format!("{base}/api/jobs/{id}")).await?;
             println!("{}", serde_json::to_string_pretty(&job)?);
             Ok(())
         }
         FactoryCommand::Status { job: None, .. } => {
-            let health: Value = check(http.get(format!("{base}/api/health")).send().await?)
-                .await?
-                .json()
-                .await?;
+            let health: Value = get_json(&http, &format!("{base}/api/health")).await?;
             println!(
                 "{base}: {} (version {}), {} datasets, {} models, {} jobs queued, {} running",
                 health["status"].as_str().unwrap_or("?"),
@@ -225,10 +223,7 @@ async fn run_async(args: FactoryArgs) -> Result<()> {
                 health["queue_depth"],
                 health["running_jobs"],
             );
-            let jobs: Value = check(http.get(format!("{base}/api/jobs")).send().await?)
-                .await?
-                .json()
-                .await?;
+            let jobs: Value = get_json(&http, &format!("{base}/api/jobs")).await?;
             for j in jobs.as_array().into_iter().flatten() {
                 let last = j["history"].as_array().and_then(|h| h.last()).cloned();
                 println!(
@@ -251,10 +246,7 @@ async fn run_async(args: FactoryArgs) -> Result<()> {
             Ok(())
         }
         FactoryCommand::List => {
-            let datasets: Value = check(http.get(format!("{base}/api/datasets")).send().await?)
-                .await?
-                .json()
-                .await?;
+            let datasets: Value = get_json(&http, &format!("{base}/api/datasets")).await?;
             println!("datasets:");
             for d in datasets.as_array().into_iter().flatten() {
                 println!(
@@ -270,10 +262,7 @@ async fn run_async(args: FactoryArgs) -> Result<()> {
                         .unwrap_or_default()
                 );
             }
-            let models: Value = check(http.get(format!("{base}/api/models")).send().await?)
-                .await?
-                .json()
-                .await?;
+            let models: Value = get_json(&http, &format!("{base}/api/models")).await?;
             println!("models:");
             for m in models.as_array().into_iter().flatten() {
                 println!(
@@ -466,10 +455,7 @@ pub async fn follow(http: &reqwest::Client, base: &str, id: &str) -> Result<()> 
         }
     }
     pb.finish_and_clear();
-    let job: Value = check(http.get(format!("{base}/api/jobs/{id}")).send().await?)
-        .await?
-        .json()
-        .await?;
+    let job: Value = get_json(http, &format!("{base}/api/jobs/{id}")).await?;
     match job["state"].as_str() {
         Some("succeeded") => {
             println!(
@@ -521,10 +507,7 @@ async fn classify_files(
     if inputs.is_empty() {
         bail!("give a container or image files to classify");
     }
-    let info: Value = check(http.get(format!("{base}/api/models")).send().await?)
-        .await?
-        .json()
-        .await?;
+    let info: Value = get_json(http, &format!("{base}/api/models")).await?;
     let m = info
         .as_array()
         .and_then(|a| a.iter().find(|m| m["name"] == model))

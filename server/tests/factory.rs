@@ -2,7 +2,6 @@
 //! binary on a socket, killed and restarted mid-job.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -11,114 +10,10 @@ use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 use veil::container::{self, ContainerMeta, PixelType};
-use veil::data::ImageDataset;
-use veil_server::factory::{Factory, FactoryConfig};
-use veil_server::{AppState, app};
+use veil_server::app;
 
-fn start(dir: &Path, tweak: impl FnOnce(&mut FactoryConfig)) -> Arc<Factory> {
-    let mut cfg = FactoryConfig::new(dir);
-    tweak(&mut cfg);
-    Factory::start(cfg).unwrap()
-}
-
-fn state(f: &Arc<Factory>) -> AppState {
-    AppState::with_defaults(veil_server::default_www_dir(), f.clone())
-}
-
-async fn call(
-    f: &Arc<Factory>,
-    method: &str,
-    uri: &str,
-    content_type: Option<&str>,
-    body: Vec<u8>,
-) -> (StatusCode, Vec<u8>) {
-    let mut req = Request::builder().method(method).uri(uri);
-    if let Some(ct) = content_type {
-        req = req.header(header::CONTENT_TYPE, ct);
-    }
-    let resp = app(state(f))
-        .oneshot(req.body(Body::from(body)).unwrap())
-        .await
-        .unwrap();
-    let status = resp.status();
-    (
-        status,
-        resp.into_body()
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes()
-            .to_vec(),
-    )
-}
-
-async fn json_call(
-    f: &Arc<Factory>,
-    method: &str,
-    uri: &str,
-    body: Option<Value>,
-) -> (StatusCode, Value) {
-    let (status, bytes) = match body {
-        Some(b) => {
-            call(
-                f,
-                method,
-                uri,
-                Some("application/json"),
-                b.to_string().into_bytes(),
-            )
-            .await
-        }
-        None => call(f, method, uri, None, Vec::new()).await,
-    };
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
-}
-
-fn digits_split() -> (ImageDataset, ImageDataset) {
-    veil::data::digits().split(0.2, 1)
-}
-
-fn pack(data: &ImageDataset) -> Vec<u8> {
-    container::encode(data, &ContainerMeta::plain(), PixelType::U8).unwrap()
-}
-
-async fn upload(f: &Arc<Factory>, bytes: Vec<u8>) -> (StatusCode, Value) {
-    let (s, b) = call(
-        f,
-        "POST",
-        "/api/datasets?name=digits",
-        Some("application/octet-stream"),
-        bytes,
-    )
-    .await;
-    (s, serde_json::from_slice(&b).unwrap_or(Value::Null))
-}
-
-async fn wait_for_job(f: &Arc<Factory>, id: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let (s, job) = json_call(f, "GET", &format!("/api/jobs/{id}"), None).await;
-        assert_eq!(s, StatusCode::OK, "{job}");
-        if done(&job) {
-            return job;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "job {id} did not get there: {job}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn ended(job: &Value) -> bool {
-    matches!(
-        job["state"].as_str(),
-        Some("succeeded" | "failed" | "cancelled")
-    )
-}
+mod common;
+use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upload_train_classify() {
@@ -561,6 +456,29 @@ fn killed_server_resumes_its_job_after_restart() {
         })
     };
 
+    let deadline = Instant::now() + Duration::from_secs(300);
+    // Polls job `id` on `base` until `done` holds (failing past the deadline).
+    let wait_until = |base: &str, id: &str, done: &dyn Fn(&Value) -> bool| loop {
+        let j = get(format!("{base}/api/jobs/{id}"));
+        if done(&j) {
+            return j;
+        }
+        assert!(Instant::now() < deadline, "job {id} did not get there: {j}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let start_job = |base: &str, spec: Value| -> String {
+        let job: Value = rt.block_on(async {
+            let resp = http
+                .post(format!("{base}/api/jobs"))
+                .json(&spec)
+                .send()
+                .await;
+            resp.unwrap().json().await.unwrap()
+        });
+        job["id"].as_str().unwrap().to_owned()
+    };
+    let first_epoch_done = |j: &Value| j["epochs_done"].as_u64() >= Some(1);
+
     let (mut child, base) = spawn();
     let (train, test) = digits_split();
     let ds = rt
@@ -571,41 +489,16 @@ fn killed_server_resumes_its_job_after_restart() {
             "digits",
         ))
         .unwrap();
-    let job: Value = rt.block_on(async {
-        http.post(format!("{base}/api/jobs"))
-            .json(&json!({"dataset": ds["id"], "epochs": 8, "batch_size": 16}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    });
-    let id = job["id"].as_str().unwrap().to_owned();
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let j = get(format!("{base}/api/jobs/{id}"));
-        if j["epochs_done"].as_u64() >= Some(1) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no epoch finished: {j}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let id = start_job(
+        &base,
+        json!({"dataset": ds["id"], "epochs": 8, "batch_size": 16}),
+    );
+    wait_until(&base, &id, &first_epoch_done);
     child.kill().unwrap(); // SIGKILL: no chance to checkpoint beyond the last epoch.
     child.wait().unwrap();
 
     let (mut child, base) = spawn();
-    let j = loop {
-        let j = get(format!("{base}/api/jobs/{id}"));
-        if ended(&j) {
-            break j;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the job did not finish after the restart: {j}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let j = wait_until(&base, &id, &ended);
     assert_eq!(j["state"], "succeeded", "{j}");
     assert_eq!(j["resumes"], 1, "{j}");
     assert_eq!(j["history"].as_array().unwrap().len(), 8);
@@ -639,25 +532,11 @@ fn killed_server_resumes_its_job_after_restart() {
     );
 
     // A job whose checkpoint is damaged fails with the reason instead of vanishing.
-    let job: Value = rt.block_on(async {
-        http.post(format!("{base}/api/jobs"))
-            .json(&json!({"dataset": ds["id"], "epochs": 200, "batch_size": 16}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    });
-    let id2 = job["id"].as_str().unwrap().to_owned();
-    loop {
-        let j = get(format!("{base}/api/jobs/{id2}"));
-        if j["epochs_done"].as_u64() >= Some(1) {
-            break;
-        }
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let id2 = start_job(
+        &base,
+        json!({"dataset": ds["id"], "epochs": 200, "batch_size": 16}),
+    );
+    wait_until(&base, &id2, &first_epoch_done);
     child.kill().unwrap();
     child.wait().unwrap();
     std::fs::write(
@@ -666,14 +545,7 @@ fn killed_server_resumes_its_job_after_restart() {
     )
     .unwrap();
     let (mut child, base) = spawn();
-    let j = loop {
-        let j = get(format!("{base}/api/jobs/{id2}"));
-        if ended(&j) {
-            break j;
-        }
-        assert!(Instant::now() < deadline, "{j}");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let j = wait_until(&base, &id2, &ended);
     assert_eq!(j["state"], "failed");
     assert!(j["error"].as_str().unwrap().contains("checkpoint"), "{j}");
     child.kill().unwrap();

@@ -354,34 +354,11 @@ pub fn decode(bytes: &[u8]) -> Result<Container, ContainerError> {
             "unexpected tensor {extra:?}: a container holds exactly \"images\" and \"labels\""
         )));
     }
-    let images = tensors
-        .tensor("images")
-        .map_err(|_| tensor_err("images", "missing"))?;
+    let (values, shape, pixels) = read_images(&tensors)?;
+    let n = values.len() / shape.len();
     let labels = tensors
         .tensor("labels")
         .map_err(|_| tensor_err("labels", "missing"))?;
-
-    let &[n, c, h, w] = images.shape() else {
-        return Err(tensor_err(
-            "images",
-            format!("shape {:?}; images are 4-D [N, C, H, W]", images.shape()),
-        ));
-    };
-    if n == 0 {
-        return Err(tensor_err("images", "no images (N = 0)"));
-    }
-    let shape = ImageShape::new(c, h, w);
-    check_shape(shape).map_err(|r| tensor_err("images", r))?;
-    let pixels = match images.dtype() {
-        Dtype::U8 => PixelType::U8,
-        Dtype::F32 => PixelType::F32,
-        other => {
-            return Err(tensor_err(
-                "images",
-                format!("dtype {other:?}; pixels are U8 or F32"),
-            ));
-        }
-    };
     if labels.dtype() != Dtype::U32 {
         return Err(tensor_err(
             "labels",
@@ -412,23 +389,6 @@ pub fn decode(bytes: &[u8]) -> Result<Container, ContainerError> {
             index,
             label,
             classes: classes.len(),
-        });
-    }
-    let values: Vec<f32> = match pixels {
-        PixelType::U8 => images
-            .data()
-            .iter()
-            .map(|&b| f32::from(b) / 255.0)
-            .collect(),
-        PixelType::F32 => images
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
-    };
-    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-        return Err(ContainerError::NonFinite {
-            index: i / shape.len(),
         });
     }
     let dataset = ImageDataset::new(values, label_values, shape, classes)
@@ -483,6 +443,15 @@ pub fn encode_images(
 pub fn decode_images(bytes: &[u8]) -> Result<(Vec<f32>, ImageShape), ContainerError> {
     let tensors = SafeTensors::deserialize(bytes)
         .map_err(|e| ContainerError::NotSafetensors(e.to_string()))?;
+    let (values, shape, _) = read_images(&tensors)?;
+    Ok((values, shape))
+}
+
+/// The `images` tensor, checked (4-D, at least one image, shape within limits, `U8` or `F32`,
+/// finite values) and converted to f32 in [0, 1] for `U8`.
+fn read_images(
+    tensors: &SafeTensors<'_>,
+) -> Result<(Vec<f32>, ImageShape, PixelType), ContainerError> {
     let images = tensors
         .tensor("images")
         .map_err(|_| tensor_err("images", "missing"))?;
@@ -497,17 +466,24 @@ pub fn decode_images(bytes: &[u8]) -> Result<(Vec<f32>, ImageShape), ContainerEr
     }
     let shape = ImageShape::new(c, h, w);
     check_shape(shape).map_err(|r| tensor_err("images", r))?;
-    let values: Vec<f32> = match images.dtype() {
-        Dtype::U8 => images
-            .data()
-            .iter()
-            .map(|&b| f32::from(b) / 255.0)
-            .collect(),
-        Dtype::F32 => images
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
+    // safetensors has checked that the byte length matches the shape and dtype.
+    let (values, pixels): (Vec<f32>, _) = match images.dtype() {
+        Dtype::U8 => (
+            images
+                .data()
+                .iter()
+                .map(|&b| f32::from(b) / 255.0)
+                .collect(),
+            PixelType::U8,
+        ),
+        Dtype::F32 => (
+            images
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            PixelType::F32,
+        ),
         other => {
             return Err(tensor_err(
                 "images",
@@ -520,7 +496,7 @@ pub fn decode_images(bytes: &[u8]) -> Result<(Vec<f32>, ImageShape), ContainerEr
             index: i / shape.len(),
         });
     }
-    Ok((values, shape))
+    Ok((values, shape, pixels))
 }
 
 /// A `[N, K]` f32 matrix (e.g. class probabilities) as a safetensors file with one tensor `name`.

@@ -407,6 +407,12 @@ fn view(f: &Factory, row: JobRow) -> JobView {
     }
 }
 
+fn job_or_404(f: &Factory, id: &str) -> Result<JobRow, AppError> {
+    f.store()
+        .job(id)?
+        .ok_or_else(|| AppError::NotFound(format!("job {id:?}")))
+}
+
 async fn create_job(
     State(state): State<AppState>,
     body: Result<Json<NewJob>, axum::extract::rejection::JsonRejection>,
@@ -477,10 +483,7 @@ async fn get_job(
     checked_id(&id, "job", "job")?;
     let f = factory(&state).clone();
     blocking(move || {
-        let row = f
-            .store()
-            .job(&id)?
-            .ok_or_else(|| AppError::NotFound(format!("job {id:?}")))?;
+        let row = job_or_404(&f, &id)?;
         Ok(Json(view(&f, row)))
     })
     .await
@@ -493,10 +496,7 @@ async fn cancel_job(
     checked_id(&id, "job", "job")?;
     let f = factory(&state).clone();
     blocking(move || {
-        let row = f
-            .store()
-            .job(&id)?
-            .ok_or_else(|| AppError::NotFound(format!("job {id:?}")))?;
+        let row = job_or_404(&f, &id)?;
         if row.state.is_terminal() || !f.cancel(&id)? {
             return Err(AppError::Conflict(format!(
                 "job {id} has already ended ({})",
@@ -522,12 +522,7 @@ async fn job_events(
     let row = {
         let f = f.clone();
         let id = id.clone();
-        blocking(move || {
-            f.store()
-                .job(&id)?
-                .ok_or_else(|| AppError::NotFound(format!("job {id:?}")))
-        })
-        .await?
+        blocking(move || job_or_404(&f, &id)).await?
     };
     let ended = row.state.is_terminal();
     let snapshot = Event::default()
@@ -580,6 +575,10 @@ pub(crate) fn trained_models(f: &Factory) -> Result<Vec<ModelRow>, AppError> {
 
 /// Loads model `name` (a built-in model's name, or a trained model's id) through the cache.
 pub(crate) fn ready_model(f: &Factory, name: &str) -> Result<Arc<Ready>, AppError> {
+    // The hot path: a model in the cache needs no database read and no card parsing.
+    if let Some(ready) = f.models().get(name) {
+        return Ok(ready);
+    }
     let device = burn::prelude::Device::flex();
     if store::valid_id(name, "mdl") {
         let row = f

@@ -151,20 +151,24 @@ pub struct ModelCache {
 pub const CACHE_SIZE: usize = 8;
 
 impl ModelCache {
+    /// The cached model `name` (marked most recently used), if it is cached.
+    pub fn get(&self, name: &str) -> Option<Arc<Ready>> {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let pos = entries.iter().position(|(n, _)| n == name)?;
+        let hit = entries.remove(pos);
+        let model = hit.1.clone();
+        entries.insert(0, hit);
+        Some(model)
+    }
+
     /// The cached model `name`, or the one `load` gives (then cached).
     pub fn get_or_load(
         &self,
         name: &str,
         load: impl FnOnce() -> Result<Ready>,
     ) -> Result<Arc<Ready>> {
-        {
-            let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(pos) = entries.iter().position(|(n, _)| n == name) {
-                let hit = entries.remove(pos);
-                let model = hit.1.clone();
-                entries.insert(0, hit);
-                return Ok(model);
-            }
+        if let Some(model) = self.get(name) {
+            return Ok(model);
         }
         let ready = Arc::new(load()?);
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());

@@ -1,0 +1,123 @@
+//! Helpers shared by the factory's integration tests: a factory on a temporary directory,
+//! requests through `app().oneshot`, the digits as containers, and polling a job.
+
+#![allow(dead_code)] // Each test binary uses its own subset.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use http_body_util::BodyExt;
+use serde_json::Value;
+use tower::ServiceExt;
+use veil::container::{self, ContainerMeta, PixelType};
+use veil::data::ImageDataset;
+use veil_server::factory::{Factory, FactoryConfig};
+use veil_server::{AppState, app};
+
+pub fn start(dir: &Path, tweak: impl FnOnce(&mut FactoryConfig)) -> Arc<Factory> {
+    let mut cfg = FactoryConfig::new(dir);
+    tweak(&mut cfg);
+    Factory::start(cfg).unwrap()
+}
+
+pub fn state(f: &Arc<Factory>) -> AppState {
+    AppState::with_defaults(veil_server::default_www_dir(), f.clone())
+}
+
+pub async fn call(
+    f: &Arc<Factory>,
+    method: &str,
+    uri: &str,
+    content_type: Option<&str>,
+    body: Vec<u8>,
+) -> (StatusCode, Vec<u8>) {
+    let mut req = Request::builder().method(method).uri(uri);
+    if let Some(ct) = content_type {
+        req = req.header(header::CONTENT_TYPE, ct);
+    }
+    let resp = app(state(f))
+        .oneshot(req.body(Body::from(body)).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status();
+    (
+        status,
+        resp.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+}
+
+pub async fn json_call(
+    f: &Arc<Factory>,
+    method: &str,
+    uri: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let (status, bytes) = match body {
+        Some(b) => {
+            call(
+                f,
+                method,
+                uri,
+                Some("application/json"),
+                b.to_string().into_bytes(),
+            )
+            .await
+        }
+        None => call(f, method, uri, None, Vec::new()).await,
+    };
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+pub fn digits_split() -> (ImageDataset, ImageDataset) {
+    veil::data::digits().split(0.2, 1)
+}
+
+pub fn pack(data: &ImageDataset) -> Vec<u8> {
+    container::encode(data, &ContainerMeta::plain(), PixelType::U8).unwrap()
+}
+
+pub async fn upload(f: &Arc<Factory>, bytes: Vec<u8>) -> (StatusCode, Value) {
+    let (s, b) = call(
+        f,
+        "POST",
+        "/api/datasets?name=digits",
+        Some("application/octet-stream"),
+        bytes,
+    )
+    .await;
+    (s, serde_json::from_slice(&b).unwrap_or(Value::Null))
+}
+
+pub async fn wait_for_job(f: &Arc<Factory>, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let (s, job) = json_call(f, "GET", &format!("/api/jobs/{id}"), None).await;
+        assert_eq!(s, StatusCode::OK, "{job}");
+        if done(&job) {
+            return job;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "job {id} did not get there: {job}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn ended(job: &Value) -> bool {
+    matches!(
+        job["state"].as_str(),
+        Some("succeeded" | "failed" | "cancelled")
+    )
+}
