@@ -30,6 +30,18 @@ pub enum AppError {
     Internal(#[from] anyhow::Error),
 }
 
+impl From<axum::extract::rejection::JsonRejection> for AppError {
+    /// A JSON body that cannot be read: 413 past the route's limit, 415 without a JSON content
+    /// type, 400 with serde's reason (naming the field) otherwise.
+    fn from(e: axum::extract::rejection::JsonRejection) -> Self {
+        match e.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => AppError::PayloadTooLarge(e.body_text()),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => AppError::UnsupportedMediaType(e.body_text()),
+            _ => AppError::BadRequest(e.body_text()),
+        }
+    }
+}
+
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let status = match &self {

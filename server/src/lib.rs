@@ -4,8 +4,10 @@
 
 pub mod client;
 pub mod datasets;
+pub mod embedded;
 pub mod error;
 pub mod factory;
+pub mod leakage;
 pub mod routes;
 
 use std::path::PathBuf;
@@ -33,19 +35,30 @@ pub struct AppState {
     pub models: Arc<Vec<ServedModel>>,
     /// The ML factory (datasets, jobs, trained models).
     pub factory: Arc<factory::Factory>,
+    /// The gradient-leakage lab.
+    pub leakage: Arc<leakage::LeakageLab>,
 }
 
 impl AppState {
-    /// The state with the embedded default models, serving pages from `www_dir`, with `factory`.
-    pub fn with_defaults(www_dir: PathBuf, factory: Arc<factory::Factory>) -> Self {
-        Self {
+    /// The state with the embedded default models and flows, serving pages from `www_dir`, with
+    /// `factory`. Fails only if the embedded flows cannot be loaded.
+    pub fn with_defaults(www_dir: PathBuf, factory: Arc<factory::Factory>) -> anyhow::Result<Self> {
+        Ok(Self {
             www_dir,
             factory,
+            leakage: Arc::new(leakage::LeakageLab::new()?),
             models: Arc::new(vec![ServedModel {
                 card: veil::model::demo::card(),
                 weights: Arc::new(veil::model::demo::WEIGHTS.to_vec()),
             }]),
-        }
+        })
+    }
+
+    /// Starts a graceful stop: training workers stop at their next step, running attacks are
+    /// cancelled, and event streams end.
+    pub fn begin_shutdown(&self) {
+        self.factory.begin_shutdown();
+        self.leakage.begin_shutdown();
     }
 }
 

@@ -190,8 +190,9 @@ fn serve(args: ServeArgs) -> Result<()> {
             tracing::info!("Veil is serving {} at http://{addr}/", www.display());
             // Tests and scripts read this line to learn the port when binding to port 0.
             println!("listening on http://{addr}/");
-            let app = veil_server::app(veil_server::AppState::with_defaults(www, factory.clone()));
-            let stopping = factory.clone();
+            let state = veil_server::AppState::with_defaults(www, factory.clone())?;
+            let stopping = state.clone();
+            let app = veil_server::app(state);
             axum::serve(listener, app)
                 .with_graceful_shutdown(async move {
                     shutdown_signal().await;

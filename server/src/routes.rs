@@ -68,6 +68,11 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/models/{name}/weights"),
     ("DELETE", "/api/models/{name}"),
     ("POST", "/api/models/{name}/classify"),
+    ("GET", "/api/leakage"),
+    ("POST", "/api/leakage/attacks"),
+    ("GET", "/api/leakage/attacks/{id}"),
+    ("GET", "/api/leakage/attacks/{id}/events"),
+    ("POST", "/api/leakage/attacks/{id}/cancel"),
 ];
 
 pub(crate) fn router(state: AppState) -> Router {
@@ -77,6 +82,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/models/{name}", get(model_card).delete(delete_model))
         .route("/api/models/{name}/weights", get(model_weights))
         .merge(crate::factory::api::router(&state.factory))
+        .merge(crate::leakage::router())
         .route("/api/{*rest}", axum::routing::any(api_not_found));
     let pages = ServeDir::new(&state.www_dir).append_index_html_on_directories(true);
     Router::new()

@@ -13,6 +13,7 @@ fn state() -> AppState {
         veil_server::factory::Factory::start(veil_server::factory::FactoryConfig::new(dir))
             .unwrap();
     AppState::with_defaults(veil_server::default_www_dir(), factory)
+        .expect("the embedded flows load")
 }
 
 async fn get(uri: &str) -> (StatusCode, Vec<u8>) {

@@ -11,9 +11,9 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 use burn::tensor::activation::sigmoid;
 
-use crate::glow::{Glow, Preprocess};
+use crate::glow::{Glow, GlowConfig, Preprocess};
 use crate::haar::HaarRotation;
-use crate::keys::SubKey;
+use crate::keys::{MasterKey, Scheme, SubKey};
 
 /// One class's (or the class-agnostic) encryptor: a flow and a rotation on one device.
 #[derive(Debug, Clone)]
@@ -82,6 +82,127 @@ impl FlowEncryptor {
     fn pixels_to_logit(&self, c: Tensor<4>) -> Tensor<4> {
         let p = c * (1.0 - self.pre.alpha) + self.pre.alpha;
         p.clone().log() - (p.neg() + 1.0).log()
+    }
+}
+
+/// One flow in a [`FlowManifest`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FlowEntry {
+    /// `agnostic` or `class-<k>`.
+    pub name: String,
+    /// The burnpack file, relative to the manifest.
+    pub file: String,
+    /// Held-out bits/dim measured by `veil flow train`.
+    #[serde(default)]
+    pub held_out_bits_per_dim: Option<f64>,
+}
+
+/// `flows.json`, written by `veil flow train` beside the flows (unknown fields are ignored).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FlowManifest {
+    /// The data the flows were trained on (`digits` or a path).
+    pub data: String,
+    /// Class names, in label order.
+    pub classes: Vec<String>,
+    /// The architecture of every flow.
+    pub glow: GlowConfig,
+    /// The pixel preprocessing.
+    pub preprocess: Preprocess,
+    /// The flows.
+    pub flows: Vec<FlowEntry>,
+}
+
+/// Why a set of flows cannot be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum FlowSetError {
+    /// `flows.json` is not a manifest.
+    #[error("the flow manifest cannot be read: {0}")]
+    Manifest(String),
+    /// A file the manifest names is missing.
+    #[error("the flow manifest names {0}, which is missing")]
+    Missing(String),
+    /// A flow's weights do not load.
+    #[error("flow {name}: {source}")]
+    Weights {
+        /// The flow.
+        name: String,
+        /// Why.
+        source: crate::model::ModelError,
+    },
+}
+
+/// The flows of flow rotation for one kind of data: one per class (the paper's supervised
+/// setting, route a) and optionally a class-agnostic one (route b), with their preprocessing.
+#[derive(Debug, Clone)]
+pub struct FlowSet {
+    /// The manifest they were loaded from.
+    pub manifest: FlowManifest,
+    /// `per_class[k]` is class `k`'s flow.
+    pub per_class: Vec<Glow>,
+    /// The class-agnostic flow, if trained.
+    pub agnostic: Option<Glow>,
+}
+
+impl FlowSet {
+    /// Loads the flows a manifest (`flows.json`'s text) names; `file` returns a named file's
+    /// bytes. Every class must have its flow.
+    pub fn load<'a>(
+        manifest: &str,
+        file: impl Fn(&str) -> Option<&'a [u8]>,
+        device: &Device,
+    ) -> Result<Self, FlowSetError> {
+        let manifest: FlowManifest =
+            serde_json::from_str(manifest).map_err(|e| FlowSetError::Manifest(e.to_string()))?;
+        manifest.glow.validate().map_err(FlowSetError::Manifest)?;
+        let load = |name: &str| -> Result<Option<Glow>, FlowSetError> {
+            let Some(entry) = manifest.flows.iter().find(|f| f.name == name) else {
+                return Ok(None);
+            };
+            let bytes =
+                file(&entry.file).ok_or_else(|| FlowSetError::Missing(entry.file.clone()))?;
+            manifest
+                .glow
+                .load(bytes, device)
+                .map(Some)
+                .map_err(|source| FlowSetError::Weights {
+                    name: name.to_owned(),
+                    source,
+                })
+        };
+        let mut per_class = Vec::with_capacity(manifest.classes.len());
+        for k in 0..manifest.classes.len() {
+            let name = format!("class-{k}");
+            per_class.push(load(&name)?.ok_or(FlowSetError::Missing(name))?);
+        }
+        let agnostic = load("agnostic")?;
+        Ok(Self {
+            manifest,
+            per_class,
+            agnostic,
+        })
+    }
+
+    /// Class `class`'s encryptor under `key` (route a): subkey `class/<k>` of the flow-rotation
+    /// scheme.
+    pub fn class_encryptor(&self, key: &MasterKey, class: usize, device: &Device) -> FlowEncryptor {
+        FlowEncryptor::new(
+            self.per_class[class].clone(),
+            self.manifest.preprocess,
+            &key.class_subkey(Scheme::FlowRotation, class as u32),
+            device,
+        )
+    }
+
+    /// The class-agnostic encryptor under `key` (route b): subkey `agnostic`.
+    pub fn agnostic_encryptor(&self, key: &MasterKey, device: &Device) -> Option<FlowEncryptor> {
+        self.agnostic.as_ref().map(|g| {
+            FlowEncryptor::new(
+                g.clone(),
+                self.manifest.preprocess,
+                &key.subkey(Scheme::FlowRotation, "agnostic"),
+                device,
+            )
+        })
     }
 }
 

@@ -11,6 +11,9 @@
 //!   synthetic generator.
 //! - [`container`]: the dataset container (safetensors) that carries images to the ML factory.
 //! - [`model`], [`train`]: the small CNN and its (resumable) training loop.
+//! - [`glow`], [`flow_train`], [`flow_rotation`], [`gaussianity`]: flow rotation (scheme 1).
+//! - [`leakage`]: gradient-leakage attacks (DLG, iDLG, Inverting Gradients, analytic) and the
+//!   attacked networks' differentiable backward pass.
 
 pub mod container;
 pub mod data;
@@ -21,6 +24,7 @@ pub mod glow;
 pub mod haar;
 pub mod keyfile;
 pub mod keys;
+pub mod leakage;
 pub mod model;
 pub mod resnet;
 pub mod testvectors;

@@ -40,7 +40,7 @@ pub async fn start_server() -> Result<SocketAddr> {
     let data = tempfile::tempdir()?.keep();
     let factory =
         veil_server::factory::Factory::start(veil_server::factory::FactoryConfig::new(data))?;
-    let app = veil_server::app(veil_server::AppState::with_defaults(www, factory));
+    let app = veil_server::app(veil_server::AppState::with_defaults(www, factory)?);
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });

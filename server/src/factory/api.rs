@@ -417,7 +417,7 @@ async fn create_job(
     State(state): State<AppState>,
     body: Result<Json<NewJob>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<JobView>), AppError> {
-    let Json(req) = body.map_err(|e| AppError::BadRequest(e.body_text()))?;
+    let Json(req) = body?;
     if Arch::parse(&req.arch).is_none() {
         let names: Vec<&str> = Arch::ALL.iter().map(|(n, _)| *n).collect();
         return Err(AppError::BadRequest(format!(

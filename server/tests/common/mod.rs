@@ -25,6 +25,7 @@ pub fn start(dir: &Path, tweak: impl FnOnce(&mut FactoryConfig)) -> Arc<Factory>
 
 pub fn state(f: &Arc<Factory>) -> AppState {
     AppState::with_defaults(veil_server::default_www_dir(), f.clone())
+        .expect("the embedded flows load")
 }
 
 pub async fn call(
