@@ -54,6 +54,9 @@ enum FlowCommand {
 enum Experiment {
     /// Flow rotation (Wu, Du, Yuan): Tables 1-2, Figure 3, and the Gaussianity probe.
     Flow(experiments::flow::FlowArgs),
+    /// Gradient leakage (DLG, iDLG, Inverting Gradients) against plain and flow-encrypted
+    /// training: leaked-image PSNR and classifiers trained on leaked images.
+    Leakage(experiments::leakage::LeakageArgs),
 }
 
 #[derive(clap::Args)]
@@ -127,6 +130,7 @@ fn main() -> Result<()> {
         Command::Serve(args) => serve(args),
         Command::TrainDemo(args) => demo::train_demo(args),
         Command::Experiment(Experiment::Flow(args)) => experiments::flow::run(args),
+        Command::Experiment(Experiment::Leakage(args)) => experiments::leakage::run(args),
         Command::Flow(FlowCommand::Train(args)) => flows::train(args),
         Command::Factory(args) => veil_server::client::run(args),
         Command::DataSynth(args) => {

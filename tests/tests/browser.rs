@@ -196,3 +196,119 @@ async fn journey(b: &Browser, url: &str, mode: GpuMode) -> Result<()> {
         .await?;
     Ok(())
 }
+
+/// The gradient-leakage lab page: a short attack on plain training converges (the streamed PSNR
+/// rises to an exact-looking reconstruction), one on encrypted training recovers the ciphertext
+/// and nothing more of the digit, and a bad setting is reported in the page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Chromium: run by `cargo xtask test`"]
+async fn leakage_lab_streams_a_converging_attack() -> Result<()> {
+    let mode = GpuMode::from_env();
+    let addr = start_server().await?;
+    let browser = Browser::start(mode).await?;
+    let result = leakage_journey(&browser, &format!("http://{addr}/leakage.html"), mode).await;
+    if result.is_err() {
+        let _ = browser
+            .screenshot(&format!("failure-leakage-{}", mode.expected_backend()))
+            .await;
+    }
+    browser.close().await?;
+    result
+}
+
+async fn leakage_journey(b: &Browser, url: &str, mode: GpuMode) -> Result<()> {
+    let c = &b.client;
+    c.goto(url).await?;
+    b.wait_for(
+        "the lab to load",
+        "return document.body.dataset.state === 'idle' || document.body.dataset.state === 'failed' ? document.body.dataset.state : null;",
+        LONG,
+    )
+    .await
+    .and_then(|s| {
+        anyhow::ensure!(s == "idle", "the lab did not load: {s}");
+        Ok(())
+    })?;
+    let run = |training: &'static str| async move {
+        c.find(Locator::Css("#samples button[data-id='5']"))
+            .await?
+            .click()
+            .await?;
+        c.find(Locator::Id(&format!("training-{training}")))
+            .await?
+            .click()
+            .await?;
+        let it = c.find(Locator::Id("iterations")).await?;
+        it.clear().await?;
+        it.send_keys("200").await?;
+        c.find(Locator::Id("start")).await?.click().await?;
+        let end = b
+            .wait_for(
+                "the attack to end",
+                "const s = document.body.dataset.state; return ['done', 'failed', 'cancelled'].includes(s) ? s : null;",
+                LONG,
+            )
+            .await?;
+        anyhow::ensure!(
+            end == "done",
+            "the attack ended {end}: {}",
+            c.find(Locator::Id("message")).await?.text().await?
+        );
+        let points = c
+            .execute(
+                "return window.veilLeakage.history.map(p => [p.psnr_vs_input, p.psnr_vs_plaintext]);",
+                vec![],
+            )
+            .await?;
+        let points: Vec<(f64, f64)> = serde_json::from_value(points)?;
+        let cipher = c
+            .execute(
+                "return window.veilLeakage.info.samples[5].ciphertext_psnr;",
+                vec![],
+            )
+            .await?
+            .as_f64()
+            .unwrap_or(f64::NAN);
+        anyhow::Ok((points, cipher))
+    };
+
+    let (plain, _) = run("plain").await?;
+    assert!(plain.len() >= 30, "{} points streamed", plain.len());
+    let (first, last) = (plain[0].0, plain[plain.len() - 1].0);
+    assert!(
+        last >= 25.0 && last > first + 10.0,
+        "PSNR went from {first} to {last} dB"
+    );
+    b.screenshot(&format!("leakage-plain-{}", mode.expected_backend()))
+        .await?;
+
+    let (enc, cipher) = run("encrypted").await?;
+    let (vs_input, vs_plain) = enc[enc.len() - 1];
+    assert!(
+        vs_input >= 25.0,
+        "the ciphertext was not recovered: {vs_input} dB"
+    );
+    assert!(
+        vs_plain <= cipher + 1.0,
+        "{vs_plain} dB against the digit, the ciphertext itself {cipher} dB"
+    );
+    b.screenshot(&format!("leakage-encrypted-{}", mode.expected_backend()))
+        .await?;
+
+    // The analytic attack needs the MLP; the page switches to it, and the attack is exact.
+    c.find(Locator::Css("#method option[value='analytic']"))
+        .await?
+        .click()
+        .await?;
+    c.find(Locator::Id("training-plain")).await?.click().await?;
+    c.find(Locator::Id("start")).await?.click().await?;
+    let psnr = b
+        .wait_for(
+            "the analytic attack",
+            "return document.body.dataset.state === 'done' ? Number(document.getElementById('psnr-input').dataset.value) : null;",
+            LONG,
+        )
+        .await?;
+    assert!(psnr.as_f64().unwrap_or(0.0) >= 60.0, "analytic: {psnr}");
+    Ok(())
+}

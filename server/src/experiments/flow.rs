@@ -239,43 +239,6 @@ fn latents(glow: &Glow, data: &ImageDataset, pre: Preprocess) -> (Vec<f32>, usiz
     (out, dims)
 }
 
-fn figure3(path: &std::path::Path, rows: &[&ImageDataset], picks: &[usize]) -> Result<()> {
-    let shape = rows[0].shape;
-    let scale = (64 / shape.height.max(shape.width)).max(1) as u32;
-    let (h, w) = (shape.height as u32 * scale, shape.width as u32 * scale);
-    let gap = 4;
-    let mut img = image::RgbImage::from_pixel(
-        picks.len() as u32 * (w + gap) + gap,
-        rows.len() as u32 * (h + gap) + gap,
-        image::Rgb([255, 255, 255]),
-    );
-    let plane = shape.height * shape.width;
-    for (r, data) in rows.iter().enumerate() {
-        for (c, &i) in picks.iter().enumerate() {
-            let px = data.image(i);
-            for y in 0..h {
-                for x in 0..w {
-                    let idx = (y / scale) as usize * shape.width + (x / scale) as usize;
-                    let v =
-                        |ch: usize| (px[ch * plane + idx].clamp(0.0, 1.0) * 255.0).round() as u8;
-                    let rgb = if shape.channels == 3 {
-                        [v(0), v(1), v(2)]
-                    } else {
-                        [v(0); 3]
-                    };
-                    img.put_pixel(
-                        gap + c as u32 * (w + gap) + x,
-                        gap + r as u32 * (h + gap) + y,
-                        image::Rgb(rgb),
-                    );
-                }
-            }
-        }
-    }
-    img.save(path)
-        .with_context(|| format!("writing {}", path.display()))
-}
-
 pub fn run(args: FlowArgs) -> Result<()> {
     let started = Instant::now();
     std::fs::create_dir_all(&args.out)
@@ -447,7 +410,7 @@ pub fn run(args: FlowArgs) -> Result<()> {
         .filter_map(|c| (0..s.test.len()).find(|&i| s.test.labels[i] == c))
         .take(10)
         .collect();
-    figure3(
+    super::image_grid(
         &args.out.join("figure3.png"),
         &[&s.test, &enc_test_a, &enc_test_b],
         &picks,

@@ -2,8 +2,11 @@
 //! figures and a `results.json` with stable keys.
 
 pub mod flow;
+pub mod leakage;
 
+use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
+use veil::data::ImageDataset;
 
 /// A progress bar in Veil's style.
 pub fn bar(len: u64, prefix: &str) -> ProgressBar {
@@ -13,4 +16,42 @@ pub fn bar(len: u64, prefix: &str) -> ProgressBar {
     );
     b.set_prefix(prefix.to_owned());
     b
+}
+
+/// A PNG grid: one row per dataset, the images `picks` of each, scaled up to about 64 pixels.
+pub fn image_grid(path: &std::path::Path, rows: &[&ImageDataset], picks: &[usize]) -> Result<()> {
+    let shape = rows[0].shape;
+    let scale = (64 / shape.height.max(shape.width)).max(1) as u32;
+    let (h, w) = (shape.height as u32 * scale, shape.width as u32 * scale);
+    let gap = 4;
+    let mut img = image::RgbImage::from_pixel(
+        picks.len() as u32 * (w + gap) + gap,
+        rows.len() as u32 * (h + gap) + gap,
+        image::Rgb([255, 255, 255]),
+    );
+    let plane = shape.height * shape.width;
+    for (r, data) in rows.iter().enumerate() {
+        for (c, &i) in picks.iter().enumerate() {
+            let px = data.image(i);
+            for y in 0..h {
+                for x in 0..w {
+                    let idx = (y / scale) as usize * shape.width + (x / scale) as usize;
+                    let v =
+                        |ch: usize| (px[ch * plane + idx].clamp(0.0, 1.0) * 255.0).round() as u8;
+                    let rgb = if shape.channels == 3 {
+                        [v(0), v(1), v(2)]
+                    } else {
+                        [v(0); 3]
+                    };
+                    img.put_pixel(
+                        gap + c as u32 * (w + gap) + x,
+                        gap + r as u32 * (h + gap) + y,
+                        image::Rgb(rgb),
+                    );
+                }
+            }
+        }
+    }
+    img.save(path)
+        .with_context(|| format!("writing {}", path.display()))
 }

@@ -28,7 +28,12 @@ fn main() -> Result<()> {
     results["native"] = native()?;
     eprintln!("native: flow rotation…");
     results["flow_rotation"] = flow_rotation()?;
-    eprintln!("{} {}", results["native"], results["flow_rotation"]);
+    eprintln!("native: gradient leakage…");
+    results["leakage"] = leakage();
+    eprintln!(
+        "{} {} {}",
+        results["native"], results["flow_rotation"], results["leakage"]
+    );
     let runtime = tokio::runtime::Runtime::new()?;
     eprintln!("factory: training throughput and classify load…");
     results["factory"] = runtime.block_on(factory())?;
@@ -105,6 +110,50 @@ fn native() -> Result<Value> {
 /// Flow-rotation figures: encryption throughput for 16×16×1 and 32×32×3 images (a 2-level,
 /// 4-step Glow with 48 hidden channels — untrained weights cost the same as trained ones), and the
 /// time of one training epoch of that flow on the digits.
+/// Gradient-matching iterations per second against the lab's networks (one attack, one thread),
+/// and the analytic attack's time.
+fn leakage() -> Value {
+    use veil::leakage::{
+        AttackConfig, AttackedArch, AttackedNetConfig, GradientAttack, Method,
+        analytic_first_layer, victim_gradient,
+    };
+    let device = Device::flex().autodiff();
+    let data = digits();
+    let mut out = json!({});
+    for arch in [AttackedArch::LENET, AttackedArch::MLP] {
+        let net = AttackedNetConfig::new(arch, data.shape, 10, 7).init(&device);
+        let g = victim_gradient(&net, data.image(1), data.labels[1] as usize, &device);
+        for method in Method::ALL {
+            let mut config = AttackConfig::new(method);
+            config.iterations = 400;
+            let Ok(mut attack) = GradientAttack::new(&net, &g, config, &device) else {
+                continue;
+            };
+            for _ in 0..20 {
+                let _ = attack.step();
+            }
+            let t = Instant::now();
+            let mut steps = 0;
+            while attack.iteration() < 400 && attack.step().is_ok() {
+                steps += 1;
+            }
+            out[format!(
+                "{}_{}_iterations_per_s",
+                arch.name(),
+                method.name().replace('-', "_")
+            )] = json!(steps as f64 / t.elapsed().as_secs_f64());
+        }
+        if let AttackedArch::Mlp { .. } = arch {
+            let t = Instant::now();
+            for _ in 0..100 {
+                let _ = analytic_first_layer(&net, &g);
+            }
+            out["analytic_mlp_ms"] = json!(t.elapsed().as_secs_f64() * 10.0);
+        }
+    }
+    out
+}
+
 fn flow_rotation() -> Result<Value> {
     use veil::burn::tensor::Distribution;
     use veil::flow_rotation::FlowEncryptor;
@@ -412,6 +461,27 @@ fn markdown(r: &Value) -> String {
         ips(f(&fr["encrypt_3x32x32_images_per_s"])),
         fr["flow_train_images"],
         f(&fr["flow_train_epoch_digits_s"]).map_or("—".into(), |x| format!("{x:.2} s")),
+    );
+    let lk = &r["leakage"];
+    s += "## Gradient leakage (native, flex CPU, one attack on one thread)\n\n| Attacked network | DLG | iDLG | Inverting Gradients |\n|---|---|---|---|\n";
+    for (arch, name) in [
+        ("lenet", "LeNet (3 conv, 15,226 parameters)"),
+        ("mlp", "MLP (64-128-10)"),
+    ] {
+        let it = |m: &str| {
+            f(&lk[format!("{arch}_{m}_iterations_per_s")])
+                .map_or("—".into(), |x| format!("{x:.0} it/s"))
+        };
+        s += &format!(
+            "| {name} | {} | {} | {} |\n",
+            it("dlg"),
+            it("idlg"),
+            it("inverting_gradients")
+        );
+    }
+    s += &format!(
+        "\nThe analytic first-layer attack on the MLP takes {} per gradient.\n\n",
+        f(&lk["analytic_mlp_ms"]).map_or("—".into(), |x| format!("{x:.3} ms"))
     );
     let fa = &r["factory"];
     s += "## The ML factory (native, flex CPU)\n\n| What | Figure |\n|---|---|\n";
