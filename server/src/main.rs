@@ -57,6 +57,9 @@ enum Experiment {
     /// Gradient leakage (DLG, iDLG, Inverting Gradients) against plain and flow-encrypted
     /// training: leaked-image PSNR and classifiers trained on leaked images.
     Leakage(experiments::leakage::LeakageArgs),
+    /// One-way scrambling by deconvolution (Savransky, Mateless, Katz): IIN vs cloud, fewer
+    /// labels, labelled images per class, the cloud's view, and the autoencoder attack.
+    Owsd(experiments::owsd::OwsdArgs),
 }
 
 #[derive(clap::Args)]
@@ -131,6 +134,7 @@ fn main() -> Result<()> {
         Command::TrainDemo(args) => demo::train_demo(args),
         Command::Experiment(Experiment::Flow(args)) => experiments::flow::run(args),
         Command::Experiment(Experiment::Leakage(args)) => experiments::leakage::run(args),
+        Command::Experiment(Experiment::Owsd(args)) => experiments::owsd::run(args),
         Command::Flow(FlowCommand::Train(args)) => flows::train(args),
         Command::Factory(args) => veil_server::client::run(args),
         Command::DataSynth(args) => {

@@ -12,6 +12,8 @@
 //! - [`container`]: the dataset container (safetensors) that carries images to the ML factory.
 //! - [`model`], [`train`]: the small CNN and its (resumable) training loop.
 //! - [`glow`], [`flow_train`], [`flow_rotation`], [`gaussianity`]: flow rotation (scheme 1).
+//! - [`owsd`]: one-way scrambling by deconvolution (scheme 2): scramble keys, the internal
+//!   inference network, key budgets.
 //! - [`leakage`]: gradient-leakage attacks (DLG, iDLG, Inverting Gradients, analytic) and the
 //!   attacked networks' differentiable backward pass.
 
@@ -26,6 +28,7 @@ pub mod keyfile;
 pub mod keys;
 pub mod leakage;
 pub mod model;
+pub mod owsd;
 pub mod resnet;
 pub mod testvectors;
 pub mod train;

@@ -121,14 +121,22 @@ impl SmallCnn {
     }
 }
 
-impl Classifier for SmallCnn {
-    fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+impl SmallCnn {
+    /// The hidden layer's activations `[B, hidden]`: the embedding OWSD's owner uses when this
+    /// network is its encoder.
+    pub fn embed(&self, images: Tensor<4>) -> Tensor<2> {
         let x = relu(self.conv1.forward(images));
         let x = self.pool.forward(relu(self.conv2.forward(x)));
         let x = relu(self.conv3.forward(x));
         let x = self.squeeze.forward(x).flatten::<2>(1, 3);
-        let x = relu(self.hidden.forward(x));
-        self.output.forward(self.dropout.forward(x))
+        relu(self.hidden.forward(x))
+    }
+}
+
+impl Classifier for SmallCnn {
+    fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+        self.output
+            .forward(self.dropout.forward(self.embed(images)))
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod flow;
 pub mod leakage;
+pub mod owsd;
 
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
