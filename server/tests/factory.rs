@@ -35,6 +35,17 @@ async fn upload_train_classify() {
             .unwrap()
             .starts_with("data:image/png;base64,")
     );
+    // They were drawn at upload and are read from their own file, not from the container: they
+    // survive the container being unreadable.
+    let thumbs_file = dir.path().join(format!("datasets/{id}.thumbs.json"));
+    assert!(thumbs_file.exists());
+    let container_file = dir.path().join(format!("datasets/{id}.safetensors"));
+    let saved = std::fs::read(&container_file).unwrap();
+    std::fs::write(&container_file, b"not a container").unwrap();
+    let (s, again) = json_call(&f, "GET", &format!("/api/datasets/{id}"), None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(again["thumbnails"], detail["thumbnails"]);
+    std::fs::write(&container_file, saved).unwrap();
 
     let (s, job) = json_call(
         &f,
@@ -101,6 +112,7 @@ async fn upload_train_classify() {
     // Deleting the dataset leaves the model working; the weights download.
     let (s, _) = call(&f, "DELETE", &format!("/api/datasets/{id}"), None, vec![]).await;
     assert_eq!(s, StatusCode::NO_CONTENT);
+    assert!(!thumbs_file.exists(), "the thumbnails go with the dataset");
     let (s, w) = call(
         &f,
         "GET",

@@ -443,30 +443,17 @@ mod tests {
         let config = ScrambleConfig::new(16, ImageShape::new(1, 8, 8));
         let k1 = MasterKey::from_bytes([1; 32]).subkey(Scheme::Owsd, "generator");
         let k2 = MasterKey::from_bytes([2; 32]).subkey(Scheme::Owsd, "generator");
-        let a: Vec<f32> = config
-            .init(&k1, &device)
-            .unwrap()
-            .scramble(embeddings(&device))
-            .unwrap()
-            .into_data()
-            .iter::<f32>()
-            .collect();
-        let b: Vec<f32> = config
-            .init(&k1, &device)
-            .unwrap()
-            .scramble(embeddings(&device))
-            .unwrap()
-            .into_data()
-            .iter::<f32>()
-            .collect();
-        let c: Vec<f32> = config
-            .init(&k2, &device)
-            .unwrap()
-            .scramble(embeddings(&device))
-            .unwrap()
-            .into_data()
-            .iter::<f32>()
-            .collect();
+        let scramble = |key| -> Vec<f32> {
+            config
+                .init(key, &device)
+                .unwrap()
+                .scramble(embeddings(&device))
+                .unwrap()
+                .into_data()
+                .iter::<f32>()
+                .collect()
+        };
+        let (a, b, c) = (scramble(&k1), scramble(&k1), scramble(&k2));
         assert_eq!(a, b);
         assert_eq!(a.len(), 4 * 64);
         let diff = a.iter().zip(&c).map(|(x, y)| (x - y).abs()).sum::<f32>() / a.len() as f32;

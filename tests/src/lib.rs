@@ -26,8 +26,16 @@ pub fn screenshot_dir() -> PathBuf {
     dir
 }
 
+/// The real Veil app on a free port, with a factory in a temporary data directory that is removed
+/// when this is dropped (keep it alive for as long as the test uses the server).
+pub struct TestServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    _data: tempfile::TempDir,
+}
+
 /// Starts the real Veil app (the same router `veil serve` runs) on 127.0.0.1 and a free port.
-pub async fn start_server() -> Result<SocketAddr> {
+pub async fn start_server() -> Result<TestServer> {
     let www = repo_root().join("www");
     if !www.join("pkg").join("veil_client_bg.wasm").exists() {
         bail!(
@@ -37,14 +45,15 @@ pub async fn start_server() -> Result<SocketAddr> {
     }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let data = tempfile::tempdir()?.keep();
-    let factory =
-        veil_server::factory::Factory::start(veil_server::factory::FactoryConfig::new(data))?;
+    let data = tempfile::tempdir()?;
+    let factory = veil_server::factory::Factory::start(veil_server::factory::FactoryConfig::new(
+        data.path(),
+    ))?;
     let app = veil_server::app(veil_server::AppState::with_defaults(www, factory)?);
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
-    Ok(addr)
+    Ok(TestServer { addr, _data: data })
 }
 
 /// Which WebGPU situation the browser is started in.

@@ -18,7 +18,8 @@ const LONG: Duration = Duration::from_secs(180);
 #[ignore = "needs the built wasm client and Chromium: run by `cargo xtask test`"]
 async fn key_round_trip_and_local_classification() -> Result<()> {
     let mode = GpuMode::from_env();
-    let addr = start_server().await?;
+    let server = start_server().await?;
+    let addr = server.addr;
     let browser = Browser::start(mode).await?;
     let result = journey(&browser, &format!("http://{addr}/"), mode).await;
     if result.is_err() {
@@ -204,7 +205,8 @@ async fn journey(b: &Browser, url: &str, mode: GpuMode) -> Result<()> {
 #[ignore = "needs Chromium: run by `cargo xtask test`"]
 async fn leakage_lab_streams_a_converging_attack() -> Result<()> {
     let mode = GpuMode::from_env();
-    let addr = start_server().await?;
+    let server = start_server().await?;
+    let addr = server.addr;
     let browser = Browser::start(mode).await?;
     let result = leakage_journey(&browser, &format!("http://{addr}/leakage.html"), mode).await;
     if result.is_err() {

@@ -455,17 +455,7 @@ pub fn run(args: LeakageArgs) -> Result<()> {
             "idlg_images_per_s": (3 * subset.len()) as f64 / leak_s,
         },
     });
-    std::fs::write(
-        args.out.join("results.json"),
-        serde_json::to_string_pretty(&results)? + "\n",
-    )?;
-    std::fs::write(args.out.join("report.md"), report(&results, &args))?;
-    eprintln!(
-        "wrote {}/report.md, results.json and figure.png in {:.0} s",
-        args.out.display(),
-        started.elapsed().as_secs_f64()
-    );
-    Ok(())
+    super::write_outputs(&args.out, &results, report(&results, &args), started)
 }
 
 fn crate_flows() -> Result<FlowSet> {

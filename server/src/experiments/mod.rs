@@ -9,6 +9,26 @@ use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use veil::data::ImageDataset;
 
+/// Writes `results.json` and `report.md` into `out` and says so.
+pub fn write_outputs(
+    out: &std::path::Path,
+    results: &serde_json::Value,
+    report: String,
+    started: std::time::Instant,
+) -> Result<()> {
+    std::fs::write(
+        out.join("results.json"),
+        serde_json::to_string_pretty(results)? + "\n",
+    )?;
+    std::fs::write(out.join("report.md"), report)?;
+    eprintln!(
+        "wrote {}/report.md, results.json and figure.png in {:.0} s",
+        out.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 /// A progress bar in Veil's style.
 pub fn bar(len: u64, prefix: &str) -> ProgressBar {
     let b = ProgressBar::new(len).with_style(

@@ -653,17 +653,7 @@ pub fn run(args: OwsdArgs) -> Result<()> {
         "attack_mean_image_psnr": mean_image_psnr,
         "timing_s": {"models": models_s, "iin": iin_s, "attack": attack_s, "total": started.elapsed().as_secs_f64(), "scramble_images_per_s": scramble_ips},
     });
-    std::fs::write(
-        args.out.join("results.json"),
-        serde_json::to_string_pretty(&results)? + "\n",
-    )?;
-    std::fs::write(args.out.join("report.md"), report(&results, &args))?;
-    eprintln!(
-        "wrote {}/report.md, results.json and figure.png in {:.0} s",
-        args.out.display(),
-        started.elapsed().as_secs_f64()
-    );
-    Ok(())
+    super::write_outputs(&args.out, &results, report(&results, &args), started)
 }
 
 fn table1_ratio(table1: &serde_json::Map<String, Value>, cloud_t1: f64) -> f64 {

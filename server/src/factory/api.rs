@@ -148,10 +148,17 @@ async fn upload_dataset(
                 sha256: sha,
                 created_at: store::now(),
             };
+            // Thumbnails are drawn now, once, so that inspecting a dataset reads a small file
+            // instead of decoding the whole container.
+            let thumbs = serde_json::to_vec(&thumbnails(&c.dataset, 8)?)
+                .map_err(anyhow::Error::from)?;
+            f.store()
+                .write_atomic(&f.store().thumbnails_path(&id), &thumbs)?;
             let path = f.store().dataset_path(&id);
             std::fs::rename(&tmp, &path).map_err(anyhow::Error::from)?;
             if let Err(e) = f.store().insert_dataset(&row) {
                 let _ = std::fs::remove_file(&path);
+                let _ = std::fs::remove_file(f.store().thumbnails_path(&id));
                 return Err(e.into());
             }
             tracing::info!(dataset = %id, images = row.count, scheme = %row.scheme, "dataset uploaded");
@@ -211,7 +218,7 @@ async fn list_datasets(State(state): State<AppState>) -> Result<Json<Vec<Dataset
     Ok(Json(blocking(move || Ok(f.store().datasets()?)).await?))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, serde::Deserialize)]
 struct Thumbnail {
     index: usize,
     label: u32,
@@ -238,13 +245,28 @@ async fn get_dataset(
             .store()
             .dataset(&id)?
             .ok_or_else(|| AppError::NotFound(format!("dataset {id:?}")))?;
-        let bytes = std::fs::read(f.store().dataset_path(&id)).map_err(anyhow::Error::from)?;
-        let c = container::decode(&bytes)
-            .map_err(|e| anyhow::anyhow!("stored dataset {id} no longer decodes: {e}"))?;
-        Ok(Json(DatasetDetail {
-            thumbnails: thumbnails(&c.dataset, 8)?,
-            row,
-        }))
+        let cached = std::fs::read(f.store().thumbnails_path(&id))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Vec<Thumbnail>>(&b).ok());
+        let thumbnails = match cached {
+            Some(t) => t,
+            // Uploaded before thumbnails were stored (or the file was lost): draw them and keep
+            // them.
+            None => {
+                let bytes =
+                    std::fs::read(f.store().dataset_path(&id)).map_err(anyhow::Error::from)?;
+                let c = container::decode(&bytes)
+                    .map_err(|e| anyhow::anyhow!("stored dataset {id} no longer decodes: {e}"))?;
+                let t = thumbnails(&c.dataset, 8)?;
+                if let Ok(json) = serde_json::to_vec(&t) {
+                    let _ = f
+                        .store()
+                        .write_atomic(&f.store().thumbnails_path(&id), &json);
+                }
+                t
+            }
+        };
+        Ok(Json(DatasetDetail { thumbnails, row }))
     })
     .await
 }
@@ -347,6 +369,7 @@ async fn delete_dataset(
         Ok(false) => Err(AppError::NotFound(format!("dataset {id:?}"))),
         Ok(true) => {
             let _ = std::fs::remove_file(f.store().dataset_path(&id));
+            let _ = std::fs::remove_file(f.store().thumbnails_path(&id));
             tracing::info!(dataset = %id, "dataset deleted");
             Ok(StatusCode::NO_CONTENT)
         }

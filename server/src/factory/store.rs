@@ -321,6 +321,11 @@ impl Store {
         self.dir.join("datasets").join(format!("{id}.safetensors"))
     }
 
+    /// Where dataset `id`'s thumbnails (JSON, drawn once at upload) live.
+    pub fn thumbnails_path(&self, id: &str) -> PathBuf {
+        self.dir.join("datasets").join(format!("{id}.thumbs.json"))
+    }
+
     /// Where model `id`'s weights live.
     pub fn model_path(&self, id: &str) -> PathBuf {
         self.dir.join("models").join(format!("{id}.bpk"))

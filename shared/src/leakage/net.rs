@@ -270,48 +270,50 @@ impl AttackedNet {
 
     /// The same network with every parameter cast to `dtype` (f64 for finite-difference checks).
     pub fn cast(self, dtype: FloatDType) -> Self {
-        Self {
-            config: self.config,
-            convs: self
-                .convs
-                .into_iter()
-                .map(|c| Conv {
-                    weight: c.weight.cast(dtype),
-                    bias: c.bias.cast(dtype),
-                })
-                .collect(),
-            linears: self
-                .linears
-                .into_iter()
-                .map(|l| Linear {
-                    weight: l.weight.cast(dtype),
-                    bias: l.bias.cast(dtype),
-                })
-                .collect(),
-        }
+        self.map_params(&|t| t.cast(dtype), &|t| t.cast(dtype), &|t| t.cast(dtype))
     }
 
     /// The same network on `device`.
     pub fn to_device(&self, device: &Device) -> Self {
-        let mv4 = |t: &Tensor<4>| Tensor::<4>::from_data(t.clone().into_data(), device);
-        let mv2 = |t: &Tensor<2>| Tensor::<2>::from_data(t.clone().into_data(), device);
-        let mv1 = |t: &Tensor<1>| Tensor::<1>::from_data(t.clone().into_data(), device);
+        self.map_params(
+            &|t| Tensor::from_data(t.into_data(), device),
+            &|t| Tensor::from_data(t.into_data(), device),
+            &|t| Tensor::from_data(t.into_data(), device),
+        )
+    }
+
+    /// The same network with every parameter marked as requiring a gradient.
+    fn tracked(&self) -> Self {
+        self.map_params(
+            &Tensor::require_grad,
+            &Tensor::require_grad,
+            &Tensor::require_grad,
+        )
+    }
+
+    /// Applies `f4` to convolution weights, `f2` to linear weights and `f1` to biases.
+    fn map_params(
+        &self,
+        f4: &dyn Fn(Tensor<4>) -> Tensor<4>,
+        f2: &dyn Fn(Tensor<2>) -> Tensor<2>,
+        f1: &dyn Fn(Tensor<1>) -> Tensor<1>,
+    ) -> Self {
         Self {
             config: self.config,
             convs: self
                 .convs
                 .iter()
                 .map(|c| Conv {
-                    weight: mv4(&c.weight),
-                    bias: mv1(&c.bias),
+                    weight: f4(c.weight.clone()),
+                    bias: f1(c.bias.clone()),
                 })
                 .collect(),
             linears: self
                 .linears
                 .iter()
                 .map(|l| Linear {
-                    weight: mv2(&l.weight),
-                    bias: mv1(&l.bias),
+                    weight: f2(l.weight.clone()),
+                    bias: f1(l.bias.clone()),
                 })
                 .collect(),
         }
@@ -447,29 +449,6 @@ impl AttackedNet {
             out.push(grad_or_zeros(&l.bias, &grads));
         }
         ParamGrads(out)
-    }
-
-    /// The same network with every parameter marked as requiring a gradient.
-    fn tracked(&self) -> Self {
-        Self {
-            config: self.config,
-            convs: self
-                .convs
-                .iter()
-                .map(|c| Conv {
-                    weight: c.weight.clone().require_grad(),
-                    bias: c.bias.clone().require_grad(),
-                })
-                .collect(),
-            linears: self
-                .linears
-                .iter()
-                .map(|l| Linear {
-                    weight: l.weight.clone().require_grad(),
-                    bias: l.bias.clone().require_grad(),
-                })
-                .collect(),
-        }
     }
 }
 

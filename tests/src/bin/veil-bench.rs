@@ -212,7 +212,8 @@ fn flow_rotation() -> Result<Value> {
 }
 
 async fn browser_bench(mode: GpuMode) -> Result<Value> {
-    let addr = start_server().await?;
+    let server = start_server().await?;
+    let addr = server.addr;
     let b = Browser::start(mode).await?;
     let out = async {
         b.client.goto(&format!("http://{addr}/bench.html")).await?;
@@ -324,7 +325,8 @@ async fn factory() -> Result<Value> {
     .await??;
     let train_samples_per_s = (trained * epochs) as f64 / t.elapsed().as_secs_f64();
 
-    let addr = start_server().await?;
+    let server = start_server().await?;
+    let addr = server.addr;
     let url = format!("http://{addr}/api/models/digits-cnn/classify");
     let http = reqwest::Client::new();
     let (requests, concurrency) = (2000usize, 8usize);
