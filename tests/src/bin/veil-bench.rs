@@ -30,6 +30,8 @@ fn main() -> Result<()> {
     results["flow_rotation"] = flow_rotation()?;
     eprintln!("native: gradient leakage…");
     results["leakage"] = leakage();
+    eprintln!("native: OWSD scrambling…");
+    results["owsd"] = owsd()?;
     eprintln!(
         "{} {} {}",
         results["native"], results["flow_rotation"], results["leakage"]
@@ -110,6 +112,33 @@ fn native() -> Result<Value> {
 /// Flow-rotation figures: encryption throughput for 16×16×1 and 32×32×3 images (a 2-level,
 /// 4-step Glow with 48 hidden channels — untrained weights cost the same as trained ones), and the
 /// time of one training epoch of that flow on the digits.
+/// OWSD scramble images/s natively (the generator alone, from 64-d embeddings, batch 256).
+fn owsd() -> Result<Value> {
+    use veil::burn::tensor::Distribution;
+    use veil::data::ImageShape;
+    use veil::owsd::ScrambleConfig;
+    let device = Device::flex();
+    let key = veil::testvectors::test_key().subkey(veil::keys::Scheme::Owsd, "generator");
+    let mut out = json!({});
+    for (c, side) in [(1usize, 8usize), (3, 32)] {
+        let g = ScrambleConfig::new(64, ImageShape::new(c, side, side)).init(&key, &device)?;
+        let x = veil::burn::tensor::Tensor::<2>::random(
+            [256, 64],
+            Distribution::Normal(0.0, 1.0),
+            &device,
+        );
+        let _ = g.scramble(x.clone())?.into_data();
+        let reps = 10;
+        let t = Instant::now();
+        for _ in 0..reps {
+            let _ = g.scramble(x.clone())?.into_data();
+        }
+        out[format!("scramble_{c}x{side}x{side}_images_per_s")] =
+            json!((256 * reps) as f64 / t.elapsed().as_secs_f64());
+    }
+    Ok(out)
+}
+
 /// Gradient-matching iterations per second against the lab's networks (one attack, one thread),
 /// and the analytic attack's time.
 fn leakage() -> Value {
@@ -463,6 +492,12 @@ fn markdown(r: &Value) -> String {
         ips(f(&fr["encrypt_3x32x32_images_per_s"])),
         fr["flow_train_images"],
         f(&fr["flow_train_epoch_digits_s"]).map_or("—".into(), |x| format!("{x:.2} s")),
+    );
+    let ow = &r["owsd"];
+    s += &format!(
+        "## OWSD scrambling (native, flex CPU, batch 256)\n\n| What | Figure |\n|---|---|\n| Scramble 64-d embeddings to 1×8×8 | {} |\n| Scramble 64-d embeddings to 3×32×32 | {} |\n\n",
+        ips(f(&ow["scramble_1x8x8_images_per_s"])),
+        ips(f(&ow["scramble_3x32x32_images_per_s"])),
     );
     let lk = &r["leakage"];
     s += "## Gradient leakage (native, flex CPU, one attack on one thread)\n\n| Attacked network | DLG | iDLG | Inverting Gradients |\n|---|---|---|---|\n";
