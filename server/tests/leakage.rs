@@ -10,13 +10,12 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 use veil_server::{AppState, app};
 
+mod common;
+
 fn state() -> AppState {
+    // Each test gets its own lab (and an empty factory).
     let dir = tempfile::tempdir().unwrap().keep();
-    let factory =
-        veil_server::factory::Factory::start(veil_server::factory::FactoryConfig::new(dir))
-            .unwrap();
-    AppState::with_defaults(veil_server::default_www_dir(), factory)
-        .expect("the embedded flows load")
+    common::state(&common::start(&dir, |_| {}))
 }
 
 async fn call(

@@ -22,7 +22,7 @@ use veil::model::{Classifier, SmallCnnConfig};
 use veil::resnet::SmallResNetConfig;
 use veil::train::{Control, TrainOptions, accuracy, argmax_rows, train_classifier};
 
-use super::bar;
+use super::{bar, pct};
 
 /// Options of `veil experiment flow`.
 #[derive(clap::Args, Debug)]
@@ -128,7 +128,7 @@ fn fit_flow(s: &Setup, data: &ImageDataset, label: &str) -> Result<(Glow, f32)> 
     Ok((glow.valid(), last))
 }
 
-fn encrypt_all(
+pub(crate) fn encrypt_all(
     data: &ImageDataset,
     encryptor_of: impl Fn(u32) -> FlowEncryptor,
     route_label: Option<u32>,
@@ -504,11 +504,6 @@ fn table1_row<M: Classifier>(
         "agnostic_enc_enc": accuracy(&on_enc_b, enc_test_b, &device),
         "agnostic_enc_orig": accuracy(&on_enc_b, &s.test, &device),
     }))
-}
-
-fn pct(v: &serde_json::Value) -> String {
-    v.as_f64()
-        .map_or("—".into(), |x| format!("{:.1} %", 100.0 * x))
 }
 
 fn report(r: &serde_json::Value) -> String {

@@ -109,40 +109,20 @@ fn encrypt(
     agnostic: bool,
 ) -> Result<ImageDataset> {
     let device = Device::flex();
-    let n = data.shape.len();
-    let mut images = vec![0.0f32; data.images.len()];
-    let groups: Vec<Option<usize>> = if agnostic {
-        vec![None]
+    let mut out = if agnostic {
+        let enc = flows
+            .agnostic_encryptor(key, &device)
+            .context("the flows have no class-agnostic flow")?;
+        super::flow::encrypt_all(data, |_| enc.clone(), Some(0))
     } else {
-        (0..data.num_classes()).map(Some).collect()
+        super::flow::encrypt_all(
+            data,
+            |c| flows.class_encryptor(key, c as usize, &device),
+            None,
+        )
     };
-    for g in groups {
-        let idx: Vec<usize> = (0..data.len())
-            .filter(|&i| g.is_none_or(|c| data.labels[i] as usize == c))
-            .collect();
-        if idx.is_empty() {
-            continue;
-        }
-        let enc = match g {
-            Some(c) => flows.class_encryptor(key, c, &device),
-            None => flows
-                .agnostic_encryptor(key, &device)
-                .context("the flows have no class-agnostic flow")?,
-        };
-        for chunk in idx.chunks(256) {
-            let part = data.subset(chunk);
-            let c = enc
-                .encrypt(part.images_tensor(0..part.len(), &device))
-                .clamp(0.0, 1.0);
-            for (k, v) in c.into_data().iter::<f32>().enumerate() {
-                images[chunk[k / n] * n + k % n] = v;
-            }
-        }
-    }
-    Ok(ImageDataset {
-        images,
-        ..data.clone()
-    })
+    out.images.iter_mut().for_each(|p| *p = p.clamp(0.0, 1.0));
+    Ok(out)
 }
 
 /// Leaks every image of `inputs` (what the client trained on) from its gradient, on two threads.
@@ -463,8 +443,8 @@ fn crate_flows() -> Result<FlowSet> {
 }
 
 fn report(r: &serde_json::Value, args: &LeakageArgs) -> String {
-    let f = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
-    let pct = |v: &serde_json::Value| format!("{:.1} %", 100.0 * f(v));
+    let f = super::num;
+    let pct = super::pct;
     let setup = &r["setup"];
     let mut s = format!(
         "# Gradient leakage on the UCI digits\n\nCommand: `veil experiment leakage --data digits --out {}{}`\n\n\

@@ -80,16 +80,16 @@ fn union(a: &ImageDataset, b: &ImageDataset) -> ImageDataset {
     }
 }
 
-fn per_class(d: &ImageDataset, n: usize) -> ImageDataset {
+/// Indices of the first `n` images of each class.
+fn first_per_class(d: &ImageDataset, n: usize) -> Vec<usize> {
     let mut seen = vec![0usize; d.num_classes()];
-    let idx: Vec<usize> = (0..d.len())
+    (0..d.len())
         .filter(|&i| {
             let c = d.labels[i] as usize;
             seen[c] += 1;
             seen[c] <= n
         })
-        .collect();
-    d.subset(&idx)
+        .collect()
 }
 
 fn fit_cnn(data: &ImageDataset, epochs: usize, seed: u64, label: &str) -> Result<SmallCnn> {
@@ -509,17 +509,8 @@ pub fn run(args: OwsdArgs) -> Result<()> {
     // Use case 5: labelled images per class.
     let mut uc5 = Vec::new();
     for n in [5usize, 10, 20, 35, 50, usize::MAX] {
-        let sub = per_class(&pool, n);
-        let idx: Vec<usize> = {
-            let mut seen = vec![0usize; classes];
-            (0..pool.len())
-                .filter(|&i| {
-                    let c = pool.labels[i] as usize;
-                    seen[c] += 1;
-                    seen[c] <= n
-                })
-                .collect()
-        };
+        let idx = first_per_class(&pool, n);
+        let sub = pool.subset(&idx);
         let (_, ftr, fte, _) = &feats[1];
         let a = ftr.subset(&idx);
         let both = iin(&a, &sub.labels, fte, &test.labels, classes, "both", seed).0;
@@ -664,8 +655,8 @@ fn table1_ratio(table1: &serde_json::Map<String, Value>, cloud_t1: f64) -> f64 {
 }
 
 fn report(r: &Value, args: &OwsdArgs) -> String {
-    let f = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
-    let pct = |v: &Value| format!("{:.1} %", 100.0 * f(v));
+    let f = super::num;
+    let pct = super::pct;
     let s0 = &r["setup"];
     let mut s = format!(
         "# OWSD on {}\n\nCommand: `veil experiment owsd --data {} --out {}{}`\n\n\

@@ -184,6 +184,8 @@ impl Reconstruction {
 pub struct GradientAttack {
     net: AttackedNet,
     target: ParamGrads,
+    /// `‖g*‖²`, computed once.
+    target_sq_norm: f64,
     config: AttackConfig,
     dummy: Dummy,
     optimizer: ModuleOptimizer,
@@ -313,9 +315,15 @@ impl GradientAttack {
             Method::Dlg => None,
             Method::Idlg | Method::InvertingGradients => Some(infer_label(&net, grads)),
         };
+        let target_sq_norm = grads
+            .iter()
+            .flatten()
+            .map(|&v| f64::from(v) * f64::from(v))
+            .sum();
         Ok(Self {
             net,
             target,
+            target_sq_norm,
             config,
             dummy,
             optimizer: AdamConfig::new().init(),
@@ -345,14 +353,13 @@ impl GradientAttack {
             Method::InvertingGradients => {
                 let mut dot = None;
                 let mut na = None;
-                let mut nb = 0.0f64;
                 for (a, b) in g.0.into_iter().zip(&self.target.0) {
                     let d = (a.clone() * b.clone()).sum();
                     let n = a.powi_scalar(2).sum();
                     dot = Some(dot.map_or(d.clone(), |s: Tensor<1>| s + d));
                     na = Some(na.map_or(n.clone(), |s: Tensor<1>| s + n));
-                    nb += f64::from(b.clone().powi_scalar(2).sum().into_scalar::<f32>());
                 }
+                let nb = self.target_sq_norm;
                 let (dot, na) = match (dot, na) {
                     (Some(d), Some(n)) => (d, n),
                     _ => return Tensor::zeros([1], &self.device),
@@ -446,12 +453,12 @@ impl GradientAttack {
             None => softmax(self.dummy.label.val().detach(), 1),
         };
         let g = self.net.param_gradients(x, targets);
-        let (mut num, mut den) = (0.0f64, 0.0f64);
-        for (a, b) in g.0.into_iter().zip(&self.target.0) {
-            num += f64::from((a - b.clone()).powi_scalar(2).sum().into_scalar::<f32>());
-            den += f64::from(b.clone().powi_scalar(2).sum().into_scalar::<f32>());
-        }
-        (num / den.max(1e-30)) as f32
+        let num: f64 =
+            g.0.into_iter()
+                .zip(&self.target.0)
+                .map(|(a, b)| f64::from((a - b.clone()).powi_scalar(2).sum().into_scalar::<f32>()))
+                .sum();
+        (num / self.target_sq_norm.max(1e-30)) as f32
     }
 
     /// The reconstruction so far.
