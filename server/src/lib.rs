@@ -7,6 +7,7 @@ pub mod datasets;
 pub mod embedded;
 pub mod error;
 pub mod factory;
+pub mod flowsets;
 pub mod leakage;
 pub mod routes;
 
@@ -37,6 +38,8 @@ pub struct AppState {
     pub factory: Arc<factory::Factory>,
     /// The gradient-leakage lab.
     pub leakage: Arc<leakage::LeakageLab>,
+    /// The public flows of flow rotation the pages download (`/api/flows`).
+    pub flows: Arc<flowsets::FlowFamilies>,
 }
 
 impl AppState {
@@ -47,6 +50,7 @@ impl AppState {
             www_dir,
             factory,
             leakage: Arc::new(leakage::LeakageLab::new()?),
+            flows: flowsets::FlowFamilies::embedded_shared()?,
             models: Arc::new(vec![ServedModel {
                 card: veil::model::demo::card(),
                 weights: Arc::new(veil::model::demo::WEIGHTS.to_vec()),

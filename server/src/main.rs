@@ -118,6 +118,10 @@ struct ServeArgs {
     /// Largest dataset upload, in MiB.
     #[arg(long, env = "VEIL_MAX_UPLOAD_MIB", default_value_t = 512)]
     max_upload_mib: u64,
+    /// Serve a family of flows trained by `veil flow train --out DIR` to the pages, as
+    /// `NAME=DIR` (repeatable; the digits flows are always served as `digits`).
+    #[arg(long = "flows", value_name = "NAME=DIR")]
+    flows: Vec<String>,
 }
 
 fn main() -> Result<()> {
@@ -187,6 +191,18 @@ fn serve(args: ServeArgs) -> Result<()> {
         )
     })?;
     tracing::info!("factory data in {}", data_dir.display());
+    let mut families = veil_server::flowsets::FlowFamilies::embedded()?;
+    for spec in &args.flows {
+        let (name, dir) = spec
+            .split_once('=')
+            .with_context(|| format!("--flows takes NAME=DIR, not {spec:?}"))?;
+        families.insert(veil_server::flowsets::FlowFamily::from_dir(
+            name,
+            std::path::Path::new(dir),
+        )?);
+        tracing::info!("serving the flows in {dir} as family {name}");
+    }
+    let families = std::sync::Arc::new(families);
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let served = runtime.block_on({
         let factory = factory.clone();
@@ -198,7 +214,8 @@ fn serve(args: ServeArgs) -> Result<()> {
             tracing::info!("Veil is serving {} at http://{addr}/", www.display());
             // Tests and scripts read this line to learn the port when binding to port 0.
             println!("listening on http://{addr}/");
-            let state = veil_server::AppState::with_defaults(www, factory.clone())?;
+            let mut state = veil_server::AppState::with_defaults(www, factory.clone())?;
+            state.flows = families;
             let stopping = state.clone();
             let app = veil_server::app(state);
             axum::serve(listener, app)

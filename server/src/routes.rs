@@ -68,6 +68,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/models/{name}/weights"),
     ("DELETE", "/api/models/{name}"),
     ("POST", "/api/models/{name}/classify"),
+    ("GET", "/api/flows"),
+    ("GET", "/api/flows/{family}/{file}"),
     ("GET", "/api/leakage"),
     ("POST", "/api/leakage/attacks"),
     ("GET", "/api/leakage/attacks/{id}"),
@@ -83,6 +85,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/models/{name}/weights", get(model_weights))
         .merge(crate::factory::api::router(&state.factory))
         .merge(crate::leakage::router())
+        .merge(crate::flowsets::router())
         .route("/api/{*rest}", axum::routing::any(api_not_found));
     let pages = ServeDir::new(&state.www_dir).append_index_html_on_directories(true);
     Router::new()

@@ -67,6 +67,49 @@ async fn unknown_model_and_route_are_404_with_a_message() {
 }
 
 #[tokio::test]
+async fn the_digits_flows_are_served_as_shipped_and_unknown_ones_are_404() {
+    let (status, body) = get("/api/flows").await;
+    assert_eq!(status, StatusCode::OK);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let digits = &v[0];
+    assert_eq!(digits["name"], "digits");
+    assert_eq!(digits["shape"]["height"], 8);
+    assert_eq!(digits["levels"], 17);
+    assert_eq!(digits["classes"].as_array().unwrap().len(), 10);
+    let flows = digits["flows"].as_array().unwrap();
+    assert_eq!(flows.len(), 11);
+    let (status, manifest) = get(digits["manifest_url"].as_str().unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        manifest,
+        veil_server::embedded::DIGITS_FLOWS_MANIFEST.as_bytes()
+    );
+    let class3 = flows.iter().find(|f| f["name"] == "class-3").unwrap();
+    let (status, bytes) = get(class3["url"].as_str().unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    let shipped = veil_server::embedded::DIGITS_FLOW_FILES
+        .iter()
+        .find(|(n, _)| *n == "flow-class-3.bpk")
+        .unwrap()
+        .1;
+    assert_eq!(bytes, shipped);
+    assert_eq!(class3["bytes"], shipped.len());
+    for uri in [
+        "/api/flows/cifar/flows.json",
+        "/api/flows/digits/flow-class-10.bpk",
+        "/api/flows/digits/..%2Fsecret",
+    ] {
+        let (status, body) = get(uri).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{uri}");
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert!(
+            v["error"].as_str().unwrap().contains("not found"),
+            "{uri}: {v}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn the_page_is_served_with_framing_denied() {
     let response = app(state())
         .oneshot(Request::get("/").body(Body::empty()).unwrap())
