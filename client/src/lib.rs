@@ -10,10 +10,11 @@
 //!   is testable natively;
 //! - `web`: the only `#[wasm_bindgen]` file, a thin layer turning errors into `JsError`.
 
+pub mod flows;
 pub mod session;
 pub mod state;
 #[cfg(target_arch = "wasm32")]
 mod web;
 
-pub use session::{Classification, ClientError, Session};
+pub use session::{Classification, ClientError, FlowRoute, Session};
 pub use state::Backend;

@@ -9,6 +9,7 @@ use veil::keyfile::{KdfCost, KeyFile, KeyFileError};
 use veil::keys::{KeyError, MasterKey};
 use veil::model::{Classifier, ModelCard, ModelError, SmallCnn, demo};
 
+use crate::flows::{Flows, FlowsInfo, Route, check_batch, read_all};
 use crate::state::{Backend, init_device};
 
 /// Errors a page shows to its user.
@@ -60,6 +61,36 @@ pub struct Session {
     model: SmallCnn,
     /// The loaded key and its name. Borrowed briefly, never across an `await`.
     key: RefCell<Option<(MasterKey, String)>>,
+    /// Flow rotation's flows, once loaded. Borrowed briefly, never across an `await`.
+    flows: RefCell<Option<Flows>>,
+}
+
+/// Which flows and keys encrypt a batch (the owned form of [`Route`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FlowRoute {
+    /// Route (a): each image with its class's flow and key.
+    TrueClass(Vec<u32>),
+    /// Route (b): the class-agnostic flow and key.
+    Agnostic,
+    /// One class's flow and key for every image (one step of route c).
+    Class(u32),
+}
+
+/// A dataset container read back in the page.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ContainerSummary {
+    /// Images in it.
+    pub count: usize,
+    /// Their shape.
+    pub shape: ImageShape,
+    /// Class names.
+    pub classes: Vec<String>,
+    /// How they were made.
+    pub scheme: String,
+    /// The fingerprint of the key that made them.
+    pub key_fingerprint: Option<String>,
+    /// Free text.
+    pub description: Option<String>,
 }
 
 impl Session {
@@ -74,6 +105,7 @@ impl Session {
             card,
             model,
             key: RefCell::new(None),
+            flows: RefCell::new(None),
         })
     }
 
@@ -212,5 +244,118 @@ impl Session {
             probabilities,
             logits,
         })
+    }
+
+    // --- flow rotation ------------------------------------------------------------------------
+
+    /// Loads a family of flows (its manifest and the files it names), replacing any loaded one.
+    pub fn load_flows(
+        &self,
+        family: &str,
+        manifest: &str,
+        files: &[(String, Vec<u8>)],
+    ) -> Result<FlowsInfo, ClientError> {
+        let flows = Flows::load(family, manifest, files, &self.device)?;
+        let info = flows.info();
+        *self.flows.borrow_mut() = Some(flows);
+        Ok(info)
+    }
+
+    /// The loaded flows, if any.
+    pub fn flows_info(&self) -> Option<FlowsInfo> {
+        self.flows.borrow().as_ref().map(Flows::info)
+    }
+
+    fn flows_shape(&self) -> Result<ImageShape, ClientError> {
+        self.flows
+            .borrow()
+            .as_ref()
+            .map(Flows::shape)
+            .ok_or_else(|| ClientError::BadInput("no flows are loaded: load a family first".into()))
+    }
+
+    /// Encrypts (or, with `decrypt`, decrypts and re-quantises) a batch `[B, C, H, W]` of the
+    /// flows' shape with the loaded key along `route`.
+    pub async fn flow_apply(
+        &self,
+        pixels: &[f32],
+        route: &FlowRoute,
+        decrypt: bool,
+    ) -> Result<Vec<f32>, ClientError> {
+        let key = self.key()?;
+        let (parts, n, len) = {
+            let mut guard = self.flows.borrow_mut();
+            let flows = guard.as_mut().ok_or_else(|| {
+                ClientError::BadInput("no flows are loaded: load a family first".into())
+            })?;
+            let r = match route {
+                FlowRoute::TrueClass(labels) => Route::TrueClass(labels),
+                FlowRoute::Agnostic => Route::Agnostic,
+                FlowRoute::Class(k) => Route::Class(*k),
+            };
+            let parts = flows.apply(&key, pixels, r, decrypt, &self.device)?;
+            let len = flows.shape().len();
+            (parts, pixels.len() / len, len)
+        };
+        read_all(parts, n, len, self.backend.label()).await
+    }
+
+    /// Decodes PNG/JPEG files to the loaded flows' shape (the native decoder, so a file gives the
+    /// same pixels here and in `veil`), quantised to the flows' levels. Errors name the file.
+    pub fn decode_images(&self, files: &[(String, Vec<u8>)]) -> Result<Vec<f32>, ClientError> {
+        let shape = self.flows_shape()?;
+        let levels = self.flows_info().map_or(256, |i| i.levels).max(2) as f32;
+        let mut out = Vec::with_capacity(files.len() * shape.len());
+        for (name, bytes) in files {
+            let px = veil::data::decode_image(name, bytes, shape)
+                .map_err(|e| ClientError::BadInput(e.to_string()))?;
+            out.extend(
+                px.into_iter()
+                    .map(|v| (v * (levels - 1.0)).round() / (levels - 1.0)),
+            );
+        }
+        Ok(out)
+    }
+
+    /// A dataset container of ciphertexts made with the loaded key (see
+    /// [`Flows::container`]).
+    pub fn flow_container(
+        &self,
+        ciphertexts: Vec<f32>,
+        labels: Vec<u32>,
+        agnostic: bool,
+    ) -> Result<Vec<u8>, ClientError> {
+        let key = self.key()?;
+        let guard = self.flows.borrow();
+        let flows = guard.as_ref().ok_or_else(|| {
+            ClientError::BadInput("no flows are loaded: load a family first".into())
+        })?;
+        flows.container(&key, ciphertexts, labels, agnostic)
+    }
+
+    /// The binary body of a classification request: the images as one `F32` safetensors tensor.
+    pub fn images_batch(&self, values: &[f32]) -> Result<Vec<u8>, ClientError> {
+        let shape = self.flows_shape()?;
+        check_batch(values, shape)?;
+        veil::container::encode_images(values, shape, veil::container::PixelType::F32)
+            .map_err(|e| ClientError::BadInput(e.to_string()))
+    }
+
+    /// Reads a dataset container (e.g. a downloaded ciphertext set): its summary, its pixels
+    /// and its labels.
+    pub fn read_container(
+        &self,
+        bytes: &[u8],
+    ) -> Result<(ContainerSummary, Vec<f32>, Vec<u32>), ClientError> {
+        let c = veil::container::decode(bytes).map_err(|e| ClientError::BadInput(e.to_string()))?;
+        let summary = ContainerSummary {
+            count: c.dataset.len(),
+            shape: c.dataset.shape,
+            classes: c.dataset.class_names.clone(),
+            scheme: c.meta.scheme,
+            key_fingerprint: c.meta.key_fingerprint,
+            description: c.meta.description,
+        };
+        Ok((summary, c.dataset.images, c.dataset.labels))
     }
 }

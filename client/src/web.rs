@@ -6,7 +6,7 @@ use std::rc::Rc;
 
 use wasm_bindgen::prelude::*;
 
-use crate::session::Session;
+use crate::session::{FlowRoute, Session};
 
 fn err(e: impl std::fmt::Display) -> JsError {
     JsError::new(&e.to_string())
@@ -124,6 +124,159 @@ impl Veil {
         let rot = HaarRotation::from_subkey(&key.class_subkey(Scheme::FlowRotation, class), dim);
         Ok(veil::keys::to_hex(&rot.digest()))
     }
+}
+
+#[wasm_bindgen]
+impl Veil {
+    /// Loads a family of flows: its manifest text and the files it names (`names[i]` is
+    /// `files[i]`, a `Uint8Array`). Returns `{family, shape, classes, levels, agnostic}`.
+    #[wasm_bindgen(js_name = loadFlows)]
+    pub fn load_flows(
+        &self,
+        family: &str,
+        manifest: &str,
+        names: Vec<String>,
+        files: js_sys::Array,
+    ) -> Result<JsValue, JsError> {
+        let files = named_buffers(names, &files)?;
+        serde_wasm(
+            &self
+                .inner
+                .load_flows(family, manifest, &files)
+                .map_err(err)?,
+        )
+    }
+
+    /// The loaded flows' description, or `null`.
+    #[wasm_bindgen(js_name = flowsInfo)]
+    pub fn flows_info(&self) -> Result<JsValue, JsError> {
+        match self.inner.flows_info() {
+            Some(info) => serde_wasm(&info),
+            None => Ok(JsValue::NULL),
+        }
+    }
+
+    /// Decodes PNG/JPEG files (`names[i]` is `files[i]`) to the flows' shape.
+    #[wasm_bindgen(js_name = decodeImages)]
+    pub fn decode_images(
+        &self,
+        names: Vec<String>,
+        files: js_sys::Array,
+    ) -> Result<Vec<f32>, JsError> {
+        let files = named_buffers(names, &files)?;
+        self.inner.decode_images(&files).map_err(err)
+    }
+
+    /// Encrypts a batch with the loaded key: with `labels`, route (a) (each image with its
+    /// class's flow and key); without, route (b) (the class-agnostic flow).
+    pub async fn encrypt(
+        &self,
+        pixels: Vec<f32>,
+        labels: Option<Vec<u32>>,
+    ) -> Result<Vec<f32>, JsError> {
+        let session = Rc::clone(&self.inner);
+        let route = labels.map_or(FlowRoute::Agnostic, FlowRoute::TrueClass);
+        session
+            .flow_apply(&pixels, &route, false)
+            .await
+            .map_err(err)
+    }
+
+    /// Encrypts every image with class `class`'s flow and key (one step of route c).
+    #[wasm_bindgen(js_name = encryptAs)]
+    pub async fn encrypt_as(&self, pixels: Vec<f32>, class: u32) -> Result<Vec<f32>, JsError> {
+        let session = Rc::clone(&self.inner);
+        session
+            .flow_apply(&pixels, &FlowRoute::Class(class), false)
+            .await
+            .map_err(err)
+    }
+
+    /// Decrypts ciphertexts (route a with `labels`, route b without) to the original pixels.
+    pub async fn decrypt(
+        &self,
+        ciphertexts: Vec<f32>,
+        labels: Option<Vec<u32>>,
+    ) -> Result<Vec<f32>, JsError> {
+        let session = Rc::clone(&self.inner);
+        let route = labels.map_or(FlowRoute::Agnostic, FlowRoute::TrueClass);
+        session
+            .flow_apply(&ciphertexts, &route, true)
+            .await
+            .map_err(err)
+    }
+
+    /// A dataset container of ciphertexts, their labels and the key's fingerprint.
+    #[wasm_bindgen(js_name = flowContainer)]
+    pub fn flow_container(
+        &self,
+        ciphertexts: Vec<f32>,
+        labels: Vec<u32>,
+        agnostic: bool,
+    ) -> Result<Vec<u8>, JsError> {
+        self.inner
+            .flow_container(ciphertexts, labels, agnostic)
+            .map_err(err)
+    }
+
+    /// The binary body of a classification request for these images.
+    #[wasm_bindgen(js_name = imagesBatch)]
+    pub fn images_batch(&self, values: Vec<f32>) -> Result<Vec<u8>, JsError> {
+        self.inner.images_batch(&values).map_err(err)
+    }
+
+    /// Reads a dataset container: `{summary, pixels: Float32Array, labels: Uint32Array}`.
+    #[wasm_bindgen(js_name = readContainer)]
+    pub fn read_container(&self, bytes: Vec<u8>) -> Result<JsValue, JsError> {
+        let (summary, pixels, labels) = self.inner.read_container(&bytes).map_err(err)?;
+        let out = js_sys::Object::new();
+        let set = |k: &str, v: JsValue| js_sys::Reflect::set(&out, &k.into(), &v);
+        set("summary", serde_wasm(&summary)?)
+            .and_then(|_| {
+                set(
+                    "pixels",
+                    js_sys::Float32Array::from(pixels.as_slice()).into(),
+                )
+            })
+            .and_then(|_| {
+                set(
+                    "labels",
+                    js_sys::Uint32Array::from(labels.as_slice()).into(),
+                )
+            })
+            .map_err(|_| JsError::new("internal: cannot build the answer"))?;
+        Ok(out.into())
+    }
+}
+
+/// Route (c): `probs[k]` (a `Float32Array`, `[n, K]`) is the factory model's answer on the
+/// images encrypted as class `k`. Returns `{labels, confidences}`.
+#[wasm_bindgen(js_name = modelRouted)]
+pub fn model_routed(probs: js_sys::Array, n: usize) -> Result<JsValue, JsError> {
+    let probs: Vec<Vec<f32>> = probs
+        .iter()
+        .map(|p| js_sys::Float32Array::new(&p).to_vec())
+        .collect();
+    let (labels, confidences) = crate::flows::model_routed(&probs, n).map_err(err)?;
+    serde_wasm(&serde_json::json!({ "labels": labels, "confidences": confidences }))
+}
+
+fn named_buffers(
+    names: Vec<String>,
+    files: &js_sys::Array,
+) -> Result<Vec<(String, Vec<u8>)>, JsError> {
+    if names.len() != files.length() as usize {
+        return Err(JsError::new(&format!(
+            "{} names for {} files",
+            names.len(),
+            files.length()
+        )));
+    }
+    Ok(names
+        .into_iter()
+        .zip(files.iter())
+        .map(|(n, f)| (n, js_sys::Uint8Array::new(&f).to_vec()))
+        .collect())
 }
 
 fn serde_wasm<T: serde::Serialize>(value: &T) -> Result<JsValue, JsError> {

@@ -62,6 +62,19 @@ impl FlowEncryptor {
         self.logit_to_pixels(self.rotate(s, &self.rotation_t))
     }
 
+    /// Encrypts images that may not be of this flow's class, for route (c) (model-routed
+    /// classification, which encrypts every image with every class's flow). Far from its
+    /// class's distribution the inverse flow can overflow f32 (its affine couplings divide by
+    /// scales below 1 at every step) and give NaN; such pixels become ½, so that every image
+    /// still yields one finite image of the same shape — the server sees the same number of
+    /// queries whatever the image — and the classifier finds nothing of class `k` in it. Never
+    /// use it for data to decrypt: those pixels are lost.
+    pub fn encrypt_for_routing(&self, x: Tensor<4>) -> Tensor<4> {
+        let c = self.encrypt(x);
+        let bad = c.clone().is_nan();
+        c.mask_fill(bad, 0.5)
+    }
+
     /// Decrypts ciphertext pixels; returns the continuous pixel value `(k + ½)/levels`.
     pub fn decrypt(&self, c: Tensor<4>) -> Tensor<4> {
         let s = self.pixels_to_logit(c);

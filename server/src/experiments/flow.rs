@@ -209,7 +209,7 @@ fn model_routed_accuracy<M: Classifier>(
     for (class, enc) in encryptors.iter().enumerate() {
         for start in (0..test.len()).step_by(256) {
             let range = start..(start + 256).min(test.len());
-            let c = enc.encrypt(test.images_tensor(range.clone(), &device));
+            let c = enc.encrypt_for_routing(test.images_tensor(range.clone(), &device));
             let p = softmax(model.forward(c), 1).narrow(1, class, 1);
             for (i, v) in p.into_data().iter::<f32>().enumerate() {
                 scores[(range.start + i) * k + class] = v;

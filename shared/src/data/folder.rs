@@ -39,32 +39,44 @@ pub fn decode_image_folder(
     let mut labels = Vec::with_capacity(entries.len());
     for e in entries {
         let name = format!("{}/{}", e.class, e.file_name);
-        let img = image::load_from_memory(&e.bytes)
-            .map_err(|err| DataError::corrupt(&name, format!("cannot decode the image ({err})")))?;
-        let (w, h) = (target.width as u32, target.height as u32);
-        let filter = if img.width() > w || img.height() > h {
-            FilterType::Lanczos3
-        } else {
-            FilterType::Triangle
-        };
-        let resized = img.resize_exact(w, h, filter);
-        if target.channels == 1 {
-            images.extend(
-                resized
-                    .to_luma8()
-                    .pixels()
-                    .map(|p| f32::from(p.0[0]) / 255.0),
-            );
-        } else {
-            let rgb = resized.to_rgb8();
-            for c in 0..3 {
-                images.extend(rgb.pixels().map(|p| f32::from(p.0[c]) / 255.0));
-            }
-        }
+        images.extend(decode_image(&name, &e.bytes, target)?);
         let label = class_names.binary_search(&e.class).unwrap_or_default() as u32;
         labels.push(label);
     }
     ImageDataset::new(images, labels, target, class_names)
+}
+
+/// Decodes one PNG or JPEG image to `target` (the conversion and resizing of
+/// [`decode_image_folder`]): `C·H·W` values in [0, 1], row-major. The browser client calls this
+/// too, so a file gives the same pixels natively and in the page. `name` is for error messages.
+pub fn decode_image(name: &str, bytes: &[u8], target: ImageShape) -> Result<Vec<f32>, DataError> {
+    if target.channels != 1 && target.channels != 3 {
+        return Err(DataError::Inconsistent(format!(
+            "images can have 1 or 3 channels, not {}",
+            target.channels
+        )));
+    }
+    let img = image::load_from_memory(bytes)
+        .map_err(|err| DataError::corrupt(name, format!("cannot decode the image ({err})")))?;
+    let (w, h) = (target.width as u32, target.height as u32);
+    let filter = if img.width() > w || img.height() > h {
+        FilterType::Lanczos3
+    } else {
+        FilterType::Triangle
+    };
+    let resized = img.resize_exact(w, h, filter);
+    Ok(if target.channels == 1 {
+        resized
+            .to_luma8()
+            .pixels()
+            .map(|p| f32::from(p.0[0]) / 255.0)
+            .collect()
+    } else {
+        let rgb = resized.to_rgb8();
+        (0..3)
+            .flat_map(|c| rgb.pixels().map(move |p| f32::from(p.0[c]) / 255.0))
+            .collect()
+    })
 }
 
 #[cfg(test)]

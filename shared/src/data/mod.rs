@@ -11,7 +11,7 @@ mod synthetic;
 
 pub use cifar::{CIFAR10_CLASSES, decode_cifar10};
 pub use digits::{DIGITS_CSV_GZ, decode_digits_csv, digits};
-pub use folder::{FolderEntry, decode_image_folder};
+pub use folder::{FolderEntry, decode_image, decode_image_folder};
 pub use idx::{decode_mnist_idx, encode_mnist_idx};
 pub use synthetic::{SyntheticConfig, synthetic};
 

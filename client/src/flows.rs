@@ -1,0 +1,344 @@
+//! Flow rotation in the page ("Secure Data Sharing With Flow Model", Wu, Du, Yuan, Algorithm 1):
+//! the public flows come from the server (`/api/flows`), the rotations from the owner's key, and
+//! only ciphertexts leave. Plain Rust over `veil::flow_rotation`; `web.rs` converts types.
+//!
+//! Routes for a *test* image (see `veil experiment flow`): (a) the flow and key of its true class
+//! — the paper's setting, which needs the label; (b) one class-agnostic flow and key; (c)
+//! model-routed: encrypt with every class's flow and key and let the classifier's confidences
+//! decide ([`Flows::encrypt_every_class`], [`model_routed`]).
+
+use veil::burn::tensor::{Device, Tensor};
+use veil::container::{self, ContainerMeta, PixelType};
+use veil::data::{ImageDataset, ImageShape, images_tensor};
+use veil::flow_rotation::{FlowEncryptor, FlowSet};
+use veil::keys::MasterKey;
+
+use crate::session::ClientError;
+
+/// Images per tensor batch: bounds the memory a call takes on either backend.
+const CHUNK: usize = 256;
+
+/// What the page learns about loaded flows.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct FlowsInfo {
+    /// The family's name (`digits`, …).
+    pub family: String,
+    /// The images the flows read.
+    pub shape: ImageShape,
+    /// Class names, in label order.
+    pub classes: Vec<String>,
+    /// Quantisation levels of the data.
+    pub levels: usize,
+    /// Whether route (b) is available.
+    pub agnostic: bool,
+}
+
+/// Which flows and keys encrypt a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route<'a> {
+    /// Route (a): each image with its class's flow and key.
+    TrueClass(&'a [u32]),
+    /// Route (b): the class-agnostic flow and key.
+    Agnostic,
+    /// One class's flow and key for every image (a step of route c; see
+    /// [`FlowEncryptor::encrypt_for_routing`]).
+    Class(u32),
+}
+
+/// Loaded flows plus the encryptors of the current key (rebuilt when the key changes).
+pub struct Flows {
+    family: String,
+    set: FlowSet,
+    shape: ImageShape,
+    /// `(key fingerprint, per-class encryptors, agnostic encryptor)`.
+    encryptors: Option<(String, Vec<FlowEncryptor>, Option<FlowEncryptor>)>,
+}
+
+impl Flows {
+    /// Loads a family from its manifest and files.
+    pub fn load(
+        family: &str,
+        manifest: &str,
+        files: &[(String, Vec<u8>)],
+        device: &Device,
+    ) -> Result<Self, ClientError> {
+        let set = FlowSet::load(
+            manifest,
+            |name| {
+                files
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, b)| b.as_slice())
+            },
+            device,
+        )
+        .map_err(|e| ClientError::BadInput(format!("the {family} flows: {e}")))?;
+        let g = &set.manifest.glow;
+        let shape = ImageShape::new(g.channels, g.height, g.width);
+        Ok(Self {
+            family: family.to_owned(),
+            set,
+            shape,
+            encryptors: None,
+        })
+    }
+
+    /// What the page shows.
+    pub fn info(&self) -> FlowsInfo {
+        FlowsInfo {
+            family: self.family.clone(),
+            shape: self.shape,
+            classes: self.set.manifest.classes.clone(),
+            levels: self.set.manifest.preprocess.levels,
+            agnostic: self.set.agnostic.is_some(),
+        }
+    }
+
+    /// The images the flows read.
+    pub fn shape(&self) -> ImageShape {
+        self.shape
+    }
+
+    fn classes(&self) -> usize {
+        self.set.per_class.len()
+    }
+
+    /// Derives (once per key) the rotations of every class and of the agnostic flow.
+    fn prepare(&mut self, key: &MasterKey, device: &Device) {
+        let fp = key.fingerprint().to_string();
+        if self.encryptors.as_ref().is_some_and(|(f, _, _)| *f == fp) {
+            return;
+        }
+        let per_class = (0..self.classes())
+            .map(|k| self.set.class_encryptor(key, k, device))
+            .collect();
+        let agnostic = self.set.agnostic_encryptor(key, device);
+        self.encryptors = Some((fp, per_class, agnostic));
+    }
+
+    /// Checks a batch: a whole number of images of the flows' shape, finite values.
+    pub fn check_pixels(&self, pixels: &[f32]) -> Result<usize, ClientError> {
+        check_batch(pixels, self.shape)
+    }
+
+    /// The tensors a route produces for `pixels` (`[B, C, H, W]` values), chunk by chunk, in
+    /// image order, `decrypt` choosing Dec instead of Enc. The returned tensors are computed
+    /// lazily by the device; read them back with [`read_all`].
+    pub fn apply(
+        &mut self,
+        key: &MasterKey,
+        pixels: &[f32],
+        route: Route<'_>,
+        decrypt: bool,
+        device: &Device,
+    ) -> Result<Vec<(Vec<usize>, Tensor<4>)>, ClientError> {
+        let n = self.check_pixels(pixels)?;
+        let classes = self.classes();
+        match route {
+            Route::TrueClass(labels) => {
+                if labels.len() != n {
+                    return Err(ClientError::BadInput(format!(
+                        "{n} images but {} labels",
+                        labels.len()
+                    )));
+                }
+                if let Some(bad) = labels.iter().find(|&&l| l as usize >= classes) {
+                    return Err(ClientError::BadInput(format!(
+                        "label {bad} is not one of the flows' {classes} classes"
+                    )));
+                }
+            }
+            Route::Agnostic if self.set.agnostic.is_none() => {
+                return Err(ClientError::BadInput(format!(
+                    "the {} flows have no class-agnostic flow (route b)",
+                    self.family
+                )));
+            }
+            Route::Class(k) if k as usize >= classes => {
+                return Err(ClientError::BadInput(format!(
+                    "class {k} is not one of the flows' {classes} classes"
+                )));
+            }
+            _ => {}
+        }
+        self.prepare(key, device);
+        let Some((_, per_class, agnostic)) = &self.encryptors else {
+            unreachable!("prepare sets the encryptors")
+        };
+        // Group the images by the encryptor that handles them, keeping their positions.
+        let groups: Vec<(&FlowEncryptor, Vec<usize>)> = match route {
+            Route::TrueClass(labels) => per_class
+                .iter()
+                .enumerate()
+                .map(|(k, enc)| {
+                    let idx = (0..n).filter(|&i| labels[i] as usize == k).collect();
+                    (enc, idx)
+                })
+                .filter(|(_, idx): &(_, Vec<usize>)| !idx.is_empty())
+                .collect(),
+            Route::Agnostic => vec![(agnostic.as_ref().expect("checked above"), (0..n).collect())],
+            Route::Class(k) => vec![(&per_class[k as usize], (0..n).collect())],
+        };
+        let len = self.shape.len();
+        let mut out = Vec::new();
+        for (enc, idx) in groups {
+            for chunk in idx.chunks(CHUNK) {
+                let mut batch = Vec::with_capacity(chunk.len() * len);
+                for &i in chunk {
+                    batch.extend_from_slice(&pixels[i * len..(i + 1) * len]);
+                }
+                let x = images_tensor(&batch, self.shape, device);
+                let y = match (decrypt, route) {
+                    (true, _) => enc.decrypt_quantised(x),
+                    (false, Route::Class(_)) => enc.encrypt_for_routing(x),
+                    (false, _) => enc.encrypt(x),
+                };
+                out.push((chunk.to_vec(), y));
+            }
+        }
+        Ok(out)
+    }
+
+    /// A dataset container of ciphertexts (`F32`, exact) with their labels and the key's
+    /// fingerprint — never the key. `agnostic` names route (b) in the description.
+    pub fn container(
+        &self,
+        key: &MasterKey,
+        ciphertexts: Vec<f32>,
+        labels: Vec<u32>,
+        agnostic: bool,
+    ) -> Result<Vec<u8>, ClientError> {
+        check_batch(&ciphertexts, self.shape)?;
+        let data = ImageDataset::new(
+            ciphertexts,
+            labels,
+            self.shape,
+            self.set.manifest.classes.clone(),
+        )
+        .map_err(|e| ClientError::BadInput(e.to_string()))?;
+        let route = if agnostic {
+            "route (b), the class-agnostic flow"
+        } else {
+            "route (a), one flow and key per class"
+        };
+        let meta = ContainerMeta {
+            scheme: "flow-rotation".into(),
+            key_fingerprint: Some(key.fingerprint().to_string()),
+            description: Some(format!(
+                "flow rotation of the {} family, {route}, encrypted in the browser",
+                self.family
+            )),
+        };
+        container::encode(&data, &meta, PixelType::F32)
+            .map_err(|e| ClientError::BadInput(e.to_string()))
+    }
+}
+
+/// Reads back every tensor of [`Flows::apply`] into one `[B, C, H, W]` buffer in image order.
+pub async fn read_all(
+    parts: Vec<(Vec<usize>, Tensor<4>)>,
+    n: usize,
+    len: usize,
+    backend: &'static str,
+) -> Result<Vec<f32>, ClientError> {
+    let mut out = vec![0.0f32; n * len];
+    for (idx, t) in parts {
+        let data = t.into_data_async().await.map_err(|e| ClientError::Device {
+            backend,
+            message: format!("{e:?}"),
+        })?;
+        let values = data.iter::<f32>().collect::<Vec<_>>();
+        for (j, &i) in idx.iter().enumerate() {
+            out[i * len..(i + 1) * len].copy_from_slice(&values[j * len..(j + 1) * len]);
+        }
+    }
+    if let Some(bad) = out.iter().position(|v| !v.is_finite()) {
+        return Err(ClientError::Device {
+            backend,
+            message: format!("image {} came out with a non-finite value", bad / len),
+        });
+    }
+    Ok(out)
+}
+
+/// Checks that `pixels` is a whole, non-empty number of finite `shape` images; their count.
+pub fn check_batch(pixels: &[f32], shape: ImageShape) -> Result<usize, ClientError> {
+    if pixels.is_empty() || !pixels.len().is_multiple_of(shape.len()) {
+        return Err(ClientError::BadInput(format!(
+            "expected a whole number of {shape} images ({} values each), got {} values",
+            shape.len(),
+            pixels.len()
+        )));
+    }
+    if let Some(i) = pixels.iter().position(|p| !p.is_finite()) {
+        return Err(ClientError::BadInput(format!(
+            "image {} has a value that is not finite",
+            i / shape.len()
+        )));
+    }
+    Ok(pixels.len() / shape.len())
+}
+
+/// Route (c)'s decision: `probs[k]` is the classifier's probability vector (`[B, K]`, row-major)
+/// on every image encrypted with class `k`'s flow and key; each image gets the class `k` whose
+/// encryption the classifier most believes is of class `k`. Returns the labels and, per image,
+/// those `K` confidences.
+pub fn model_routed(
+    probs: &[Vec<f32>],
+    n: usize,
+) -> Result<(Vec<u32>, Vec<Vec<f32>>), ClientError> {
+    let k = probs.len();
+    if k == 0 || probs.iter().any(|p| p.len() != n * k) {
+        return Err(ClientError::BadInput(format!(
+            "route (c) needs {k} probability matrices of {n}×{k} values"
+        )));
+    }
+    let mut labels = Vec::with_capacity(n);
+    let mut confidences = Vec::with_capacity(n);
+    for i in 0..n {
+        let conf: Vec<f32> = (0..k).map(|c| probs[c][i * k + c]).collect();
+        labels.push(veil::train::argmax_rows(&conf, k)[0]);
+        confidences.push(conf);
+    }
+    Ok((labels, confidences))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_routed_takes_the_most_confident_own_class() {
+        // Two images, three classes; probs[k] = classifier output on Enc_k(images).
+        let probs = vec![
+            vec![0.2, 0.5, 0.3, 0.9, 0.05, 0.05],
+            vec![0.1, 0.8, 0.1, 0.3, 0.3, 0.4],
+            vec![0.3, 0.3, 0.4, 0.0, 0.0, 1.0],
+        ];
+        let (labels, conf) = model_routed(&probs, 2).unwrap();
+        assert_eq!(labels, vec![1, 2]);
+        assert_eq!(conf[0], vec![0.2, 0.8, 0.4]);
+        assert_eq!(conf[1], vec![0.9, 0.3, 1.0]);
+        assert!(model_routed(&probs[..2], 2).is_err());
+    }
+
+    #[test]
+    fn check_batch_names_the_problem() {
+        let shape = ImageShape::new(1, 2, 2);
+        assert_eq!(check_batch(&[0.0; 8], shape).unwrap(), 2);
+        assert!(
+            check_batch(&[0.0; 7], shape)
+                .unwrap_err()
+                .to_string()
+                .contains("whole number")
+        );
+        let mut px = [0.0; 8];
+        px[5] = f32::NAN;
+        assert!(
+            check_batch(&px, shape)
+                .unwrap_err()
+                .to_string()
+                .contains("image 1")
+        );
+    }
+}
