@@ -1,122 +1,22 @@
-// Veil's first page: backend status, key management and local digit classification.
+// Veil's first page: backend status, the key (keys-ui.js) and local digit classification.
 // All work happens in worker.js; this file only handles the page.
+import { $, say, startClient } from './common.js';
+import { bindKeys } from './keys-ui.js';
 
-const $ = (id) => document.getElementById(id);
-
-// --- worker RPC -----------------------------------------------------------------------------
-const worker = new Worker(new URL('./worker.js', import.meta.url), { type: 'module' });
-let nextId = 1;
-const pending = new Map();
-worker.onmessage = ({ data }) => {
-  const p = pending.get(data.id);
-  if (!p) return;
-  pending.delete(data.id);
-  data.ok ? p.resolve(data.result) : p.reject(new Error(data.error));
-};
-worker.onerror = (e) => showBackendFailure(`the worker failed to load: ${e.message || 'see the console'}`);
-function call(op, args) {
-  const id = nextId++;
-  return new Promise((resolve, reject) => {
-    pending.set(id, { resolve, reject });
-    worker.postMessage({ id, op, args });
-  });
-}
-
-function say(el, text, kind) {
-  el.textContent = text;
-  el.className = `message ${kind || ''}`;
-}
-
-function showBackendFailure(message) {
-  const b = $('backend');
-  b.textContent = `The Veil client could not start: ${message}`;
-  b.className = 'status failed';
-}
-
-// --- start ----------------------------------------------------------------------------------
-const params = new URLSearchParams(location.search);
-const preferGpu = params.get('backend') !== 'cpu';
+let call = null;
 let classes = [];
 
 async function start() {
-  try {
-    const { backend, card } = await call('start', { preferGpu });
-    const b = $('backend');
-    if (backend.kind === 'webgpu') {
-      b.textContent = 'Running on WebGPU';
-      b.className = 'status webgpu';
-      $('model-backend').textContent = 'your GPU (WebGPU)';
-    } else {
-      b.textContent = `Running on the CPU fallback (${backend.reason})`;
-      b.className = 'status cpu';
-      $('model-backend').textContent = 'your CPU (WebAssembly)';
-    }
-    b.dataset.backend = backend.kind;
-    classes = card.classes;
-    $('model-accuracy').textContent = `${(100 * card.test_accuracy).toFixed(1)} %`;
-    $('classify-drawing').disabled = false;
-    await refreshKey();
-  } catch (err) {
-    showBackendFailure(err.message);
-  }
+  let client;
+  try { client = await startClient(); } catch { return; }
+  call = client.call;
+  const { backend, card } = client;
+  $('model-backend').textContent = backend.kind === 'webgpu' ? 'your GPU (WebGPU)' : 'your CPU (WebAssembly)';
+  classes = card.classes;
+  $('model-accuracy').textContent = `${(100 * card.test_accuracy).toFixed(1)} %`;
+  $('classify-drawing').disabled = false;
+  await bindKeys(call, client.key);
 }
-
-// --- keys -----------------------------------------------------------------------------------
-async function refreshKey() {
-  const { fingerprint, name } = await call('status');
-  $('fingerprint').textContent = fingerprint ? `${fingerprint} (${name})` : 'no key loaded';
-  $('fingerprint').dataset.fingerprint = fingerprint || '';
-  $('export').disabled = !fingerprint;
-  $('forget').disabled = !fingerprint;
-}
-
-$('generate').addEventListener('click', async () => {
-  try {
-    const fp = await call('generateKey', { name: $('key-name').value.trim() || 'my key' });
-    await refreshKey();
-    say($('keys-message'), `New key generated. Fingerprint ${fp}. Export it now: it exists only in this page.`, 'ok');
-  } catch (err) { say($('keys-message'), err.message, 'error'); }
-});
-
-$('export').addEventListener('click', async () => {
-  const passphrase = $('export-pass').value;
-  if (!passphrase) {
-    say($('keys-message'), 'Choose a passphrase first: the exported file is protected by it.', 'error');
-    return;
-  }
-  say($('keys-message'), 'Protecting the key with your passphrase (Argon2id)…');
-  try {
-    const text = await call('exportKey', { passphrase });
-    const fp = $('fingerprint').dataset.fingerprint;
-    const url = URL.createObjectURL(new Blob([text], { type: 'application/json' }));
-    const a = document.createElement('a');
-    a.href = url;
-    a.download = `veil-key-${fp}.json`;
-    document.body.appendChild(a);
-    a.click();
-    a.remove();
-    setTimeout(() => URL.revokeObjectURL(url), 10_000);
-    say($('keys-message'), `Exported veil-key-${fp}.json. Keep the file and the passphrase apart.`, 'ok');
-  } catch (err) { say($('keys-message'), err.message, 'error'); }
-});
-
-$('forget').addEventListener('click', async () => {
-  await call('forgetKey');
-  await refreshKey();
-  say($('keys-message'), 'The key is gone from this page. Import its file to use it again.', 'ok');
-});
-
-$('import').addEventListener('click', async () => {
-  const file = $('import-file').files[0];
-  if (!file) { say($('keys-message'), 'Choose a key file to import.', 'error'); return; }
-  say($('keys-message'), 'Unlocking the key…');
-  try {
-    const text = await file.text();
-    const fp = await call('importKey', { text, passphrase: $('import-pass').value });
-    await refreshKey();
-    say($('keys-message'), `Imported the key with fingerprint ${fp}.`, 'ok');
-  } catch (err) { say($('keys-message'), `Import failed: ${err.message}`, 'error'); }
-});
 
 // --- drawing and classification -------------------------------------------------------------
 const pad = $('pad');

@@ -1,9 +1,41 @@
-// The Veil worker: owns the wasm client (device, model, key) off the main thread. Messages are
-// {id, op, args}; answers are {id, ok, result} or {id, ok: false, error}.
-import init, { Veil } from './pkg/veil_client.js';
+// The Veil worker: owns the wasm client (device, model, key, flows) off the main thread.
+// Messages are {id, op, args}; answers are {id, ok, result} or {id, ok: false, error}, and long
+// operations also post {id, progress: {done, total, what}}. Typed arrays in answers are
+// transferred, not copied.
+import init, { Veil, modelRouted } from './pkg/veil_client.js';
 
 let veil = null;
 const ready = init();
+// Images per wasm call in long loops: each call is one progress step.
+const CHUNK = 256;
+
+function transferables(value, out = []) {
+  if (ArrayBuffer.isView(value)) out.push(value.buffer);
+  else if (value && typeof value === 'object' && !Array.isArray(value)) {
+    for (const v of Object.values(value)) transferables(v, out);
+  }
+  return out;
+}
+
+async function fetchBytes(url) {
+  const r = await fetch(url);
+  if (!r.ok) throw new Error(`the server answered ${r.status} for ${url}`);
+  return new Uint8Array(await r.arrayBuffer());
+}
+
+// Runs `step(pixelsChunk, labelsChunk)` over a batch in chunks of CHUNK images, reporting progress.
+async function chunked(pixels, labels, size, what, progress, step) {
+  const n = pixels.length / size;
+  if (!Number.isInteger(n) || n === 0) throw new Error(`expected whole images of ${size} values, got ${pixels.length} values`);
+  const out = new Float32Array(pixels.length);
+  for (let s = 0; s < n; s += CHUNK) {
+    const e = Math.min(n, s + CHUNK);
+    const part = await step(pixels.subarray(s * size, e * size), labels ? labels.subarray(s, e) : undefined);
+    out.set(part, s * size);
+    progress({ done: e, total: n, what });
+  }
+  return out;
+}
 
 const ops = {
   async start({ preferGpu }) {
@@ -16,6 +48,37 @@ const ops = {
   forgetKey: () => veil.forgetKey(),
   status: () => ({ fingerprint: veil.fingerprint() ?? null, name: veil.keyName() }),
   classify: ({ pixels }) => veil.classify(pixels),
+
+  // Flow rotation. The flows are public files of the server; only the key makes them secret.
+  async loadFlows({ family }, progress) {
+    const families = await (await fetch('/api/flows')).json();
+    const fam = families.find((f) => f.name === family);
+    if (!fam) throw new Error(`the server has no flows called ${family}`);
+    const manifest = await (await fetch(fam.manifest_url)).text();
+    const names = [], files = [];
+    for (const [i, f] of fam.flows.entries()) {
+      names.push(f.url.split('/').pop());
+      files.push(await fetchBytes(f.url));
+      progress({ done: i + 1, total: fam.flows.length, what: 'downloading the flows' });
+    }
+    return veil.loadFlows(family, manifest, names, files);
+  },
+  flowsInfo: () => veil.flowsInfo(),
+  decodeImages: ({ names, buffers }) => veil.decodeImages(names, buffers),
+  async encrypt({ pixels, labels, size }, progress) {
+    return chunked(pixels, labels, size, 'encrypting', progress, (p, l) => veil.encrypt(p, l));
+  },
+  async encryptAs({ pixels, size, cls }, progress) {
+    return chunked(pixels, null, size, `encrypting as class ${cls}`, progress, (p) => veil.encryptAs(p, cls));
+  },
+  async decrypt({ pixels, labels, size }, progress) {
+    return chunked(pixels, labels, size, 'decrypting', progress, (p, l) => veil.decrypt(p, l));
+  },
+  flowContainer: ({ ciphertexts, labels, agnostic }) => veil.flowContainer(ciphertexts, labels, agnostic),
+  imagesBatch: ({ values }) => veil.imagesBatch(values),
+  readContainer: ({ bytes }) => veil.readContainer(bytes),
+  modelRouted: ({ probs, n }) => modelRouted(probs, n),
+
   // Benchmarks (bench.html): wall-clock time in this worker.
   benchHaar({ dim }) {
     const t0 = performance.now();
@@ -33,16 +96,33 @@ const ops = {
     const ms = performance.now() - t0;
     return { images_per_s: (batch * reps) / (ms / 1000), ms, batch, reps };
   },
+  // Flow-rotation encryption throughput with a throw-away key (the page's own key is untouched:
+  // the bench runs in its own worker).
+  async benchEncrypt({ batch, reps }, progress) {
+    if (!veil.fingerprint()) veil.generateKey('bench');
+    if (!veil.flowsInfo()) await ops.loadFlows({ family: 'digits' }, progress);
+    const info = veil.flowsInfo();
+    const size = info.shape.channels * info.shape.height * info.shape.width;
+    const pixels = new Float32Array(batch * size);
+    for (let i = 0; i < pixels.length; i++) pixels[i] = ((i * 7919) % 17) / 16;
+    const labels = Uint32Array.from({ length: batch }, (_, i) => i % info.classes.length);
+    await veil.encrypt(pixels, labels); // warm-up
+    const t0 = performance.now();
+    for (let r = 0; r < reps; r++) await veil.encrypt(pixels, labels);
+    const ms = performance.now() - t0;
+    return { images_per_s: (batch * reps) / (ms / 1000), ms, batch, reps };
+  },
 };
 
 self.onmessage = async (event) => {
   const { id, op, args } = event.data;
+  const progress = (p) => self.postMessage({ id, progress: p });
   try {
     await ready;
     if (!ops[op]) throw new Error(`unknown operation ${op}`);
     if (op !== 'start' && !veil) throw new Error('the Veil client has not started');
-    const result = await ops[op](args || {});
-    self.postMessage({ id, ok: true, result });
+    const result = await ops[op](args || {}, progress);
+    self.postMessage({ id, ok: true, result }, transferables(result));
   } catch (err) {
     self.postMessage({ id, ok: false, error: String((err && err.message) || err) });
   }

@@ -34,8 +34,35 @@ pub struct TestServer {
     _data: tempfile::TempDir,
 }
 
+/// One request the server received: what an untrusted server sees.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// `GET`, `POST`, …
+    pub method: String,
+    /// Path and query.
+    pub uri: String,
+    /// Every header, as `name: value` lines.
+    pub headers: String,
+    /// The whole body.
+    pub body: Vec<u8>,
+}
+
+/// Every request a recording server received, in order.
+pub type Recording = std::sync::Arc<std::sync::Mutex<Vec<Recorded>>>;
+
 /// Starts the real Veil app (the same router `veil serve` runs) on 127.0.0.1 and a free port.
 pub async fn start_server() -> Result<TestServer> {
+    start(None).await
+}
+
+/// [`start_server`], with every request (method, URI, headers and whole body) recorded before the
+/// app sees it: in these tests the page can reach no other host, so this is everything it sends.
+pub async fn start_recording_server() -> Result<(TestServer, Recording)> {
+    let recording = Recording::default();
+    Ok((start(Some(recording.clone())).await?, recording))
+}
+
+async fn start(recording: Option<Recording>) -> Result<TestServer> {
     let www = repo_root().join("www");
     if !www.join("pkg").join("veil_client_bg.wasm").exists() {
         bail!(
@@ -49,7 +76,38 @@ pub async fn start_server() -> Result<TestServer> {
     let factory = veil_server::factory::Factory::start(veil_server::factory::FactoryConfig::new(
         data.path(),
     ))?;
-    let app = veil_server::app(veil_server::AppState::with_defaults(www, factory)?);
+    let mut app = veil_server::app(veil_server::AppState::with_defaults(www, factory)?);
+    if let Some(rec) = recording {
+        app = app.layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                let rec = rec.clone();
+                async move {
+                    let (parts, body) = req.into_parts();
+                    let bytes = axum::body::to_bytes(body, usize::MAX)
+                        .await
+                        .unwrap_or_default();
+                    let headers = parts
+                        .headers
+                        .iter()
+                        .map(|(k, v)| format!("{k}: {}\n", String::from_utf8_lossy(v.as_bytes())))
+                        .collect();
+                    if let Ok(mut r) = rec.lock() {
+                        r.push(Recorded {
+                            method: parts.method.to_string(),
+                            uri: parts.uri.to_string(),
+                            headers,
+                            body: bytes.to_vec(),
+                        });
+                    }
+                    next.run(axum::extract::Request::from_parts(
+                        parts,
+                        axum::body::Body::from(bytes),
+                    ))
+                    .await
+                }
+            },
+        ));
+    }
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });

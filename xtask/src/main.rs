@@ -283,6 +283,8 @@ fn test(root: &Path) -> Result<()> {
                             "veil-tests",
                             "--test",
                             "browser",
+                            "--test",
+                            "flow_journey",
                             "--",
                             "--ignored",
                             "--test-threads=1",

@@ -1,0 +1,188 @@
+// What every Veil page shares: the worker that runs the wasm client, the backend badge, messages,
+// and the key store. Keys live in this browser's IndexedDB (database `veil`, store `keys`) and in
+// the worker's memory; no function here sends one anywhere.
+
+export const $ = (id) => document.getElementById(id);
+
+export function say(el, text, kind) {
+  el.textContent = text;
+  el.className = `message ${kind || ''}`;
+}
+
+// --- the worker -----------------------------------------------------------------------------
+export function startWorker(onFailure) {
+  const worker = new Worker(new URL('./worker.js', import.meta.url), { type: 'module' });
+  let nextId = 1;
+  const pending = new Map();
+  worker.onmessage = ({ data }) => {
+    const p = pending.get(data.id);
+    if (!p) return;
+    if (data.progress) { p.onProgress?.(data.progress); return; }
+    pending.delete(data.id);
+    data.ok ? p.resolve(data.result) : p.reject(new Error(data.error));
+  };
+  worker.onerror = (e) => onFailure?.(`the worker failed to load: ${e.message || 'see the console'}`);
+  // `transfer`: buffers handed to the worker instead of copied (the caller's arrays are emptied).
+  return function call(op, args, { transfer = [], onProgress } = {}) {
+    const id = nextId++;
+    return new Promise((resolve, reject) => {
+      pending.set(id, { resolve, reject, onProgress });
+      worker.postMessage({ id, op, args }, transfer);
+    });
+  };
+}
+
+// Starts the client (WebGPU unless `?backend=cpu`), shows the backend in #backend, and loads the
+// active key from the key store. Returns {call, backend, card, key}.
+export async function startClient() {
+  const badge = $('backend');
+  const fail = (message) => {
+    badge.textContent = `The Veil client could not start: ${message}`;
+    badge.className = 'status failed';
+  };
+  const call = startWorker(fail);
+  const preferGpu = new URLSearchParams(location.search).get('backend') !== 'cpu';
+  try {
+    const { backend, card } = await call('start', { preferGpu });
+    if (backend.kind === 'webgpu') {
+      badge.textContent = 'Running on WebGPU';
+      badge.className = 'status webgpu';
+    } else {
+      badge.textContent = `Running on the CPU fallback (${backend.reason})`;
+      badge.className = 'status cpu';
+    }
+    badge.dataset.backend = backend.kind;
+    const key = await loadActiveKey(call);
+    return { call, backend, card, key };
+  } catch (err) {
+    fail(err.message);
+    throw err;
+  }
+}
+
+// --- the key store (IndexedDB) --------------------------------------------------------------
+const DB = 'veil';
+const STORE = 'keys';
+// Ciphertext datasets the encrypt page hands to the train page (never plaintext, never keys).
+const OUTBOX = 'outbox';
+
+function openDb() {
+  return new Promise((resolve, reject) => {
+    const req = indexedDB.open(DB, 2);
+    req.onupgradeneeded = () => {
+      const names = req.result.objectStoreNames;
+      if (!names.contains(STORE)) req.result.createObjectStore(STORE, { keyPath: 'fingerprint' });
+      if (!names.contains(OUTBOX)) req.result.createObjectStore(OUTBOX);
+    };
+    req.onsuccess = () => resolve(req.result);
+    req.onerror = () => reject(new Error(`this browser's storage is not available: ${req.error}`));
+  });
+}
+
+async function tx(mode, fn, store = STORE) {
+  const db = await openDb();
+  return new Promise((resolve, reject) => {
+    const t = db.transaction(store, mode);
+    const result = fn(t.objectStore(store));
+    t.oncomplete = () => { db.close(); resolve(result instanceof IDBRequest ? result.result : result); };
+    t.onerror = () => { db.close(); reject(new Error(`the key store failed: ${t.error}`)); };
+  });
+}
+
+// Every stored key: {fingerprint, name, file (the plain key file), created, active}.
+export async function listKeys() {
+  const keys = await tx('readonly', (s) => s.getAll());
+  const active = localStorage.getItem('veil.activeKey');
+  return keys
+    .map((k) => ({ ...k, active: k.fingerprint === active }))
+    .sort((a, b) => a.created - b.created);
+}
+
+export async function storeKey(fingerprint, name, file) {
+  await tx('readwrite', (s) => s.put({ fingerprint, name, file, created: Date.now() }));
+  localStorage.setItem('veil.activeKey', fingerprint);
+}
+
+export async function deleteKey(fingerprint) {
+  await tx('readwrite', (s) => s.delete(fingerprint));
+  if (localStorage.getItem('veil.activeKey') === fingerprint) localStorage.removeItem('veil.activeKey');
+}
+
+export function setActiveKey(fingerprint) {
+  localStorage.setItem('veil.activeKey', fingerprint);
+}
+
+// Loads the active stored key into the worker; returns {fingerprint, name} or null.
+export async function loadActiveKey(call) {
+  const active = localStorage.getItem('veil.activeKey');
+  if (!active) return null;
+  const keys = await listKeys();
+  const k = keys.find((x) => x.fingerprint === active);
+  if (!k) return null;
+  await call('importKey', { text: k.file });
+  return { fingerprint: k.fingerprint, name: k.name };
+}
+
+// Saves the worker's current key (plain key file) in the store and makes it active.
+export async function keepWorkerKey(call) {
+  const { fingerprint, name } = await call('status');
+  if (!fingerprint) return null;
+  const file = await call('exportKey', {});
+  await storeKey(fingerprint, name, file);
+  return { fingerprint, name };
+}
+
+// The last encrypted dataset: {name, bytes (a container), summary, created}.
+export function keepContainer(entry) {
+  return tx('readwrite', (s) => s.put({ ...entry, created: Date.now() }, 'last'), OUTBOX);
+}
+
+export function lastContainer() {
+  return tx('readonly', (s) => s.get('last'), OUTBOX);
+}
+
+// --- small helpers --------------------------------------------------------------------------
+// Draws `pixels` (one C·H·W image in [0, 1]; values outside are clamped) into `canvas`.
+export function drawImage(canvas, pixels, shape) {
+  const { channels: c, height: h, width: w } = shape;
+  const img = new ImageData(w, h);
+  for (let i = 0; i < h * w; i++) {
+    const at = (ch) => Math.round(Math.min(1, Math.max(0, pixels[ch * h * w + i])) * 255);
+    const [r, g, b] = c === 3 ? [at(0), at(1), at(2)] : [at(0), at(0), at(0)];
+    img.data.set([r, g, b, 255], i * 4);
+  }
+  const off = new OffscreenCanvas(w, h);
+  off.getContext('2d').putImageData(img, 0, 0);
+  const ctx = canvas.getContext('2d');
+  ctx.imageSmoothingEnabled = false;
+  ctx.clearRect(0, 0, canvas.width, canvas.height);
+  ctx.drawImage(off, 0, 0, canvas.width, canvas.height);
+}
+
+export function progressTo(bar, label) {
+  return ({ done, total, what }) => {
+    bar.max = total;
+    bar.value = done;
+    if (label) label.textContent = `${what}: ${done} / ${total}`;
+  };
+}
+
+export async function apiJson(url, options) {
+  const r = await fetch(url, options);
+  const text = await r.text();
+  let body = null;
+  try { body = text ? JSON.parse(text) : null; } catch { /* not JSON */ }
+  if (!r.ok) throw new Error(body?.error || `the server answered ${r.status}`);
+  return body;
+}
+
+export function download(name, blob) {
+  const url = URL.createObjectURL(blob);
+  const a = document.createElement('a');
+  a.href = url;
+  a.download = name;
+  document.body.appendChild(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10_000);
+}

@@ -1,0 +1,256 @@
+// The encrypt page: labelled images in, a container of flow-rotation ciphertexts out. Pixels and
+// the key stay in this page and its worker; the container holds ciphertexts, labels and the key's
+// fingerprint, and goes to the IndexedDB outbox (for the train page) or to a download.
+import { $, say, startClient, drawImage, progressTo, apiJson, keepContainer, download } from './common.js';
+
+const state = { call: null, info: null, entries: [], originals: null, labels: null, container: null, done: false };
+// For tests and the curious: what the page holds (no key material is in it).
+window.veilEncrypt = state;
+
+function shapeText(s) { return `${s.channels}×${s.height}×${s.width}`; }
+function imageLen(s) { return s.channels * s.height * s.width; }
+
+async function start() {
+  let client;
+  try { client = await startClient(); } catch { return; }
+  state.call = client.call;
+  showKey(client.key);
+  try {
+    const families = await apiJson('/api/flows');
+    const sel = $('family');
+    sel.replaceChildren(...families.map((f) => {
+      const o = document.createElement('option');
+      o.value = f.name;
+      o.textContent = `${f.name}: ${shapeText(f.shape)}, ${f.classes.length} classes (${f.data})`;
+      return o;
+    }));
+    sel.disabled = false;
+    sel.addEventListener('change', () => loadFlows(sel.value));
+    await loadFlows(sel.value);
+  } catch (err) { say($('message'), `The flows could not be loaded: ${err.message}`, 'error'); }
+}
+
+function showKey(key) {
+  const el = $('key');
+  el.textContent = key ? `${key.fingerprint} (${key.name})` : 'no key loaded';
+  el.dataset.fingerprint = key ? key.fingerprint : '';
+  state.key = key;
+  updateButtons();
+}
+
+async function loadFlows(family) {
+  state.info = null;
+  updateButtons();
+  $('flows-status').textContent = 'downloading…';
+  try {
+    const info = await state.call('loadFlows', { family }, { onProgress: progressTo($('flows-progress')) });
+    state.info = info;
+    $('flows-status').textContent = `loaded (${info.agnostic ? 'per-class and class-agnostic flows' : 'per-class flows'})`;
+    $('class-names').textContent = info.classes.join(', ');
+    $('shape').textContent = `${shapeText(info.shape)} with ${info.levels} grey levels`;
+    $('files-label').replaceChildren(...info.classes.map((c, k) => new Option(c, String(k))));
+    $('route').querySelector('[value=agnostic]').disabled = !info.agnostic;
+    document.body.dataset.flows = family;
+  } catch (err) {
+    $('flows-status').textContent = '';
+    say($('message'), `The ${family} flows could not be loaded: ${err.message}`, 'error');
+  }
+  updateButtons();
+}
+
+function updateButtons() {
+  $('encrypt').disabled = !(state.info && state.key && state.entries.length);
+  $('check').disabled = !(state.info && state.key);
+}
+
+// --- choosing images ------------------------------------------------------------------------
+function classOf(path) {
+  const parts = path.split('/').filter(Boolean);
+  return parts.length >= 2 ? parts[parts.length - 2] : null;
+}
+
+function setEntries(entries) {
+  state.entries = entries.filter((e) => /\.(png|jpe?g|gif|bmp|webp)$/i.test(e.file.name));
+  // Path order, so that a folder always gives the same dataset whatever order the browser lists it in.
+  const path = (e) => e.file.webkitRelativePath || e.file.name;
+  state.entries.sort((a, b) => (path(a) < path(b) ? -1 : path(a) > path(b) ? 1 : 0));
+  const skipped = entries.length - state.entries.length;
+  const classes = new Map();
+  for (const e of state.entries) classes.set(e.className ?? '(label chosen below)', (classes.get(e.className ?? '(label chosen below)') || 0) + 1);
+  $('picked').textContent = state.entries.length
+    ? `${state.entries.length} images: ${[...classes].map(([c, n]) => `${c} × ${n}`).join(', ')}${skipped ? `; ${skipped} other files skipped` : ''}.`
+    : 'No images chosen.';
+  say($('message'), '', '');
+  updateButtons();
+}
+
+$('folder').addEventListener('change', (e) => {
+  setEntries([...e.target.files].map((file) => ({ file, className: classOf(file.webkitRelativePath || file.name) })));
+});
+$('files').addEventListener('change', (e) => {
+  setEntries([...e.target.files].map((file) => ({ file, className: null })));
+});
+
+async function walk(entry, path, out) {
+  if (entry.isFile) {
+    const file = await new Promise((res, rej) => entry.file(res, rej));
+    out.push({ file, className: classOf(`${path}/${file.name}`) });
+  } else if (entry.isDirectory) {
+    const reader = entry.createReader();
+    for (;;) {
+      const batch = await new Promise((res, rej) => reader.readEntries(res, rej));
+      if (!batch.length) break;
+      for (const child of batch) await walk(child, `${path}/${entry.name}`, out);
+    }
+  }
+}
+const drop = $('drop');
+drop.addEventListener('dragover', (e) => { e.preventDefault(); drop.classList.add('over'); });
+drop.addEventListener('dragleave', () => drop.classList.remove('over'));
+drop.addEventListener('drop', async (e) => {
+  e.preventDefault();
+  drop.classList.remove('over');
+  const out = [];
+  const items = [...e.dataTransfer.items].map((i) => i.webkitGetAsEntry?.()).filter(Boolean);
+  try {
+    for (const entry of items) await walk(entry, '', out);
+    // Loose files dropped on their own carry no class folder.
+    setEntries(out.map((x) => (items.some((i) => i.isDirectory) ? x : { ...x, className: null })));
+  } catch (err) { say($('message'), `The dropped items could not be read: ${err.message}`, 'error'); }
+});
+
+// --- encrypting -----------------------------------------------------------------------------
+function labelsFor(entries, info) {
+  const fallback = Number($('files-label').value);
+  const unknown = new Set();
+  const labels = Uint32Array.from(entries, (e) => {
+    if (e.className === null) return fallback;
+    const k = info.classes.indexOf(e.className);
+    if (k < 0) unknown.add(e.className);
+    return k;
+  });
+  if (unknown.size) {
+    throw new Error(`the folders ${[...unknown].map((c) => `"${c}"`).join(', ')} are not classes of these flows (${info.classes.join(', ')})`);
+  }
+  return labels;
+}
+
+async function decodeAll(entries, onProgress) {
+  const len = imageLen(state.info.shape);
+  const out = new Float32Array(entries.length * len);
+  for (let s = 0; s < entries.length; s += 256) {
+    const part = entries.slice(s, s + 256);
+    const buffers = await Promise.all(part.map(async (e) => new Uint8Array(await e.file.arrayBuffer())));
+    const names = part.map((e) => e.file.webkitRelativePath || e.file.name);
+    const pixels = await state.call('decodeImages', { names, buffers }, { transfer: buffers.map((b) => b.buffer) });
+    out.set(pixels, s * len);
+    onProgress({ done: Math.min(entries.length, s + 256), total: entries.length, what: 'reading images' });
+  }
+  return out;
+}
+
+$('encrypt').addEventListener('click', async () => {
+  const info = state.info;
+  const agnostic = $('route').value === 'agnostic';
+  $('encrypt').disabled = true;
+  state.done = false;
+  document.body.dataset.state = 'encrypting';
+  const onProgress = progressTo($('progress'), $('progress-label'));
+  try {
+    const labels = labelsFor(state.entries, info);
+    const size = imageLen(info.shape);
+    const originals = await decodeAll(state.entries, onProgress);
+    const t0 = performance.now();
+    const cipher = await state.call('encrypt', {
+      pixels: originals, labels: agnostic ? undefined : labels, size,
+    }, { onProgress });
+    const ms = performance.now() - t0;
+    state.originals = originals;
+    state.labels = labels;
+    state.ciphertexts = cipher;
+    showPairs($('pairs'), originals, cipher, labels, info);
+    const bytes = await state.call('flowContainer', { ciphertexts: cipher.slice(), labels: labels.slice(), agnostic });
+    const name = `${info.family}-${agnostic ? 'agnostic' : 'per-class'}-${state.key.fingerprint}`;
+    state.container = { name, bytes };
+    await keepContainer({ name, bytes, count: labels.length, fingerprint: state.key.fingerprint, agnostic, family: info.family });
+    showSummary([
+      ['Images', String(labels.length)],
+      ['Route', agnostic ? '(b) class-agnostic flow' : '(a) one flow and key per class'],
+      ['Key fingerprint', state.key.fingerprint],
+      ['Encryption time', `${(ms / 1000).toFixed(2)} s (${Math.round(labels.length / (ms / 1000))} images/s on ${document.getElementById('backend').dataset.backend})`],
+      ['Container', `${(bytes.length / 1024).toFixed(0)} KiB: ciphertexts (f32), labels, the key's fingerprint`],
+    ]);
+    $('download').disabled = false;
+    $('to-train').hidden = false;
+    state.done = true;
+    document.body.dataset.state = 'encrypted';
+    say($('message'), `Encrypted ${labels.length} images. The dataset is ready to download or to send to the factory.`, 'ok');
+  } catch (err) {
+    document.body.dataset.state = 'failed';
+    say($('message'), err.message, 'error');
+  }
+  updateButtons();
+});
+
+function showSummary(rows) {
+  $('summary').replaceChildren(...rows.flatMap(([k, v]) => {
+    const dt = document.createElement('dt'); dt.textContent = k;
+    const dd = document.createElement('dd'); dd.textContent = v;
+    return [dt, dd];
+  }));
+}
+
+function showPairs(el, top, bottom, labels, info, count = 24) {
+  const len = imageLen(info.shape);
+  const n = Math.min(count, labels.length);
+  const scale = Math.max(2, Math.floor(48 / info.shape.width));
+  el.replaceChildren(...Array.from({ length: n }, (_, i) => {
+    const fig = document.createElement('figure');
+    for (const src of [top, bottom]) {
+      const c = document.createElement('canvas');
+      c.width = info.shape.width * scale;
+      c.height = info.shape.height * scale;
+      drawImage(c, src.subarray(i * len, (i + 1) * len), info.shape);
+      fig.append(c);
+    }
+    const cap = document.createElement('figcaption');
+    cap.textContent = info.classes[labels[i]];
+    fig.append(cap);
+    return fig;
+  }));
+}
+
+$('download').addEventListener('click', () => {
+  const { name, bytes } = state.container;
+  download(`${name}.safetensors`, new Blob([bytes], { type: 'application/octet-stream' }));
+});
+
+$('check').addEventListener('click', async () => {
+  const file = $('check-file').files[0];
+  if (!file) { say($('check-message'), 'Choose an encrypted dataset file first.', 'error'); return; }
+  try {
+    const bytes = new Uint8Array(await file.arrayBuffer());
+    const { summary, pixels, labels } = await state.call('readContainer', { bytes }, { transfer: [bytes.buffer] });
+    if (summary.key_fingerprint !== state.key.fingerprint) {
+      throw new Error(`this file was made with key ${summary.key_fingerprint ?? '(none)'}, not the loaded key ${state.key.fingerprint}`);
+    }
+    const info = state.info;
+    const len = imageLen(info.shape);
+    const n = Math.min(24, summary.count);
+    const agnostic = (summary.description || '').includes('route (b)');
+    const back = await state.call('decrypt', {
+      pixels: pixels.slice(0, n * len), labels: agnostic ? undefined : labels.slice(0, n), size: len,
+    });
+    showPairs($('decrypted'), pixels, back, labels, info, n);
+    let note = `Decrypted the first ${n} of ${summary.count} images (top: ciphertext, bottom: decryption).`;
+    if (state.ciphertexts && state.originals && state.ciphertexts.length >= n * len
+        && pixels.subarray(0, n * len).every((v, i) => v === state.ciphertexts[i])) {
+      const worst = back.reduce((m, v, i) => Math.max(m, Math.abs(v - state.originals[i])), 0);
+      note += ` They match the originals encrypted above to within ${worst.toExponential(1)}.`;
+      document.body.dataset.roundTrip = String(worst);
+    }
+    say($('check-message'), note, 'ok');
+  } catch (err) { say($('check-message'), `Decryption failed: ${err.message}`, 'error'); }
+});
+
+start();

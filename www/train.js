@@ -1,0 +1,213 @@
+// The train page: upload a ciphertext container to the factory, start a job, follow it live.
+// Everything sent here is public to the factory by design: ciphertexts, labels, a fingerprint.
+import { $, say, startClient, apiJson, lastContainer } from './common.js';
+
+const state = { call: null, bytes: null, summary: null, job: null, history: [], progress: null, source: null };
+window.veilTrain = state;
+
+async function start() {
+  let client;
+  try { client = await startClient(); } catch { return; }
+  state.call = client.call;
+  $('source').addEventListener('change', pickSource);
+  $('container-file').addEventListener('change', async (e) => {
+    const file = e.target.files[0];
+    if (file) await useBytes(new Uint8Array(await file.arrayBuffer()), file.name.replace(/\.safetensors$/, ''));
+  });
+  await pickSource();
+  await refreshDatasets();
+}
+
+async function pickSource() {
+  const fromFile = $('source').value === 'file';
+  $('container-file').hidden = !fromFile;
+  if (fromFile) { state.bytes = null; $('upload').disabled = true; $('dataset-summary').replaceChildren(); return; }
+  const last = await lastContainer();
+  if (!last) {
+    say($('upload-message'), 'Nothing encrypted in this browser yet: encrypt a dataset first, or choose a file.', '');
+    return;
+  }
+  await useBytes(last.bytes, last.name);
+}
+
+async function useBytes(bytes, name) {
+  try {
+    const { summary } = await state.call('readContainer', { bytes: bytes.slice() });
+    if (summary.scheme === 'plain' || !summary.key_fingerprint) {
+      throw new Error(`this file holds ${summary.scheme} images without a key fingerprint: it is not a ciphertext container, and this page does not upload plaintext`);
+    }
+    state.bytes = bytes;
+    state.summary = summary;
+    const s = summary.shape;
+    const rows = [
+      ['Images', `${summary.count} of ${s.channels}×${s.height}×${s.width}`],
+      ['Classes', summary.classes.join(', ')],
+      ['Scheme', summary.scheme],
+      ['Key fingerprint', summary.key_fingerprint],
+      ['Description', summary.description || '—'],
+      ['Size', `${(bytes.length / 1024).toFixed(0)} KiB`],
+    ];
+    $('dataset-summary').replaceChildren(...rows.flatMap(([k, v]) => {
+      const dt = document.createElement('dt'); dt.textContent = k;
+      const dd = document.createElement('dd'); dd.textContent = v;
+      return [dt, dd];
+    }));
+    $('dataset-name').value = name.slice(0, 100);
+    $('upload').disabled = false;
+    say($('upload-message'), '', '');
+  } catch (err) {
+    state.bytes = null;
+    $('upload').disabled = true;
+    say($('upload-message'), `This dataset cannot be sent: ${err.message}`, 'error');
+  }
+}
+
+$('upload').addEventListener('click', async () => {
+  const name = $('dataset-name').value.trim() || 'encrypted';
+  $('upload').disabled = true;
+  $('upload-status').textContent = 'uploading…';
+  try {
+    const row = await apiJson(`/api/datasets?name=${encodeURIComponent(name)}`, {
+      method: 'POST', headers: { 'Content-Type': 'application/octet-stream' }, body: state.bytes,
+    });
+    $('upload-status').textContent = '';
+    say($('upload-message'), `Uploaded as ${row.id} (${row.count} images).`, 'ok');
+    await refreshDatasets(row.id);
+    document.body.dataset.dataset = row.id;
+  } catch (err) {
+    $('upload-status').textContent = '';
+    say($('upload-message'), `Upload failed: ${err.message}`, 'error');
+  }
+  $('upload').disabled = !state.bytes;
+});
+
+async function refreshDatasets(select) {
+  try {
+    const rows = (await apiJson('/api/datasets')).filter((d) => d.scheme !== 'plain');
+    const sel = $('dataset');
+    sel.replaceChildren(...rows.map((d) => new Option(`${d.name} — ${d.id}, ${d.count} images, key ${d.key_fingerprint ?? '—'}`, d.id)));
+    if (select) sel.value = select;
+    $('train').disabled = rows.length === 0;
+  } catch (err) { say($('job-message'), `The factory's datasets could not be listed: ${err.message}`, 'error'); }
+}
+
+// --- the job --------------------------------------------------------------------------------
+$('train').addEventListener('click', async () => {
+  const body = {
+    dataset: $('dataset').value,
+    arch: $('arch').value,
+    epochs: Number($('epochs').value),
+    batch_size: Number($('batch').value),
+    learning_rate: Number($('lr').value),
+    validation_split: Number($('validation').value),
+    seed: Number($('seed').value),
+  };
+  $('train').disabled = true;
+  state.history = [];
+  state.progress = null;
+  $('to-classify').hidden = true;
+  try {
+    const job = await apiJson('/api/jobs', {
+      method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body),
+    });
+    state.job = job;
+    document.body.dataset.job = job.id;
+    follow(job.id, body.epochs);
+  } catch (err) {
+    say($('job-message'), `The job could not start: ${err.message}`, 'error');
+    $('train').disabled = false;
+  }
+});
+
+$('cancel').addEventListener('click', async () => {
+  try { await apiJson(`/api/jobs/${state.job.id}/cancel`, { method: 'POST' }); } catch (err) {
+    say($('job-message'), `Cancel failed: ${err.message}`, 'error');
+  }
+});
+
+function follow(id, epochs) {
+  const es = new EventSource(`/api/jobs/${id}/events`);
+  $('cancel').disabled = false;
+  $('job-progress').max = epochs;
+  $('job-status').textContent = 'queued';
+  es.addEventListener('snapshot', (e) => {
+    const job = JSON.parse(e.data);
+    state.history = job.history || [];
+    draw();
+  });
+  es.addEventListener('progress', (e) => {
+    const p = JSON.parse(e.data);
+    state.progress = p;
+    $('job-progress').max = p.epochs;
+    $('job-progress').value = p.epoch - 1 + p.step / p.steps_per_epoch;
+    $('job-status').textContent = `epoch ${p.epoch}/${p.epochs}, step ${p.step}/${p.steps_per_epoch}, loss ${p.loss.toFixed(3)}, accuracy ${(100 * p.accuracy).toFixed(1)} %`;
+  });
+  es.addEventListener('epoch', (e) => {
+    state.history.push(JSON.parse(e.data));
+    draw();
+  });
+  es.addEventListener('state', (e) => {
+    const s = JSON.parse(e.data);
+    document.body.dataset.jobState = s.state;
+    if (['succeeded', 'failed', 'cancelled'].includes(s.state)) {
+      es.close();
+      $('cancel').disabled = true;
+      $('train').disabled = false;
+      if (s.state === 'succeeded') {
+        $('job-progress').value = $('job-progress').max;
+        const last = state.history[state.history.length - 1];
+        const val = last && last.val_accuracy != null ? `, validation accuracy ${(100 * last.val_accuracy).toFixed(1)} %` : '';
+        $('job-status').textContent = `done${val}`;
+        say($('job-message'), `Model ${s.model_id} is ready. It reads ciphertexts made with key ${state.summary?.key_fingerprint ?? 'the dataset’s key'} only.`, 'ok');
+        document.body.dataset.model = s.model_id;
+        $('to-classify').href = `classify.html?model=${encodeURIComponent(s.model_id)}`;
+        $('to-classify').hidden = false;
+      } else {
+        $('job-status').textContent = s.state;
+        say($('job-message'), s.state === 'failed' ? `Training failed: ${s.error}` : 'Training was cancelled.', s.state === 'failed' ? 'error' : '');
+      }
+    } else {
+      $('job-status').textContent = s.state;
+    }
+  });
+  es.onerror = () => {
+    if (es.readyState === EventSource.CLOSED) say($('job-message'), 'The connection to the factory was lost; reload to follow the job again.', 'error');
+  };
+}
+
+function draw() {
+  const c = $('chart');
+  const ctx = c.getContext('2d');
+  const pad = { l: 44, r: 12, t: 10, b: 26 };
+  const W = c.width - pad.l - pad.r;
+  const H = c.height - pad.t - pad.b;
+  ctx.clearRect(0, 0, c.width, c.height);
+  const h = state.history;
+  const epochs = Math.max(Number($('epochs').value) || 1, h.length);
+  const maxLoss = Math.max(0.5, ...h.map((p) => p.loss));
+  const x = (e) => pad.l + (e / epochs) * W;
+  const y = (v) => pad.t + H - v * H;
+  ctx.font = '11px system-ui, sans-serif';
+  ctx.fillStyle = '#5b6478';
+  ctx.strokeStyle = '#e3e6ee';
+  for (let v = 0; v <= 1.0001; v += 0.25) {
+    ctx.beginPath(); ctx.moveTo(pad.l, y(v)); ctx.lineTo(pad.l + W, y(v)); ctx.stroke();
+    ctx.fillText(`${Math.round(v * 100)} %`, 4, y(v) + 4);
+  }
+  ctx.fillText('epoch', pad.l + W - 30, c.height - 6);
+  const line = (color, value) => {
+    const pts = h.filter((p) => value(p) != null);
+    if (!pts.length) return;
+    ctx.strokeStyle = color;
+    ctx.lineWidth = 2;
+    ctx.beginPath();
+    pts.forEach((p, i) => (i ? ctx.lineTo : ctx.moveTo).call(ctx, x(p.epoch), y(value(p))));
+    ctx.stroke();
+  };
+  line('#2f5fd0', (p) => p.loss / maxLoss);
+  line('#1b7a3d', (p) => p.accuracy);
+  line('#d0762f', (p) => p.val_accuracy);
+}
+
+draw();
+start();
