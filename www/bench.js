@@ -7,6 +7,7 @@ function rpc(worker) {
   const pending = new Map();
   worker.onmessage = ({ data }) => {
     const p = pending.get(data.id);
+    if (data.progress) return;
     pending.delete(data.id);
     data.ok ? p.resolve(data.result) : p.reject(new Error(data.error));
   };
@@ -33,6 +34,9 @@ async function runBenchmarks(preferGpu) {
     status.textContent = `Demo-model inference on ${backend.kind}…`;
     const inf = await call('benchInference', { batch: 256, reps: 8 });
     results.inference_images_per_s = inf.images_per_s;
+    status.textContent = `Flow-rotation encryption of digits on ${backend.kind}…`;
+    const enc = await call('benchEncrypt', { batch: 256, reps: 8 });
+    results.encrypt_digits_images_per_s = enc.images_per_s;
     status.textContent = 'Done.';
     status.className = 'message ok';
   } catch (err) {
@@ -50,6 +54,7 @@ function show(results) {
     ['Device', results.backend ?? '—'],
     ['3072×3072 Haar rotation from a key', results.haar_3072_ms ? `${(results.haar_3072_ms / 1000).toFixed(2)} s` : '—'],
     ['Demo model inference', results.inference_images_per_s ? `${Math.round(results.inference_images_per_s)} images/s` : '—'],
+    ['Flow-rotation encryption (digits, route a)', results.encrypt_digits_images_per_s ? `${Math.round(results.encrypt_digits_images_per_s)} images/s` : '—'],
   ];
   const body = $('bench-table').tBodies[0];
   body.replaceChildren(...rows.map(([k, v]) => {

@@ -50,6 +50,7 @@ async function loadFlows(family) {
     $('shape').textContent = `${shapeText(info.shape)} with ${info.levels} grey levels`;
     $('files-label').replaceChildren(...info.classes.map((c, k) => new Option(c, String(k))));
     $('route').querySelector('[value=agnostic]').disabled = !info.agnostic;
+    $('sample-row').hidden = family !== 'digits';
     document.body.dataset.flows = family;
   } catch (err) {
     $('flows-status').textContent = '';
@@ -70,6 +71,7 @@ function classOf(path) {
 }
 
 function setEntries(entries) {
+  state.sample = null;
   state.entries = entries.filter((e) => /\.(png|jpe?g|gif|bmp|webp)$/i.test(e.file.name));
   // Path order, so that a folder always gives the same dataset whatever order the browser lists it in.
   const path = (e) => e.file.webkitRelativePath || e.file.name;
@@ -83,6 +85,16 @@ function setEntries(entries) {
   say($('message'), '', '');
   updateButtons();
 }
+
+$('sample').addEventListener('click', async () => {
+  try {
+    state.sample = await state.call('sampleDigits', { n: 300 });
+    state.entries = Array.from(state.sample.labels, (l, i) => ({ file: { name: `sample-${i}.png` }, className: state.info.classes[l] }));
+    $('picked').textContent = '300 sample digits chosen.';
+    say($('message'), '', '');
+  } catch (err) { say($('message'), err.message, 'error'); }
+  updateButtons();
+});
 
 $('folder').addEventListener('change', (e) => {
   setEntries([...e.target.files].map((file) => ({ file, className: classOf(file.webkitRelativePath || file.name) })));
@@ -159,7 +171,7 @@ $('encrypt').addEventListener('click', async () => {
   try {
     const labels = labelsFor(state.entries, info);
     const size = imageLen(info.shape);
-    const originals = await decodeAll(state.entries, onProgress);
+    const originals = state.sample ? state.sample.pixels.slice() : await decodeAll(state.entries, onProgress);
     const t0 = performance.now();
     const cipher = await state.call('encrypt', {
       pixels: originals, labels: agnostic ? undefined : labels, size,

@@ -249,6 +249,28 @@ impl Veil {
     }
 }
 
+/// The first `n` (at most all 1,797) of the UCI digits compiled into the client, public data for
+/// demos and benchmarks: `{pixels: Float32Array, labels: Uint32Array}`.
+#[wasm_bindgen(js_name = sampleDigits)]
+pub fn sample_digits(n: usize) -> Result<JsValue, JsError> {
+    let data = veil::data::digits();
+    let n = n.min(data.len());
+    let out = js_sys::Object::new();
+    let set = |k: &str, v: JsValue| js_sys::Reflect::set(&out, &k.into(), &v);
+    set(
+        "pixels",
+        js_sys::Float32Array::from(&data.images[..n * data.shape.len()]).into(),
+    )
+    .and_then(|_| {
+        set(
+            "labels",
+            js_sys::Uint32Array::from(&data.labels[..n]).into(),
+        )
+    })
+    .map_err(|_| JsError::new("internal: cannot build the answer"))?;
+    Ok(out.into())
+}
+
 /// Route (c): `probs[k]` (a `Float32Array`, `[n, K]`) is the factory model's answer on the
 /// images encrypted as class `k`. Returns `{labels, confidences}`.
 #[wasm_bindgen(js_name = modelRouted)]

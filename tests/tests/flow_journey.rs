@@ -226,6 +226,39 @@ async fn journey(b: &Browser, base: &str, mode: GpuMode, rec: &Recording) -> Res
     let page_c = classify_folder(b, base, &model, "c", &subset_dir, mode).await?;
     b.screenshot(&format!("classify-c-{tag}")).await?;
 
+    // 5. The sample digits built into the page encrypt too (and send nothing).
+    c.goto(&format!("{base}/encrypt.html")).await?;
+    wait_backend(b, mode).await?;
+    b.wait_for(
+        "the flows",
+        "return document.body.dataset.flows === 'digits' && !document.getElementById('sample-row').hidden;",
+        LONG,
+    )
+    .await?;
+    c.find(Locator::Id("sample")).await?.click().await?;
+    b.wait_for(
+        "the sample",
+        "return !document.getElementById('encrypt').disabled;",
+        LONG,
+    )
+    .await?;
+    c.find(Locator::Id("encrypt")).await?.click().await?;
+    wait_state(
+        b,
+        "the sample's encryption",
+        "state",
+        "encrypted",
+        "message",
+    )
+    .await?;
+    let values = c
+        .execute("return window.veilEncrypt.ciphertexts.length;", vec![])
+        .await?;
+    ensure!(
+        values == 300 * 64,
+        "{values} ciphertext values for 300 samples"
+    );
+
     // --- what the server received ----------------------------------------------------------
     let requests: Vec<Recorded> = rec.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
     assert_nothing_secret(&requests, &key, &key_text, &[&train, &test])?;
