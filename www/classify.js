@@ -1,6 +1,8 @@
 // The classify page: new images are encrypted here along one of the three routes, only the
 // ciphertexts go to the factory's model, and the answer is read here.
-import { $, say, startClient, apiJson, drawImage, progressTo } from './common.js';
+import {
+  $, say, startClient, apiJson, drawImage, progressTo, imageEntries, inputEntries, bindDrop,
+} from './common.js';
 
 const state = { call: null, key: null, models: [], model: null, info: null, entries: [], results: null, accuracy: null };
 window.veilClassify = state;
@@ -68,28 +70,14 @@ function updateButtons() {
   $('run').disabled = !(state.info && state.key && state.model && state.entries.length);
 }
 
-function classOf(path) {
-  const parts = path.split('/').filter(Boolean);
-  return parts.length >= 2 ? parts[parts.length - 2] : null;
-}
 function setEntries(entries) {
-  state.entries = entries.filter((e) => /\.(png|jpe?g|gif|bmp|webp)$/i.test(e.file.name));
-  // Path order, so that a folder always gives the same dataset whatever order the browser lists it in.
-  const path = (e) => e.file.webkitRelativePath || e.file.name;
-  state.entries.sort((a, b) => (path(a) < path(b) ? -1 : path(a) > path(b) ? 1 : 0));
+  state.entries = imageEntries(entries);
   $('picked').textContent = state.entries.length ? `${state.entries.length} images chosen.` : 'No images chosen.';
   updateButtons();
 }
-$('folder').addEventListener('change', (e) => setEntries([...e.target.files].map((file) => ({ file, className: classOf(file.webkitRelativePath || file.name) }))));
-$('files').addEventListener('change', (e) => setEntries([...e.target.files].map((file) => ({ file, className: null }))));
-const drop = $('drop');
-drop.addEventListener('dragover', (e) => { e.preventDefault(); drop.classList.add('over'); });
-drop.addEventListener('dragleave', () => drop.classList.remove('over'));
-drop.addEventListener('drop', (e) => {
-  e.preventDefault();
-  drop.classList.remove('over');
-  setEntries([...e.dataTransfer.files].map((file) => ({ file, className: null })));
-});
+$('folder').addEventListener('change', (e) => setEntries(inputEntries(e.target)));
+$('files').addEventListener('change', (e) => setEntries(inputEntries(e.target)));
+bindDrop($('drop'), setEntries, (m) => say($('message'), m, 'error'));
 
 // Sends ciphertexts to the model in batches; returns the probabilities, row-major [n, K].
 async function query(cipher, n, onProgress, what) {

@@ -141,6 +141,64 @@ export function lastContainer() {
   return tx('readonly', (s) => s.get('last'), OUTBOX);
 }
 
+// --- choosing images ------------------------------------------------------------------------
+// The class of a file in a folder of class sub-folders: its parent folder's name (null for a
+// loose file).
+export function classOf(path) {
+  const parts = path.split('/').filter(Boolean);
+  return parts.length >= 2 ? parts[parts.length - 2] : null;
+}
+
+const pathOf = (e) => e.file.webkitRelativePath || e.file.name;
+
+// The image files among `entries` ({file, className}), in path order, so that a folder always
+// gives the same dataset whatever order the browser lists it in.
+export function imageEntries(entries) {
+  return entries
+    .filter((e) => /\.(png|jpe?g|gif|bmp|webp)$/i.test(e.file.name))
+    .sort((a, b) => (pathOf(a) < pathOf(b) ? -1 : pathOf(a) > pathOf(b) ? 1 : 0));
+}
+
+// Entries of a folder input (class from the sub-folder) or a plain files input (no class).
+export function inputEntries(input) {
+  return [...input.files].map((file) => ({
+    file,
+    className: input.webkitdirectory ? classOf(file.webkitRelativePath || file.name) : null,
+  }));
+}
+
+async function walk(entry, path, out) {
+  if (entry.isFile) {
+    const file = await new Promise((res, rej) => entry.file(res, rej));
+    out.push({ file, className: classOf(`${path}/${file.name}`) });
+  } else if (entry.isDirectory) {
+    const reader = entry.createReader();
+    for (;;) {
+      const batch = await new Promise((res, rej) => reader.readEntries(res, rej));
+      if (!batch.length) break;
+      for (const child of batch) await walk(child, `${path}/${entry.name}`, out);
+    }
+  }
+}
+
+// Makes `zone` accept dropped folders (walked; classes from sub-folders) and files (no class);
+// calls `onEntries(entries)` or `onError(message)`.
+export function bindDrop(zone, onEntries, onError) {
+  zone.addEventListener('dragover', (e) => { e.preventDefault(); zone.classList.add('over'); });
+  zone.addEventListener('dragleave', () => zone.classList.remove('over'));
+  zone.addEventListener('drop', async (e) => {
+    e.preventDefault();
+    zone.classList.remove('over');
+    const items = [...e.dataTransfer.items].map((i) => i.webkitGetAsEntry?.()).filter(Boolean);
+    const out = [];
+    try {
+      for (const entry of items) await walk(entry, '', out);
+      const folders = items.some((i) => i.isDirectory);
+      onEntries(folders ? out : out.map((x) => ({ ...x, className: null })));
+    } catch (err) { onError(`the dropped items could not be read: ${err.message}`); }
+  });
+}
+
 // --- small helpers --------------------------------------------------------------------------
 // Draws `pixels` (one C·H·W image in [0, 1]; values outside are clamped) into `canvas`.
 export function drawImage(canvas, pixels, shape) {

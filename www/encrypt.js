@@ -1,7 +1,9 @@
 // The encrypt page: labelled images in, a container of flow-rotation ciphertexts out. Pixels and
 // the key stay in this page and its worker; the container holds ciphertexts, labels and the key's
 // fingerprint, and goes to the IndexedDB outbox (for the train page) or to a download.
-import { $, say, startClient, drawImage, progressTo, apiJson, keepContainer, download } from './common.js';
+import {
+  $, say, startClient, drawImage, progressTo, apiJson, keepContainer, download, imageEntries, inputEntries, bindDrop,
+} from './common.js';
 
 const state = { call: null, info: null, entries: [], originals: null, labels: null, container: null, done: false };
 // For tests and the curious: what the page holds (no key material is in it).
@@ -65,20 +67,15 @@ function updateButtons() {
 }
 
 // --- choosing images ------------------------------------------------------------------------
-function classOf(path) {
-  const parts = path.split('/').filter(Boolean);
-  return parts.length >= 2 ? parts[parts.length - 2] : null;
-}
-
 function setEntries(entries) {
   state.sample = null;
-  state.entries = entries.filter((e) => /\.(png|jpe?g|gif|bmp|webp)$/i.test(e.file.name));
-  // Path order, so that a folder always gives the same dataset whatever order the browser lists it in.
-  const path = (e) => e.file.webkitRelativePath || e.file.name;
-  state.entries.sort((a, b) => (path(a) < path(b) ? -1 : path(a) > path(b) ? 1 : 0));
+  state.entries = imageEntries(entries);
   const skipped = entries.length - state.entries.length;
   const classes = new Map();
-  for (const e of state.entries) classes.set(e.className ?? '(label chosen below)', (classes.get(e.className ?? '(label chosen below)') || 0) + 1);
+  for (const e of state.entries) {
+    const c = e.className ?? '(label chosen below)';
+    classes.set(c, (classes.get(c) || 0) + 1);
+  }
   $('picked').textContent = state.entries.length
     ? `${state.entries.length} images: ${[...classes].map(([c, n]) => `${c} × ${n}`).join(', ')}${skipped ? `; ${skipped} other files skipped` : ''}.`
     : 'No images chosen.';
@@ -96,40 +93,9 @@ $('sample').addEventListener('click', async () => {
   updateButtons();
 });
 
-$('folder').addEventListener('change', (e) => {
-  setEntries([...e.target.files].map((file) => ({ file, className: classOf(file.webkitRelativePath || file.name) })));
-});
-$('files').addEventListener('change', (e) => {
-  setEntries([...e.target.files].map((file) => ({ file, className: null })));
-});
-
-async function walk(entry, path, out) {
-  if (entry.isFile) {
-    const file = await new Promise((res, rej) => entry.file(res, rej));
-    out.push({ file, className: classOf(`${path}/${file.name}`) });
-  } else if (entry.isDirectory) {
-    const reader = entry.createReader();
-    for (;;) {
-      const batch = await new Promise((res, rej) => reader.readEntries(res, rej));
-      if (!batch.length) break;
-      for (const child of batch) await walk(child, `${path}/${entry.name}`, out);
-    }
-  }
-}
-const drop = $('drop');
-drop.addEventListener('dragover', (e) => { e.preventDefault(); drop.classList.add('over'); });
-drop.addEventListener('dragleave', () => drop.classList.remove('over'));
-drop.addEventListener('drop', async (e) => {
-  e.preventDefault();
-  drop.classList.remove('over');
-  const out = [];
-  const items = [...e.dataTransfer.items].map((i) => i.webkitGetAsEntry?.()).filter(Boolean);
-  try {
-    for (const entry of items) await walk(entry, '', out);
-    // Loose files dropped on their own carry no class folder.
-    setEntries(out.map((x) => (items.some((i) => i.isDirectory) ? x : { ...x, className: null })));
-  } catch (err) { say($('message'), `The dropped items could not be read: ${err.message}`, 'error'); }
-});
+$('folder').addEventListener('change', (e) => setEntries(inputEntries(e.target)));
+$('files').addEventListener('change', (e) => setEntries(inputEntries(e.target)));
+bindDrop($('drop'), setEntries, (m) => say($('message'), m, 'error'));
 
 // --- encrypting -----------------------------------------------------------------------------
 function labelsFor(entries, info) {
