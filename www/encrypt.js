@@ -137,7 +137,7 @@ $('encrypt').addEventListener('click', async () => {
   try {
     const labels = labelsFor(state.entries, info);
     const size = imageLen(info.shape);
-    const originals = state.sample ? state.sample.pixels.slice() : await decodeAll(state.entries, onProgress);
+    const originals = state.sample ? state.sample.pixels : await decodeAll(state.entries, onProgress);
     const t0 = performance.now();
     const cipher = await state.call('encrypt', {
       pixels: originals, labels: agnostic ? undefined : labels, size,
@@ -147,7 +147,7 @@ $('encrypt').addEventListener('click', async () => {
     state.labels = labels;
     state.ciphertexts = cipher;
     showPairs($('pairs'), originals, cipher, labels, info);
-    const bytes = await state.call('flowContainer', { ciphertexts: cipher.slice(), labels: labels.slice(), agnostic });
+    const bytes = await state.call('flowContainer', { ciphertexts: cipher, labels, agnostic });
     const name = `${info.family}-${agnostic ? 'agnostic' : 'per-class'}-${state.key.fingerprint}`;
     state.container = { name, bytes };
     await keepContainer({ name, bytes, count: labels.length, fingerprint: state.key.fingerprint, agnostic, family: info.family });

@@ -32,7 +32,8 @@ async function pickSource() {
 
 async function useBytes(bytes, name) {
   try {
-    const { summary } = await state.call('readContainer', { bytes: bytes.slice() });
+    // Copied to the worker (not transferred): the page keeps `bytes` to upload.
+    const { summary } = await state.call('readContainer', { bytes });
     if (summary.scheme === 'plain' || !summary.key_fingerprint) {
       throw new Error(`this file holds ${summary.scheme} images without a key fingerprint: it is not a ciphertext container, and this page does not upload plaintext`);
     }

@@ -5,7 +5,7 @@
 //! Routes for a *test* image (see `veil experiment flow`): (a) the flow and key of its true class
 //! — the paper's setting, which needs the label; (b) one class-agnostic flow and key; (c)
 //! model-routed: encrypt with every class's flow and key and let the classifier's confidences
-//! decide ([`Flows::encrypt_every_class`], [`model_routed`]).
+//! decide ([`FlowRoute::Class`], [`model_routed`]).
 
 use veil::burn::tensor::{Device, Tensor};
 use veil::container::{self, ContainerMeta, PixelType};
@@ -34,10 +34,10 @@ pub struct FlowsInfo {
 }
 
 /// Which flows and keys encrypt a batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route<'a> {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FlowRoute {
     /// Route (a): each image with its class's flow and key.
-    TrueClass(&'a [u32]),
+    TrueClass(Vec<u32>),
     /// Route (b): the class-agnostic flow and key.
     Agnostic,
     /// One class's flow and key for every image (a step of route c; see
@@ -89,7 +89,7 @@ impl Flows {
             family: self.family.clone(),
             shape: self.shape,
             classes: self.set.manifest.classes.clone(),
-            levels: self.set.manifest.preprocess.levels,
+            levels: self.levels(),
             agnostic: self.set.agnostic.is_some(),
         }
     }
@@ -97,6 +97,11 @@ impl Flows {
     /// The images the flows read.
     pub fn shape(&self) -> ImageShape {
         self.shape
+    }
+
+    /// Quantisation levels of the data.
+    pub fn levels(&self) -> usize {
+        self.set.manifest.preprocess.levels
     }
 
     fn classes(&self) -> usize {
@@ -128,14 +133,14 @@ impl Flows {
         &mut self,
         key: &MasterKey,
         pixels: &[f32],
-        route: Route<'_>,
+        route: &FlowRoute,
         decrypt: bool,
         device: &Device,
     ) -> Result<Vec<(Vec<usize>, Tensor<4>)>, ClientError> {
         let n = self.check_pixels(pixels)?;
         let classes = self.classes();
         match route {
-            Route::TrueClass(labels) => {
+            FlowRoute::TrueClass(labels) => {
                 if labels.len() != n {
                     return Err(ClientError::BadInput(format!(
                         "{n} images but {} labels",
@@ -148,13 +153,13 @@ impl Flows {
                     )));
                 }
             }
-            Route::Agnostic if self.set.agnostic.is_none() => {
+            FlowRoute::Agnostic if self.set.agnostic.is_none() => {
                 return Err(ClientError::BadInput(format!(
                     "the {} flows have no class-agnostic flow (route b)",
                     self.family
                 )));
             }
-            Route::Class(k) if k as usize >= classes => {
+            FlowRoute::Class(k) if *k as usize >= classes => {
                 return Err(ClientError::BadInput(format!(
                     "class {k} is not one of the flows' {classes} classes"
                 )));
@@ -167,7 +172,7 @@ impl Flows {
         };
         // Group the images by the encryptor that handles them, keeping their positions.
         let groups: Vec<(&FlowEncryptor, Vec<usize>)> = match route {
-            Route::TrueClass(labels) => per_class
+            FlowRoute::TrueClass(labels) => per_class
                 .iter()
                 .enumerate()
                 .map(|(k, enc)| {
@@ -176,8 +181,10 @@ impl Flows {
                 })
                 .filter(|(_, idx): &(_, Vec<usize>)| !idx.is_empty())
                 .collect(),
-            Route::Agnostic => vec![(agnostic.as_ref().expect("checked above"), (0..n).collect())],
-            Route::Class(k) => vec![(&per_class[k as usize], (0..n).collect())],
+            FlowRoute::Agnostic => {
+                vec![(agnostic.as_ref().expect("checked above"), (0..n).collect())]
+            }
+            FlowRoute::Class(k) => vec![(&per_class[*k as usize], (0..n).collect())],
         };
         let len = self.shape.len();
         let mut out = Vec::new();
@@ -190,7 +197,7 @@ impl Flows {
                 let x = images_tensor(&batch, self.shape, device);
                 let y = match (decrypt, route) {
                     (true, _) => enc.decrypt_quantised(x),
-                    (false, Route::Class(_)) => enc.encrypt_for_routing(x),
+                    (false, FlowRoute::Class(_)) => enc.encrypt_for_routing(x),
                     (false, _) => enc.encrypt(x),
                 };
                 out.push((chunk.to_vec(), y));

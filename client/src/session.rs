@@ -9,7 +9,8 @@ use veil::keyfile::{KdfCost, KeyFile, KeyFileError};
 use veil::keys::{KeyError, MasterKey};
 use veil::model::{Classifier, ModelCard, ModelError, SmallCnn, demo};
 
-use crate::flows::{Flows, FlowsInfo, Route, check_batch, read_all};
+pub use crate::flows::FlowRoute;
+use crate::flows::{Flows, FlowsInfo, check_batch, read_all};
 use crate::state::{Backend, init_device};
 
 /// Errors a page shows to its user.
@@ -63,17 +64,6 @@ pub struct Session {
     key: RefCell<Option<(MasterKey, String)>>,
     /// Flow rotation's flows, once loaded. Borrowed briefly, never across an `await`.
     flows: RefCell<Option<Flows>>,
-}
-
-/// Which flows and keys encrypt a batch (the owned form of [`Route`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FlowRoute {
-    /// Route (a): each image with its class's flow and key.
-    TrueClass(Vec<u32>),
-    /// Route (b): the class-agnostic flow and key.
-    Agnostic,
-    /// One class's flow and key for every image (one step of route c).
-    Class(u32),
 }
 
 /// A dataset container read back in the page.
@@ -198,18 +188,7 @@ impl Session {
     /// back asynchronously (WebGPU does not allow synchronous reads).
     pub async fn logits(&self, pixels: &[f32]) -> Result<Vec<f32>, ClientError> {
         let shape = self.input_shape();
-        if pixels.is_empty() || !pixels.len().is_multiple_of(shape.len()) {
-            return Err(ClientError::BadInput(format!(
-                "expected a multiple of {} pixel values ({shape} images), got {}",
-                shape.len(),
-                pixels.len()
-            )));
-        }
-        if let Some(bad) = pixels.iter().find(|p| !p.is_finite()) {
-            return Err(ClientError::BadInput(format!(
-                "pixel value {bad} is not finite"
-            )));
-        }
+        check_batch(pixels, shape)?;
         let input = images_tensor(pixels, shape, &self.device);
         let logits = self.model.forward(input);
         let data = logits
@@ -271,7 +250,7 @@ impl Session {
             .borrow()
             .as_ref()
             .map(Flows::shape)
-            .ok_or_else(|| ClientError::BadInput("no flows are loaded: load a family first".into()))
+            .ok_or_else(no_flows)
     }
 
     /// Encrypts (or, with `decrypt`, decrypts and re-quantises) a batch `[B, C, H, W]` of the
@@ -285,15 +264,8 @@ impl Session {
         let key = self.key()?;
         let (parts, n, len) = {
             let mut guard = self.flows.borrow_mut();
-            let flows = guard.as_mut().ok_or_else(|| {
-                ClientError::BadInput("no flows are loaded: load a family first".into())
-            })?;
-            let r = match route {
-                FlowRoute::TrueClass(labels) => Route::TrueClass(labels),
-                FlowRoute::Agnostic => Route::Agnostic,
-                FlowRoute::Class(k) => Route::Class(*k),
-            };
-            let parts = flows.apply(&key, pixels, r, decrypt, &self.device)?;
+            let flows = guard.as_mut().ok_or_else(no_flows)?;
+            let parts = flows.apply(&key, pixels, route, decrypt, &self.device)?;
             let len = flows.shape().len();
             (parts, pixels.len() / len, len)
         };
@@ -303,8 +275,11 @@ impl Session {
     /// Decodes PNG/JPEG files to the loaded flows' shape (the native decoder, so a file gives the
     /// same pixels here and in `veil`), quantised to the flows' levels. Errors name the file.
     pub fn decode_images(&self, files: &[(String, Vec<u8>)]) -> Result<Vec<f32>, ClientError> {
-        let shape = self.flows_shape()?;
-        let levels = self.flows_info().map_or(256, |i| i.levels).max(2) as f32;
+        let (shape, levels) = {
+            let guard = self.flows.borrow();
+            let flows = guard.as_ref().ok_or_else(no_flows)?;
+            (flows.shape(), flows.levels().max(2) as f32)
+        };
         let mut out = Vec::with_capacity(files.len() * shape.len());
         for (name, bytes) in files {
             let px = veil::data::decode_image(name, bytes, shape)
@@ -327,9 +302,7 @@ impl Session {
     ) -> Result<Vec<u8>, ClientError> {
         let key = self.key()?;
         let guard = self.flows.borrow();
-        let flows = guard.as_ref().ok_or_else(|| {
-            ClientError::BadInput("no flows are loaded: load a family first".into())
-        })?;
+        let flows = guard.as_ref().ok_or_else(no_flows)?;
         flows.container(&key, ciphertexts, labels, agnostic)
     }
 
@@ -358,4 +331,8 @@ impl Session {
         };
         Ok((summary, c.dataset.images, c.dataset.labels))
     }
+}
+
+fn no_flows() -> ClientError {
+    ClientError::BadInput("no flows are loaded: load a family first".into())
 }

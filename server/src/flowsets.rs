@@ -27,7 +27,7 @@ use crate::{AppError, AppState};
 pub struct FlowFamily {
     /// The family's name in URLs (`digits`, or the `--flows` name).
     pub name: String,
-    manifest_text: String,
+    manifest_text: Bytes,
     manifest: FlowManifest,
     files: BTreeMap<String, Bytes>,
 }
@@ -66,7 +66,7 @@ impl FlowFamily {
     pub fn new(
         name: &str,
         manifest_text: String,
-        files: BTreeMap<String, Vec<u8>>,
+        mut files: BTreeMap<String, Bytes>,
     ) -> Result<Self> {
         if name.is_empty()
             || name.len() > 40
@@ -78,7 +78,7 @@ impl FlowFamily {
         }
         let set = FlowSet::load(
             &manifest_text,
-            |f| files.get(f).map(Vec::as_slice),
+            |f| files.get(f).map(|b| b.as_ref()),
             &Device::flex(),
         )
         .with_context(|| format!("flow family {name}"))?;
@@ -86,15 +86,11 @@ impl FlowFamily {
             .manifest
             .flows
             .iter()
-            .filter_map(|e| {
-                files
-                    .get(&e.file)
-                    .map(|b| (e.file.clone(), Bytes::from(b.clone())))
-            })
+            .filter_map(|e| files.remove(&e.file).map(|b| (e.file.clone(), b)))
             .collect();
         Ok(Self {
             name: name.to_owned(),
-            manifest_text,
+            manifest_text: Bytes::from(manifest_text),
             manifest: set.manifest,
             files,
         })
@@ -104,7 +100,7 @@ impl FlowFamily {
     pub fn embedded_digits() -> Result<Self> {
         let files = crate::embedded::DIGITS_FLOW_FILES
             .iter()
-            .map(|(n, b)| ((*n).to_owned(), b.to_vec()))
+            .map(|(n, b)| ((*n).to_owned(), Bytes::from_static(b)))
             .collect();
         Self::new(
             "digits",
@@ -133,7 +129,7 @@ impl FlowFamily {
             let path = dir.join(&entry.file);
             let bytes =
                 std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-            files.insert(entry.file.clone(), bytes);
+            files.insert(entry.file.clone(), Bytes::from(bytes));
         }
         Self::new(name, text, files)
     }
@@ -264,11 +260,14 @@ mod tests {
     fn families_refuse_bad_names_and_broken_weights() {
         let err = FlowFamily::new("Bad Name", String::new(), BTreeMap::new()).unwrap_err();
         assert!(err.to_string().contains("a-z"), "{err}");
-        let mut files: BTreeMap<String, Vec<u8>> = crate::embedded::DIGITS_FLOW_FILES
+        let mut files: BTreeMap<String, Bytes> = crate::embedded::DIGITS_FLOW_FILES
             .iter()
-            .map(|(n, b)| ((*n).to_owned(), b.to_vec()))
+            .map(|(n, b)| ((*n).to_owned(), Bytes::from_static(b)))
             .collect();
-        files.insert("flow-class-3.bpk".into(), b"not a burnpack".to_vec());
+        files.insert(
+            "flow-class-3.bpk".into(),
+            Bytes::from_static(b"not a burnpack"),
+        );
         let err = FlowFamily::new(
             "digits",
             crate::embedded::DIGITS_FLOWS_MANIFEST.into(),

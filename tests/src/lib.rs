@@ -267,6 +267,27 @@ impl Browser {
         }
     }
 
+    /// Waits for a page's client to start (its `#backend` badge) and checks that it runs on the
+    /// backend `mode` must give; fails at once with the page's reason if it could not start.
+    pub async fn wait_backend(&self, mode: GpuMode, timeout: Duration) -> Result<()> {
+        let backend = self
+            .wait_for(
+                "the client to start",
+                "const s = document.getElementById('backend'); \
+                 if (s.classList.contains('failed')) return 'failed: ' + s.textContent; \
+                 return s.dataset.backend || null;",
+                timeout,
+            )
+            .await?;
+        if backend != mode.expected_backend() {
+            bail!(
+                "the page reports backend {backend}, not {}",
+                mode.expected_backend()
+            );
+        }
+        Ok(())
+    }
+
     /// Waits for a file to appear in the download folder and returns its path.
     pub async fn wait_for_download(&self, timeout: Duration) -> Result<PathBuf> {
         let started = Instant::now();

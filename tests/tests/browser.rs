@@ -34,20 +34,7 @@ async fn key_round_trip_and_local_classification() -> Result<()> {
 async fn journey(b: &Browser, url: &str, mode: GpuMode) -> Result<()> {
     let c = &b.client;
     c.goto(url).await?;
-    let backend = b
-        .wait_for(
-            "the client to start",
-            "const s = document.getElementById('backend'); \
-             if (s.classList.contains('failed')) return 'failed: ' + s.textContent; \
-             return s.dataset.backend || null;",
-            LONG,
-        )
-        .await?;
-    assert_eq!(
-        backend,
-        mode.expected_backend(),
-        "the page reports backend {backend}"
-    );
+    b.wait_backend(mode, LONG).await?;
 
     // Generate a key.
     c.find(Locator::Id("key-name")).await?.clear().await?;

@@ -45,23 +45,6 @@ async fn flow_rotation_journey_sends_only_ciphertexts() -> Result<()> {
     result
 }
 
-async fn wait_backend(b: &Browser, mode: GpuMode) -> Result<()> {
-    let backend = b
-        .wait_for(
-            "the client to start",
-            "const s = document.getElementById('backend'); \
-             if (s.classList.contains('failed')) return 'failed: ' + s.textContent; \
-             return s.dataset.backend || null;",
-            LONG,
-        )
-        .await?;
-    ensure!(
-        backend == mode.expected_backend(),
-        "the page reports backend {backend}"
-    );
-    Ok(())
-}
-
 /// Waits for `body.dataset[field]` to be one of `ok`, failing early on `failed` with the page's
 /// message.
 async fn wait_state(
@@ -111,7 +94,7 @@ async fn journey(b: &Browser, base: &str, mode: GpuMode, rec: &Recording) -> Res
     let key_path = dir.path().join("journey-key.json");
     std::fs::write(&key_path, &key_text)?;
     c.goto(&format!("{base}/keys.html")).await?;
-    wait_backend(b, mode).await?;
+    b.wait_backend(mode, LONG).await?;
     c.find(Locator::Id("import-file"))
         .await?
         .send_keys(&key_path.display().to_string())
@@ -143,7 +126,7 @@ async fn journey(b: &Browser, base: &str, mode: GpuMode, rec: &Recording) -> Res
     let train_dir = dir.path().join("train");
     write_folder(&train, &train_dir)?;
     c.goto(&format!("{base}/encrypt.html")).await?;
-    wait_backend(b, mode).await?;
+    b.wait_backend(mode, LONG).await?;
     b.wait_for(
         "the flows and the stored key",
         &format!(
@@ -171,7 +154,7 @@ async fn journey(b: &Browser, base: &str, mode: GpuMode, rec: &Recording) -> Res
 
     // 3. Train in the factory: upload the page's container, train a small CNN, follow it.
     c.goto(&format!("{base}/train.html")).await?;
-    wait_backend(b, mode).await?;
+    b.wait_backend(mode, LONG).await?;
     b.wait_for(
         "the dataset summary",
         "return !document.getElementById('upload').disabled;",
@@ -228,7 +211,7 @@ async fn journey(b: &Browser, base: &str, mode: GpuMode, rec: &Recording) -> Res
 
     // 5. The sample digits built into the page encrypt too (and send nothing).
     c.goto(&format!("{base}/encrypt.html")).await?;
-    wait_backend(b, mode).await?;
+    b.wait_backend(mode, LONG).await?;
     b.wait_for(
         "the flows",
         "return document.body.dataset.flows === 'digits' && !document.getElementById('sample-row').hidden;",
@@ -265,11 +248,13 @@ async fn journey(b: &Browser, base: &str, mode: GpuMode, rec: &Recording) -> Res
 
     let device = Device::flex();
     let flows = veil_server::embedded::digits_flows(&device)?;
+    let encryptors: Vec<_> = (0..flows.per_class.len())
+        .map(|k| flows.class_encryptor(&key, k, &device))
+        .collect();
     let encrypt = |d: &ImageDataset, class: Option<u32>| -> Vec<f32> {
         let mut out = Vec::with_capacity(d.images.len());
         for i in 0..d.len() {
-            let k = class.unwrap_or(d.labels[i]) as usize;
-            let enc = flows.class_encryptor(&key, k, &device);
+            let enc = &encryptors[class.unwrap_or(d.labels[i]) as usize];
             out.extend(
                 enc.encrypt_for_routing(d.images_tensor(i..i + 1, &device))
                     .into_data()
@@ -368,7 +353,7 @@ async fn classify_folder(
     let c = &b.client;
     c.goto(&format!("{base}/classify.html?model={model}"))
         .await?;
-    wait_backend(b, mode).await?;
+    b.wait_backend(mode, LONG).await?;
     b.wait_for(
         "the model and its flows",
         "return document.body.dataset.ready === 'true';",
