@@ -10,10 +10,14 @@
 use veil::burn::tensor::{Device, Tensor};
 use veil::container::{self, ContainerMeta, PixelType};
 use veil::data::{ImageDataset, ImageShape, images_tensor};
-use veil::flow_rotation::{FlowEncryptor, FlowSet};
+use veil::flow_rotation::{FlowEncryptor, FlowManifest, FlowSet};
 use veil::keys::MasterKey;
 
+use crate::finetune::Slot;
 use crate::session::ClientError;
+
+/// Named files: a family's burnpack flows, by the names its manifest uses.
+pub type NamedFiles = Vec<(String, Vec<u8>)>;
 
 /// Images per tensor batch: bounds the memory a call takes on either backend.
 const CHUNK: usize = 256;
@@ -31,6 +35,8 @@ pub struct FlowsInfo {
     pub levels: usize,
     /// Whether route (b) is available.
     pub agnostic: bool,
+    /// What the flows were trained on (the manifest's `data`; fine-tuned flows say so).
+    pub data: String,
 }
 
 /// Which flows and keys encrypt a batch.
@@ -50,6 +56,9 @@ pub struct Flows {
     family: String,
     set: FlowSet,
     shape: ImageShape,
+    /// The files the manifest names (burnpack bytes), kept to start fine-tuning from and to
+    /// export the family.
+    files: NamedFiles,
     /// `(key fingerprint, per-class encryptors, agnostic encryptor)`.
     encryptors: Option<(String, Vec<FlowEncryptor>, Option<FlowEncryptor>)>,
 }
@@ -75,12 +84,93 @@ impl Flows {
         .map_err(|e| ClientError::BadInput(format!("the {family} flows: {e}")))?;
         let g = &set.manifest.glow;
         let shape = ImageShape::new(g.channels, g.height, g.width);
+        let files = set
+            .manifest
+            .flows
+            .iter()
+            .filter_map(|e| files.iter().find(|(n, _)| *n == e.file).cloned())
+            .collect();
         Ok(Self {
             family: family.to_owned(),
             set,
             shape,
+            files,
             encryptors: None,
         })
+    }
+
+    /// The manifest the flows were loaded from (updated by [`Flows::install`]).
+    pub fn manifest(&self) -> &FlowManifest {
+        &self.set.manifest
+    }
+
+    /// The current weights of one flow (burnpack bytes).
+    pub fn flow_bytes(&self, slot: Slot) -> Result<Vec<u8>, ClientError> {
+        let name = slot.name();
+        self.set
+            .manifest
+            .flows
+            .iter()
+            .find(|e| e.name == name)
+            .and_then(|e| self.files.iter().find(|(n, _)| *n == e.file))
+            .map(|(_, b)| b.clone())
+            .ok_or_else(|| {
+                ClientError::BadInput(format!("the {} flows have no flow {name}", self.family))
+            })
+    }
+
+    /// Replaces flows by fine-tuned ones (burnpack bytes, loaded onto `device`), renames the
+    /// family and records in its manifest what the flows were tuned on and their new held-out
+    /// bits/dim. The key's encryptors are rebuilt on next use.
+    pub fn install(
+        &mut self,
+        family: &str,
+        data: &str,
+        tuned: &[(Slot, Vec<u8>)],
+        held_out_bits_per_dim: &[(Slot, f32)],
+        device: &Device,
+    ) -> Result<FlowsInfo, ClientError> {
+        if family.trim().is_empty() {
+            return Err(ClientError::BadInput("name the fine-tuned flows".into()));
+        }
+        let config = self.set.manifest.glow.clone();
+        let mut loaded = Vec::with_capacity(tuned.len());
+        for (slot, bytes) in tuned {
+            loaded.push((*slot, config.load(bytes, device)?, bytes.clone()));
+        }
+        for (slot, glow, bytes) in loaded {
+            let name = slot.name();
+            match slot {
+                Slot::Class(k) => self.set.per_class[k] = glow,
+                Slot::Agnostic => self.set.agnostic = Some(glow),
+            }
+            let entry = self
+                .set
+                .manifest
+                .flows
+                .iter_mut()
+                .find(|e| e.name == name)
+                .ok_or_else(|| ClientError::BadInput(format!("no flow {name} to replace")))?;
+            entry.held_out_bits_per_dim = held_out_bits_per_dim
+                .iter()
+                .find(|(s, _)| *s == slot)
+                .map(|&(_, b)| f64::from(b));
+            match self.files.iter_mut().find(|(n, _)| *n == entry.file) {
+                Some((_, b)) => *b = bytes,
+                None => self.files.push((entry.file.clone(), bytes)),
+            }
+        }
+        self.family = family.trim().to_owned();
+        self.set.manifest.data = data.to_owned();
+        self.encryptors = None;
+        Ok(self.info())
+    }
+
+    /// The family as files: the manifest's JSON text and the files it names.
+    pub fn export(&self) -> Result<(String, NamedFiles), ClientError> {
+        let manifest = serde_json::to_string_pretty(&self.set.manifest)
+            .map_err(|e| ClientError::BadInput(format!("the manifest cannot be written: {e}")))?;
+        Ok((manifest, self.files.clone()))
     }
 
     /// What the page shows.
@@ -91,6 +181,7 @@ impl Flows {
             classes: self.set.manifest.classes.clone(),
             levels: self.levels(),
             agnostic: self.set.agnostic.is_some(),
+            data: self.set.manifest.data.clone(),
         }
     }
 
@@ -119,6 +210,21 @@ impl Flows {
             .collect();
         let agnostic = self.set.agnostic_encryptor(key, device);
         self.encryptors = Some((fp, per_class, agnostic));
+    }
+
+    /// The encryptor of one flow under `key` (computing the key's rotations on first use).
+    pub fn encryptor(
+        &mut self,
+        key: &MasterKey,
+        slot: Slot,
+        device: &Device,
+    ) -> Option<FlowEncryptor> {
+        self.prepare(key, device);
+        let (_, per_class, agnostic) = self.encryptors.as_ref()?;
+        match slot {
+            Slot::Class(k) => per_class.get(k).cloned(),
+            Slot::Agnostic => agnostic.clone(),
+        }
     }
 
     /// Checks a batch: a whole number of images of the flows' shape, finite values.
@@ -250,11 +356,7 @@ pub async fn read_all(
 ) -> Result<Vec<f32>, ClientError> {
     let mut out = vec![0.0f32; n * len];
     for (idx, t) in parts {
-        let data = t.into_data_async().await.map_err(|e| ClientError::Device {
-            backend,
-            message: format!("{e:?}"),
-        })?;
-        let values = data.iter::<f32>().collect::<Vec<_>>();
+        let values = crate::finetune::read_vec(t, backend).await?;
         for (j, &i) in idx.iter().enumerate() {
             out[i * len..(i + 1) * len].copy_from_slice(&values[j * len..(j + 1) * len]);
         }

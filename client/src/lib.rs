@@ -10,6 +10,7 @@
 //!   is testable natively;
 //! - `web`: the only `#[wasm_bindgen]` file, a thin layer turning errors into `JsError`.
 
+pub mod finetune;
 pub mod flows;
 pub mod session;
 pub mod state;

@@ -9,8 +9,9 @@ use veil::keyfile::{KdfCost, KeyFile, KeyFileError};
 use veil::keys::{KeyError, MasterKey};
 use veil::model::{Classifier, ModelCard, ModelError, SmallCnn, demo};
 
+use crate::finetune::{FineTune, FineTuneOptions, FineTunePlan, FineTuneProgress, Slot};
 pub use crate::flows::FlowRoute;
-use crate::flows::{Flows, FlowsInfo, check_batch, read_all};
+use crate::flows::{Flows, FlowsInfo, NamedFiles, check_batch, read_all};
 use crate::state::{Backend, init_device};
 
 /// Errors a page shows to its user.
@@ -64,6 +65,8 @@ pub struct Session {
     key: RefCell<Option<(MasterKey, String)>>,
     /// Flow rotation's flows, once loaded. Borrowed briefly, never across an `await`.
     flows: RefCell<Option<Flows>>,
+    /// A fine-tuning run of the loaded flows, between calls (taken out while a call runs).
+    fine_tune: RefCell<Option<FineTune>>,
 }
 
 /// A dataset container read back in the page.
@@ -96,6 +99,7 @@ impl Session {
             model,
             key: RefCell::new(None),
             flows: RefCell::new(None),
+            fine_tune: RefCell::new(None),
         })
     }
 
@@ -237,6 +241,7 @@ impl Session {
         let flows = Flows::load(family, manifest, files, &self.device)?;
         let info = flows.info();
         *self.flows.borrow_mut() = Some(flows);
+        *self.fine_tune.borrow_mut() = None;
         Ok(info)
     }
 
@@ -330,6 +335,116 @@ impl Session {
             description: c.meta.description,
         };
         Ok((summary, c.dataset.images, c.dataset.labels))
+    }
+}
+
+impl Session {
+    // --- fine-tuning the flows ---------------------------------------------------------------
+
+    /// Plans fine-tuning the loaded flows on labelled images of their shape (see
+    /// [`crate::finetune`]), replacing any run in progress. Run it with
+    /// [`Session::fine_tune_run`].
+    pub fn fine_tune_begin(
+        &self,
+        pixels: Vec<f32>,
+        labels: Vec<u32>,
+        options: FineTuneOptions,
+    ) -> Result<FineTunePlan, ClientError> {
+        let run = {
+            let guard = self.flows.borrow();
+            let flows = guard.as_ref().ok_or_else(no_flows)?;
+            check_batch(&pixels, flows.shape())?;
+            let agnostic = flows.info().agnostic;
+            FineTune::plan(pixels, labels, flows.manifest(), agnostic, options)?
+        };
+        let plan = run.plan_info().clone();
+        *self.fine_tune.borrow_mut() = Some(run);
+        Ok(plan)
+    }
+
+    /// Runs up to `max_steps` steps of the run in progress; the page calls it repeatedly until
+    /// `finished`, showing the progress in between.
+    pub async fn fine_tune_run(&self, max_steps: usize) -> Result<FineTuneProgress, ClientError> {
+        let mut run =
+            self.fine_tune.borrow_mut().take().ok_or_else(|| {
+                ClientError::BadInput("no fine-tuning run: start one first".into())
+            })?;
+        let served = |slot: Slot| {
+            self.flows
+                .borrow()
+                .as_ref()
+                .ok_or_else(no_flows)?
+                .flow_bytes(slot)
+        };
+        // The key's rotation of each flow, to measure which images it can encrypt.
+        let key = self.key().ok();
+        let encryptor = |slot: Slot| {
+            let key = key.as_ref()?;
+            self.flows
+                .borrow_mut()
+                .as_mut()?
+                .encryptor(key, slot, &self.device)
+        };
+        let result = run
+            .run(
+                max_steps,
+                served,
+                encryptor,
+                &self.device,
+                self.backend.label(),
+            )
+            .await;
+        // A failed run is dropped: its flow diverged or the device failed.
+        if result.is_ok() {
+            *self.fine_tune.borrow_mut() = Some(run);
+        }
+        result
+    }
+
+    /// Abandons the run in progress; the loaded flows stay as they were.
+    pub fn fine_tune_cancel(&self) {
+        *self.fine_tune.borrow_mut() = None;
+    }
+
+    /// Puts the fine-tuned flows of a finished run in place of the served ones, under the name
+    /// `family`, and returns the family's new description.
+    pub fn fine_tune_apply(&self, family: &str) -> Result<FlowsInfo, ClientError> {
+        let run =
+            self.fine_tune.borrow_mut().take().ok_or_else(|| {
+                ClientError::BadInput("no fine-tuning run: start one first".into())
+            })?;
+        if !run.finished() {
+            *self.fine_tune.borrow_mut() = Some(run);
+            return Err(ClientError::BadInput(
+                "the fine-tuning run has not finished".into(),
+            ));
+        }
+        let mut guard = self.flows.borrow_mut();
+        let flows = guard.as_mut().ok_or_else(no_flows)?;
+        let images = run
+            .reports()
+            .iter()
+            .map(|r| r.train_images + if r.held_out { r.held_out_images } else { 0 })
+            .max()
+            .unwrap_or(0);
+        let data = format!(
+            "{}, fine-tuned in the browser on {images} of the owner's images ({} steps per flow)",
+            flows.manifest().data,
+            run.plan_info().total_steps / run.plan_info().flows.len().max(1)
+        );
+        let bpd: Vec<(Slot, f32)> = run
+            .tuned()
+            .iter()
+            .zip(run.reports())
+            .map(|((slot, _), r)| (*slot, r.after.bits_per_dim))
+            .collect();
+        flows.install(family, &data, run.tuned(), &bpd, &self.device)
+    }
+
+    /// The loaded family as files (manifest text, then the files it names), e.g. to keep
+    /// fine-tuned flows in the browser's storage.
+    pub fn export_flows(&self) -> Result<(String, NamedFiles), ClientError> {
+        self.flows.borrow().as_ref().ok_or_else(no_flows)?.export()
     }
 }
 

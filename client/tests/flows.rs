@@ -187,3 +187,300 @@ fn decoded_files_give_the_dataset_pixels() {
     let decoded = session.decode_images(&files).unwrap();
     assert_eq!(decoded, data.images[..5 * 64]);
 }
+
+// --- fine-tuning the flows in the page ---------------------------------------------------------
+
+use veil::burn::module::Module;
+use veil::data::ImageDataset;
+use veil::flow_train::{FlowTrainOptions, train_flow};
+use veil_client::finetune::{FineTuneOptions, FineTuneTarget, Slot};
+
+/// Runs a planned fine-tuning to the end in calls of `chunk` steps, as the worker does.
+fn run_to_end(session: &Session, chunk: usize) -> veil_client::finetune::FineTuneProgress {
+    loop {
+        let p = block_on(session.fine_tune_run(chunk)).unwrap();
+        assert!(p.done_steps <= p.total_steps);
+        if p.finished {
+            return p;
+        }
+    }
+}
+
+/// Digits written light on dark instead of dark on light: data the served flows never saw.
+fn inverted(d: &ImageDataset) -> ImageDataset {
+    let mut d = d.clone();
+    d.images.iter_mut().for_each(|v| *v = 1.0 - *v);
+    d
+}
+
+#[test]
+fn fine_tuning_one_flow_takes_exactly_the_native_trainers_steps() {
+    let key = MasterKey::from_bytes([22; 32]);
+    let session = session_with_key(&key);
+    let data = digits().subset(&(0..300).collect::<Vec<_>>());
+    let options = FineTuneOptions {
+        target: FineTuneTarget::Class(3),
+        steps: 4,
+        batch_size: 8,
+        learning_rate: 5e-4,
+        warmup_steps: 3,
+        held_out: 0.0,
+        seed: 5,
+    };
+    // Class 3 has 29 images here: 4 steps of 8 = one whole epoch (ceil(29 / 8) = 4 steps).
+    let plan = session
+        .fine_tune_begin(data.images.clone(), data.labels.clone(), options)
+        .unwrap();
+    assert_eq!(plan.flows.len(), 1);
+    assert_eq!(plan.flows[0].train_images, 29);
+    assert_eq!(plan.total_steps, 4);
+    let progress = run_to_end(&session, 3);
+    assert_eq!(progress.done_steps, 4);
+    session.fine_tune_apply("tuned").unwrap();
+    let (manifest, files) = session.export_flows().unwrap();
+
+    // The same steps through the native trainer.
+    let (served_manifest, served_files) = shipped_flows();
+    let set = FlowSet::load(
+        &served_manifest,
+        |n| {
+            served_files
+                .iter()
+                .find(|(f, _)| f == n)
+                .map(|(_, b)| b.as_slice())
+        },
+        &Device::flex(),
+    )
+    .unwrap();
+    let ad = Device::flex().autodiff();
+    let glow = set
+        .manifest
+        .glow
+        .load(&set.per_class[3].to_bytes().unwrap(), &ad)
+        .unwrap();
+    let (train, _) = data.split(0.0, 5);
+    let class3 = train.subset(
+        &(0..train.len())
+            .filter(|&i| train.labels[i] == 3)
+            .collect::<Vec<_>>(),
+    );
+    let native = train_flow(
+        glow,
+        &class3,
+        set.manifest.preprocess,
+        FlowTrainOptions {
+            epochs: 1,
+            batch_size: 8,
+            learning_rate: 5e-4,
+            warmup_steps: 3,
+            max_grad_norm: FlowTrainOptions::default().max_grad_norm,
+            seed: Slot::Class(3).seed(5),
+        },
+        &ad,
+        |_| veil::train::Control::Continue,
+    )
+    .unwrap()
+    .valid();
+    let tuned = files
+        .iter()
+        .find(|(n, _)| n == "flow-class-3.bpk")
+        .map(|(_, b)| b.clone())
+        .unwrap();
+    assert_eq!(
+        tuned,
+        native.to_bytes().unwrap(),
+        "the page's steps differ from the native trainer's"
+    );
+    // The other flows are the served ones, byte for byte, and the manifest says what happened.
+    let served4 = served_files
+        .iter()
+        .find(|(n, _)| n == "flow-class-4.bpk")
+        .unwrap();
+    assert!(files.contains(served4));
+    assert_ne!(
+        tuned,
+        served_files
+            .iter()
+            .find(|(n, _)| n == "flow-class-3.bpk")
+            .unwrap()
+            .1
+    );
+    assert!(manifest.contains("fine-tuned in the browser"), "{manifest}");
+}
+
+#[test]
+fn fine_tuning_on_unseen_data_improves_likelihood_and_gaussianity_and_still_round_trips() {
+    let key = MasterKey::from_bytes([23; 32]);
+    let session = session_with_key(&key);
+    let owner = inverted(&digits().subset(&(0..600).collect::<Vec<_>>()));
+    let options = FineTuneOptions {
+        target: FineTuneTarget::Agnostic,
+        steps: 400,
+        learning_rate: 1e-3,
+        ..FineTuneOptions::default()
+    };
+    let plan = session
+        .fine_tune_begin(owner.images.clone(), owner.labels.clone(), options)
+        .unwrap();
+    assert_eq!(
+        plan.flows[0].train_images + plan.flows[0].held_out_images,
+        600
+    );
+    assert_eq!(plan.flows[0].held_out_images, 120);
+    let progress = run_to_end(&session, 25);
+    let r = &progress.reports[0];
+    assert_eq!(r.name, "agnostic");
+    assert!(r.held_out);
+    // The served flow models upright digits; on inverted ones it is far off, and 400 steps on
+    // 480 of them bring the 120 held-out ones close to where it is on its own data (2.3 bits/dim
+    // and a sliced W1 of 0.21 in assets/flows/digits/flows.json).
+    assert!(r.before.bits_per_dim > 20.0, "{r:?}");
+    assert!(r.after.bits_per_dim < 2.6, "{r:?}");
+    assert!(r.after.gaussianity.sliced_wasserstein < 0.3, "{r:?}");
+    // The served flow cannot encrypt most of them (its inverse overflows on their rotated
+    // latents); the fine-tuned one encrypts every one.
+    assert!(r.before.encryptable.unwrap() < 0.5, "{r:?}");
+    assert_eq!(r.after.encryptable, Some(1.0), "{r:?}");
+    assert!(
+        r.after.bits_per_dim < 0.8 * r.before.bits_per_dim,
+        "held-out bits/dim {} → {}",
+        r.before.bits_per_dim,
+        r.after.bits_per_dim
+    );
+    assert!(
+        r.after.gaussianity.sliced_wasserstein < 0.7 * r.before.gaussianity.sliced_wasserstein,
+        "sliced W1 {} → {}",
+        r.before.gaussianity.sliced_wasserstein,
+        r.after.gaussianity.sliced_wasserstein
+    );
+    let info = session.fine_tune_apply("inverted digits").unwrap();
+    assert_eq!(info.family, "inverted digits");
+    assert!(
+        info.data.contains("fine-tuned in the browser on 600"),
+        "{}",
+        info.data
+    );
+
+    // The fine-tuned flow encrypts along route (b) and decrypts exactly.
+    let c = block_on(session.flow_apply(&owner.images, &FlowRoute::Agnostic, false));
+    for i in 0..600 {
+        if block_on(session.flow_apply(
+            &owner.images[i * 64..(i + 1) * 64],
+            &FlowRoute::Agnostic,
+            false,
+        ))
+        .is_err()
+        {
+            eprint!("{i} ");
+        }
+    }
+    let c = c.unwrap();
+    let back = block_on(session.flow_apply(&c, &FlowRoute::Agnostic, true)).unwrap();
+    let err = back
+        .iter()
+        .zip(&owner.images)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert_eq!(err, 0.0, "the fine-tuned flow does not round-trip");
+    // Exported and loaded again (as the pages do from IndexedDB), it encrypts the same.
+    let (manifest, files) = session.export_flows().unwrap();
+    let again = session_with_key(&key);
+    again
+        .load_flows("inverted digits", &manifest, &files)
+        .unwrap();
+    let c2 = block_on(again.flow_apply(&owner.images, &FlowRoute::Agnostic, false)).unwrap();
+    assert_eq!(c, c2);
+    // The served flow refuses them.
+    let served = session_with_key(&key);
+    let refused = block_on(served.flow_apply(&owner.images, &FlowRoute::Agnostic, false))
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("non-finite"), "{refused}");
+}
+
+#[test]
+fn fine_tuning_refuses_what_it_cannot_do() {
+    let session = session_with_key(&MasterKey::from_bytes([24; 32]));
+    // 60 digits, of which only the first 3 of class 0.
+    let all = digits();
+    let keep: Vec<usize> = (0..all.len())
+        .filter(|&i| all.labels[i] != 0 || (0..i).filter(|&j| all.labels[j] == 0).count() < 3)
+        .take(60)
+        .collect();
+    let data = all.subset(&keep);
+    let begin = |options: FineTuneOptions| {
+        session
+            .fine_tune_begin(data.images.clone(), data.labels.clone(), options)
+            .unwrap_err()
+            .to_string()
+    };
+    let d = FineTuneOptions::default();
+    assert!(begin(FineTuneOptions { steps: 0, ..d }).contains("at least 1"));
+    assert!(
+        begin(FineTuneOptions {
+            learning_rate: f64::NAN,
+            ..d
+        })
+        .contains("learning rate")
+    );
+    assert!(
+        begin(FineTuneOptions {
+            held_out: 0.95,
+            ..d
+        })
+        .contains("held-out")
+    );
+    assert!(
+        begin(FineTuneOptions {
+            target: FineTuneTarget::Class(10),
+            ..d
+        })
+        .contains("class 10")
+    );
+    // 3 images of class 0: too few for a flow of its own.
+    let few = session
+        .fine_tune_begin(
+            data.images.clone(),
+            data.labels.clone(),
+            FineTuneOptions {
+                target: FineTuneTarget::Class(0),
+                ..d
+            },
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(few.contains("at least 5"), "{few}");
+    // With all flows, the small classes are skipped and said so.
+    let plan = session
+        .fine_tune_begin(data.images.clone(), data.labels.clone(), d)
+        .unwrap();
+    assert!(plan.flows.iter().any(|f| f.name == "agnostic"));
+    assert!(
+        plan.skipped.iter().any(|s| s.contains("class 0")),
+        "{:?}",
+        plan.skipped
+    );
+    // Applying before the end, or running with nothing planned, is refused.
+    assert!(
+        session
+            .fine_tune_apply("x")
+            .unwrap_err()
+            .to_string()
+            .contains("not finished")
+    );
+    session.fine_tune_cancel();
+    assert!(
+        block_on(session.fine_tune_run(1))
+            .unwrap_err()
+            .to_string()
+            .contains("start one")
+    );
+    // Wrong-sized pixels are refused before anything runs.
+    assert!(
+        session
+            .fine_tune_begin(vec![0.5; 65], vec![0], d)
+            .unwrap_err()
+            .to_string()
+            .contains("whole number")
+    );
+}

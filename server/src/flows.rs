@@ -161,7 +161,7 @@ pub fn train(args: FlowTrainArgs) -> Result<()> {
         let eval = Device::flex();
         eval.seed(args.seed);
         let bpd = evaluate_bits_per_dim(&glow, &test_part, pre, &eval);
-        let latents = held_out_latents(&glow, &test_part, pre);
+        let latents = crate::experiments::flow::latents(&glow, &test_part, pre);
         let report = probe(&latents.0, latents.1, 128, args.seed);
         eprintln!("flow {name}: held-out {bpd:.3} bits/dim. {report}");
         flows.push(json!({ "name": name, "file": format!("flow-{name}.bpk"), "held_out_bits_per_dim": bpd, "gaussianity": report }));
@@ -262,12 +262,4 @@ fn train_one(
         return Err(e.context(format!("saving the checkpoint of flow {name}")));
     }
     Ok(glow.valid())
-}
-
-fn held_out_latents(glow: &Glow, data: &ImageDataset, pre: Preprocess) -> (Vec<f32>, usize) {
-    let device = Device::flex();
-    let (s, _) = pre.to_logit(data.images_tensor(0..data.len(), &device), false);
-    let flat = Glow::flatten_latents(glow.forward(s).eps);
-    let dims = flat.dims()[1];
-    (flat.into_data().iter::<f32>().collect(), dims)
 }

@@ -50,6 +50,14 @@ impl FlowEncryptor {
         }
     }
 
+    /// The same rotation with another flow of the same architecture (e.g. a fine-tuned one).
+    pub fn with_glow(&self, glow: Glow) -> Self {
+        Self {
+            glow,
+            ..self.clone()
+        }
+    }
+
     fn rotate(&self, s: Tensor<4>, matrix: &Tensor<2>) -> Tensor<4> {
         let eps = self.glow.forward(s).eps;
         let flat = Glow::flatten_latents(eps).matmul(matrix.clone());

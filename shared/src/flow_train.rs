@@ -4,14 +4,14 @@
 //! first layer whose output is NaN or infinite.
 
 use burn::grad_clipping::GradientClippingConfig;
-use burn::optim::{AdamConfig, GradientsParams};
+use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha20Rng;
 
 use crate::data::ImageDataset;
-use crate::glow::{Glow, Preprocess};
+use crate::glow::{Glow, Preprocess, dequantization_noise};
 use crate::train::Control;
 
 /// Hyper-parameters of [`train_flow`].
@@ -126,47 +126,28 @@ pub fn train_flow_resumable(
             "the data is empty, or epochs or batch size is zero".into(),
         ));
     }
-    let dims = data.shape.len();
-    let mut optimizer = AdamConfig::new()
-        .with_grad_clipping(Some(GradientClippingConfig::Norm(options.max_grad_norm)))
-        .init();
-    let (first_epoch, mut global_step) = match resume {
-        Some(c) => {
-            optimizer = optimizer
-                .from_bytes(burn::tensor::Bytes::from_bytes_vec(c.optimizer.clone()))
-                .map_err(|e| {
-                    FlowTrainError::Invalid(format!(
-                        "the checkpoint's optimizer state cannot be read: {e}"
-                    ))
-                })?;
-            (c.epoch + 1, c.global_step)
-        }
-        None => (1, 0),
+    let mut stepper = match resume {
+        Some(c) => FlowStepper::resume(options, pre, c)?,
+        None => FlowStepper::new(options, pre),
     };
+    let first_epoch = resume.map_or(1, |c| c.epoch + 1);
     let steps_per_epoch = data.len().div_ceil(options.batch_size);
     for epoch in first_epoch..=options.epochs {
-        let mut rng = ChaCha20Rng::seed_from_u64(
-            options.seed ^ (epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
-        );
-        let mut order: Vec<usize> = (0..data.len()).collect();
-        order.shuffle(&mut rng);
-        let shuffled = data.subset(&order);
+        let shuffled = data.subset(&epoch_order(data.len(), options.seed, epoch));
         let (mut sum, mut seen) = (0.0f64, 0usize);
         for step in 0..steps_per_epoch {
-            global_step += 1;
             let range =
                 step * options.batch_size..((step + 1) * options.batch_size).min(data.len());
             let batch = range.len();
-            // The dequantisation noise of each step depends only on (seed, epoch, step), so that a
-            // resumed run draws the same noise as an uninterrupted one.
-            device.seed(options.seed ^ ((epoch as u64) << 32) ^ step as u64);
-            let (s, logdet_pre) = pre.to_logit(shuffled.images_tensor(range, device), true);
-            let out = glow.forward(s.clone());
-            let loss = pre.bits_per_dim(&out, logdet_pre, dims).mean();
-            let value = loss.clone().into_scalar::<f32>();
+            let loss = stepper.batch(
+                &glow,
+                shuffled.images_tensor(range, device),
+                step_noise_seed(options.seed, epoch, step),
+            );
+            let value = loss.loss.clone().into_scalar::<f32>();
             if !value.is_finite() {
                 let layer = glow
-                    .first_non_finite_layer(s.inner())
+                    .first_non_finite_layer(loss.logit.inner())
                     .unwrap_or_else(|| "the loss".into());
                 return Err(FlowTrainError::NonFinite {
                     layer,
@@ -174,10 +155,8 @@ pub fn train_flow_resumable(
                     step: step + 1,
                 });
             }
-            let lr = options.learning_rate
-                * (global_step as f64 / options.warmup_steps.max(1) as f64).min(1.0);
-            let grads = GradientsParams::from_grads(loss.backward(), &glow);
-            glow = optimizer.step(lr, glow, grads);
+            let lr;
+            (glow, lr) = stepper.step(glow, loss);
             sum += f64::from(value) * batch as f64;
             seen += batch;
             let report = FlowStepReport {
@@ -193,13 +172,8 @@ pub fn train_flow_resumable(
         }
         let checkpoint = FlowCheckpoint {
             epoch,
-            global_step,
-            optimizer: optimizer
-                .into_bytes()
-                .map_err(|e| {
-                    FlowTrainError::Invalid(format!("cannot save the optimizer state: {e}"))
-                })?
-                .to_vec(),
+            global_step: stepper.global_step(),
+            optimizer: stepper.optimizer_bytes()?,
             bits_per_dim: (sum / seen.max(1) as f64) as f32,
         };
         if on_epoch(&checkpoint, &glow) == Control::Stop {
@@ -207,6 +181,135 @@ pub fn train_flow_resumable(
         }
     }
     Ok(glow)
+}
+
+/// The order of the images in epoch `epoch` (1-based) of a run seeded with `seed`: a shuffle that
+/// depends only on the two, so that a resumed run, or the same run on another backend, takes the
+/// same batches.
+pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
+    let mut rng =
+        ChaCha20Rng::seed_from_u64(seed ^ (epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut rng);
+    order
+}
+
+/// The dequantisation-noise seed of step `step` (0-based) of epoch `epoch`.
+pub fn step_noise_seed(seed: u64, epoch: usize, step: usize) -> u64 {
+    seed ^ ((epoch as u64) << 32) ^ step as u64
+}
+
+/// A batch's loss before its step: read [`FlowBatchLoss::loss`], check that it is finite, then
+/// hand the batch to [`FlowStepper::step`].
+pub struct FlowBatchLoss {
+    /// Mean NLL of the batch in bits per dimension (one value, computed lazily by the device).
+    pub loss: Tensor<1>,
+    /// The batch in logit space, for [`Glow::first_non_finite_layer`] when the loss is not
+    /// finite.
+    pub logit: Tensor<4>,
+}
+
+/// Maximum-likelihood training of a [`Glow`] one step at a time (Glow §3): Adam with linear
+/// learning-rate warm-up and per-parameter gradient-norm clipping, and dequantisation noise drawn
+/// on the host ([`dequantization_noise`]), so that a run takes the same steps on every backend.
+///
+/// The loop is the caller's: [`train_flow`] is the native one, which reads each loss
+/// synchronously; the browser's reads it asynchronously (WebGPU cannot read synchronously) and
+/// yields between steps.
+pub struct FlowStepper {
+    optimizer: ModuleOptimizer,
+    options: FlowTrainOptions,
+    pre: Preprocess,
+    global_step: usize,
+}
+
+impl FlowStepper {
+    /// A fresh optimizer.
+    pub fn new(options: FlowTrainOptions, pre: Preprocess) -> Self {
+        Self {
+            optimizer: AdamConfig::new()
+                .with_grad_clipping(Some(GradientClippingConfig::Norm(options.max_grad_norm)))
+                .init(),
+            options,
+            pre,
+            global_step: 0,
+        }
+    }
+
+    /// The optimizer of a checkpoint.
+    pub fn resume(
+        options: FlowTrainOptions,
+        pre: Preprocess,
+        checkpoint: &FlowCheckpoint,
+    ) -> Result<Self, FlowTrainError> {
+        let mut stepper = Self::new(options, pre);
+        stepper.optimizer = stepper
+            .optimizer
+            .from_bytes(burn::tensor::Bytes::from_bytes_vec(
+                checkpoint.optimizer.clone(),
+            ))
+            .map_err(|e| {
+                FlowTrainError::Invalid(format!(
+                    "the checkpoint's optimizer state cannot be read: {e}"
+                ))
+            })?;
+        stepper.global_step = checkpoint.global_step;
+        Ok(stepper)
+    }
+
+    /// Steps taken.
+    pub fn global_step(&self) -> usize {
+        self.global_step
+    }
+
+    /// The loss of `glow` (on an autodiff device) on `pixels` (`[B, C, H, W]` in [0, 1]) with
+    /// the dequantisation noise of `noise_seed`.
+    pub fn batch(&self, glow: &Glow, pixels: Tensor<4>, noise_seed: u64) -> FlowBatchLoss {
+        let [b, c, h, w] = pixels.dims();
+        let u = dequantization_noise([b, c, h, w], noise_seed, &pixels.device());
+        let (logit, logdet_pre) = self.pre.to_logit_with_noise(pixels, u);
+        let out = glow.forward(logit.clone());
+        let loss = self.pre.bits_per_dim(&out, logdet_pre, c * h * w).mean();
+        FlowBatchLoss { loss, logit }
+    }
+
+    /// One Adam step on a batch's loss; returns the updated flow and the learning rate used.
+    pub fn step(&mut self, glow: Glow, batch: FlowBatchLoss) -> (Glow, f64) {
+        self.global_step += 1;
+        let lr = self.options.learning_rate
+            * (self.global_step as f64 / self.options.warmup_steps.max(1) as f64).min(1.0);
+        let grads = GradientsParams::from_grads(batch.loss.backward(), &glow);
+        (self.optimizer.step(lr, glow, grads), lr)
+    }
+
+    /// Adam's state as burnpack bytes (for a [`FlowCheckpoint`]).
+    pub fn optimizer_bytes(&self) -> Result<Vec<u8>, FlowTrainError> {
+        self.optimizer
+            .into_bytes()
+            .map(|b| b.to_vec())
+            .map_err(|e| FlowTrainError::Invalid(format!("cannot save the optimizer state: {e}")))
+    }
+}
+
+/// Per-image NLL in bits per dimension of `pixels` (`[B, C, H, W]` in [0, 1]) with the
+/// dequantisation noise of `noise_seed`: the held-out figure of a flow, the same on every backend.
+pub fn bits_per_dim_with_noise(
+    glow: &Glow,
+    pixels: Tensor<4>,
+    pre: Preprocess,
+    noise_seed: u64,
+) -> Tensor<1> {
+    let [b, c, h, w] = pixels.dims();
+    let u = dequantization_noise([b, c, h, w], noise_seed, &pixels.device());
+    let (logit, logdet_pre) = pre.to_logit_with_noise(pixels, u);
+    pre.bits_per_dim(&glow.forward(logit), logdet_pre, c * h * w)
+}
+
+/// The flattened standardised latents `[B, D]` of `pixels` (no dequantisation noise): what the
+/// Gaussianity probe ([`crate::gaussianity::probe`]) reads.
+pub fn flow_latents(glow: &Glow, pixels: Tensor<4>, pre: Preprocess) -> Tensor<2> {
+    let (logit, _) = pre.to_logit(pixels, false);
+    Glow::flatten_latents(glow.forward(logit).eps)
 }
 
 /// Mean NLL in bits per dimension of `data` (uniform dequantisation noise from the device's RNG).

@@ -693,6 +693,19 @@ impl Glow {
     }
 }
 
+/// Uniform dequantisation noise in [10⁻⁴, 1 − 10⁻⁴] of `shape`, drawn on the host from ChaCha20
+/// seeded with `seed`: the same values natively, in wasm and on any GPU, so that a training run
+/// takes the same steps on every backend (a device's RNG differs between backends).
+pub fn dequantization_noise(shape: [usize; 4], seed: u64, device: &Device) -> Tensor<4> {
+    use rand::RngExt;
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    let n = shape.iter().product();
+    let values: Vec<f32> = (0..n)
+        .map(|_| rng.random::<f32>().clamp(1e-4, 1.0 - 1e-4))
+        .collect();
+    Tensor::from_data(TensorData::new(values, shape), device)
+}
+
 /// The logit preprocessing of RealNVP (§4.1) and Glow: a pixel `x ∈ [0, 1]` quantised to `levels`
 /// values becomes `y = (k + u)/levels` (`k = round(x·(levels − 1))`, `u ~ U(0, 1)` when
 /// dequantising, `u = ½` otherwise), then `s = logit(α + (1 − α)·y)`. For 8-bit images
@@ -712,17 +725,25 @@ impl Preprocess {
         alpha: 0.05,
     };
 
-    /// Pixels to logit space; also returns log|det ∂s/∂y| per sample.
+    /// Pixels to logit space; also returns log|det ∂s/∂y| per sample. `dequantize` draws the
+    /// uniform dequantisation noise from the device's RNG; without it every pixel sits in the
+    /// middle of its bin.
     pub fn to_logit(&self, x: Tensor<4>, dequantize: bool) -> (Tensor<4>, Tensor<1>) {
-        let levels = self.levels as f32;
-        let k = (x * (levels - 1.0)).round().clamp(0.0, levels - 1.0);
         let u = if dequantize {
             // Kept off 0 and 1 so that 1 − y stays positive in f32.
-            k.random_like(burn::tensor::Distribution::Uniform(0.0, 1.0))
+            x.random_like(burn::tensor::Distribution::Uniform(0.0, 1.0))
                 .clamp(1e-4, 1.0 - 1e-4)
         } else {
-            k.zeros_like() + 0.5
+            x.zeros_like() + 0.5
         };
+        self.to_logit_with_noise(x, u)
+    }
+
+    /// [`Preprocess::to_logit`] with given dequantisation noise `u` (in (0, 1), the shape of `x`),
+    /// e.g. from [`dequantization_noise`], which is the same on every backend.
+    pub fn to_logit_with_noise(&self, x: Tensor<4>, u: Tensor<4>) -> (Tensor<4>, Tensor<1>) {
+        let levels = self.levels as f32;
+        let k = (x * (levels - 1.0)).round().clamp(0.0, levels - 1.0);
         // 1 − p = (1 − α)(1 − y), computed from (levels − k − u) directly: forming p first and
         // subtracting it from 1 rounds to 0 in f32 for the brightest pixels.
         let one_minus_y = (k.clone().neg() + levels - u.clone()) / levels;

@@ -14,7 +14,7 @@ use serde_json::json;
 use veil::burn;
 use veil::data::{ImageDataset, ImageShape, digits};
 use veil::flow_rotation::FlowEncryptor;
-use veil::flow_train::{FlowTrainOptions, evaluate_bits_per_dim, train_flow};
+use veil::flow_train::{FlowTrainOptions, evaluate_bits_per_dim, flow_latents, train_flow};
 use veil::gaussianity::{GaussianityReport, probe};
 use veil::glow::{Glow, GlowConfig, Preprocess};
 use veil::keys::{MasterKey, Scheme};
@@ -225,14 +225,14 @@ fn model_routed_accuracy<M: Classifier>(
         / test.len() as f32
 }
 
-fn latents(glow: &Glow, data: &ImageDataset, pre: Preprocess) -> (Vec<f32>, usize) {
+/// The flattened latents of `data` (`[n, dims]` row-major) and `dims`, on the CPU.
+pub(crate) fn latents(glow: &Glow, data: &ImageDataset, pre: Preprocess) -> (Vec<f32>, usize) {
     let device = Device::flex();
     let mut out = Vec::new();
     let mut dims = 0;
     for start in (0..data.len()).step_by(256) {
         let range = start..(start + 256).min(data.len());
-        let (s, _) = pre.to_logit(data.images_tensor(range, &device), false);
-        let flat = Glow::flatten_latents(glow.forward(s).eps);
+        let flat = flow_latents(glow, data.images_tensor(range, &device), pre);
         dims = flat.dims()[1];
         out.extend(flat.into_data().iter::<f32>());
     }
