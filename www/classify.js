@@ -2,6 +2,7 @@
 // ciphertexts go to the factory's model, and the answer is read here.
 import {
   $, say, startClient, apiJson, drawImage, progressTo, imageEntries, inputEntries, bindDrop,
+  flowFamilies, loadFamily, familyLabel, activeFamily,
 } from './common.js';
 
 const state = { call: null, key: null, models: [], model: null, info: null, entries: [], results: null, accuracy: null };
@@ -46,25 +47,52 @@ async function start() {
 async function chooseModel() {
   const m = state.models.find((x) => x.name === $('model').value);
   state.model = m;
+  state.info = null;
+  updateButtons();
   try {
-    const families = await apiJson('/api/flows');
-    const fam = families.find((f) => sameShape(f.shape, m.input) && f.classes.join('\n') === m.classes.join('\n'));
-    if (!fam) throw new Error(`the server has no flows for ${m.input.channels}×${m.input.height}×${m.input.width} images with these classes`);
-    if (state.info?.family !== fam.name) {
-      $('flows-status').textContent = `downloading ${fam.name}…`;
-      state.info = await state.call('loadFlows', { family: fam.name }, { onProgress: progressTo($('flows-progress')) });
-    }
-    $('flows-status').textContent = `${state.info.family} (${state.info.classes.length} classes)`;
-    $('files-label').replaceChildren(...state.info.classes.map((c, k) => new Option(c, String(k))));
-    $('route-b').disabled = !state.info.agnostic;
-    // A model trained on class-agnostic ciphertexts needs route (b).
+    const families = (await flowFamilies())
+      .filter((f) => sameShape(f.shape, m.input) && f.classes.join('\n') === m.classes.join('\n'));
+    if (!families.length) throw new Error(`no flows here fit ${m.input.channels}×${m.input.height}×${m.input.width} images with these classes`);
+    // The model reads ciphertexts of the flows its dataset was encrypted with: the container's
+    // description names them ("flow rotation of the <family> family, …"), and a model trained
+    // on class-agnostic ciphertexts needs route (b).
     const record = await apiJson(`/api/models/${encodeURIComponent(m.name)}`);
     const ds = await apiJson(`/api/datasets/${record.dataset_id}`).catch(() => null);
+    const named = /flow rotation of the (.+?) family/.exec(ds?.description || '')?.[1];
+    const fromBrowser = /fine-tuned in this browser/.test(ds?.description || '');
+    const pick = families.find((f) => f.name === named && f.stored === fromBrowser)
+      || families.find((f) => f.id === activeFamily()) || families[0];
+    const sel = $('flows');
+    sel.replaceChildren(...families.map((f) => new Option(familyLabel(f), f.id)));
+    sel.value = pick.id;
+    sel.disabled = false;
+    if (named && pick.name !== named) {
+      say($('message'), `This model was trained on ciphertexts of the "${named}" flows, which this browser does not have: its answers through ${pick.name} will be wrong.`, 'error');
+    }
     if (ds?.description?.includes('route (b)')) $('route-b').checked = true;
-    document.body.dataset.ready = 'true';
+    await useFlows(pick.id);
   } catch (err) { say($('message'), err.message, 'error'); }
   updateButtons();
 }
+
+async function useFlows(id) {
+  state.info = null;
+  updateButtons();
+  $('flows-status').textContent = 'loading…';
+  try {
+    state.info = await loadFamily(state.call, id, progressTo($('flows-progress')));
+    $('flows-status').textContent = `${state.info.classes.length} classes, ${state.info.agnostic ? 'per-class and class-agnostic flows' : 'per-class flows'}`;
+    $('files-label').replaceChildren(...state.info.classes.map((c, k) => new Option(c, String(k))));
+    $('route-b').disabled = !state.info.agnostic;
+    document.body.dataset.flows = state.info.family;
+    document.body.dataset.ready = 'true';
+  } catch (err) {
+    $('flows-status').textContent = '';
+    say($('message'), `The flows could not be loaded: ${err.message}`, 'error');
+  }
+  updateButtons();
+}
+$('flows').addEventListener('change', (e) => useFlows(e.target.value));
 
 function updateButtons() {
   $('run').disabled = !(state.info && state.key && state.model && state.entries.length);

@@ -65,14 +65,18 @@ const DB = 'veil';
 const STORE = 'keys';
 // Ciphertext datasets the encrypt page hands to the train page (never plaintext, never keys).
 const OUTBOX = 'outbox';
+// Flows fine-tuned on the owner's images (flows.html): they have seen private data, so they are
+// kept here and never uploaded.
+const FLOWS = 'flows';
 
 function openDb() {
   return new Promise((resolve, reject) => {
-    const req = indexedDB.open(DB, 2);
+    const req = indexedDB.open(DB, 3);
     req.onupgradeneeded = () => {
       const names = req.result.objectStoreNames;
       if (!names.contains(STORE)) req.result.createObjectStore(STORE, { keyPath: 'fingerprint' });
       if (!names.contains(OUTBOX)) req.result.createObjectStore(OUTBOX);
+      if (!names.contains(FLOWS)) req.result.createObjectStore(FLOWS, { keyPath: 'name' });
     };
     req.onsuccess = () => resolve(req.result);
     req.onerror = () => reject(new Error(`this browser's storage is not available: ${req.error}`));
@@ -85,7 +89,7 @@ async function tx(mode, fn, store = STORE) {
     const t = db.transaction(store, mode);
     const result = fn(t.objectStore(store));
     t.oncomplete = () => { db.close(); resolve(result instanceof IDBRequest ? result.result : result); };
-    t.onerror = () => { db.close(); reject(new Error(`the key store failed: ${t.error}`)); };
+    t.onerror = () => { db.close(); reject(new Error(`this browser's storage failed: ${t.error}`)); };
   });
 }
 
@@ -141,6 +145,50 @@ export function lastContainer() {
   return tx('readonly', (s) => s.get('last'), OUTBOX);
 }
 
+// --- flow families: the server's public ones and those fine-tuned in this browser ----------
+// Fine-tuned flows: {name, base, data, shape, classes, agnostic, manifest, names, files, reports, created}.
+export function listStoredFlows() {
+  return tx('readonly', (s) => s.getAll(), FLOWS);
+}
+
+export function storeFlows(entry) {
+  return tx('readwrite', (s) => s.put({ ...entry, created: Date.now() }), FLOWS);
+}
+
+export function deleteStoredFlows(name) {
+  return tx('readwrite', (s) => s.delete(name), FLOWS);
+}
+
+// Every family a page can load: the server's, then the fine-tuned ones of this browser, as
+// {id, name, shape, classes, data, stored}. `id` is what loadFamily takes.
+export async function flowFamilies() {
+  const served = (await apiJson('/api/flows')).map((f) => ({ ...f, id: f.name, stored: false }));
+  let stored = [];
+  try { stored = await listStoredFlows(); } catch { /* no storage: served flows only */ }
+  return [
+    ...served,
+    ...stored.map((f) => ({ id: `stored:${f.name}`, name: f.name, shape: f.shape, classes: f.classes, data: f.data, stored: true })),
+  ];
+}
+
+// Loads a family (an id from flowFamilies) into the worker; returns the flows' info.
+export async function loadFamily(call, id, onProgress) {
+  if (!id.startsWith('stored:')) return call('loadFlows', { family: id }, { onProgress });
+  const name = id.slice('stored:'.length);
+  const entry = (await listStoredFlows()).find((f) => f.name === name);
+  if (!entry) throw new Error(`no fine-tuned flows called ${name} are kept in this browser`);
+  return call('loadStoredFlows', { family: entry.name, manifest: entry.manifest, names: entry.names, files: entry.files });
+}
+
+// The family last chosen on the encrypt or fine-tune page (classify prefers it).
+export const activeFamily = () => localStorage.getItem('veil.activeFlows');
+export const setActiveFamily = (id) => localStorage.setItem('veil.activeFlows', id);
+
+export function familyLabel(f) {
+  const s = f.shape;
+  return `${f.name}: ${s.channels}×${s.height}×${s.width}, ${f.classes.length} classes (${f.stored ? 'fine-tuned in this browser' : f.data})`;
+}
+
 // --- choosing images ------------------------------------------------------------------------
 // The class of a file in a folder of class sub-folders: its parent folder's name (null for a
 // loose file).
@@ -165,6 +213,38 @@ export function inputEntries(input) {
     file,
     className: input.webkitdirectory ? classOf(file.webkitRelativePath || file.name) : null,
   }));
+}
+
+// The class index of each entry: its folder's class, or `fallback` for loose files. Throws,
+// naming them, when folders are not classes of `classes`.
+export function labelsFor(entries, classes, fallback) {
+  const unknown = new Set();
+  const labels = Uint32Array.from(entries, (e) => {
+    if (e.className === null) return fallback;
+    const k = classes.indexOf(e.className);
+    if (k < 0) unknown.add(e.className);
+    return k;
+  });
+  if (unknown.size) {
+    throw new Error(`the folders ${[...unknown].map((c) => `"${c}"`).join(', ')} are not classes of these flows (${classes.join(', ')})`);
+  }
+  return labels;
+}
+
+// Decodes the entries' files in the worker (the native decoder, resized to `shape` and quantised
+// to the loaded flows' levels), 256 at a time; one Float32Array of [N, C, H, W] pixels.
+export async function decodeEntries(call, entries, shape, onProgress) {
+  const len = shape.channels * shape.height * shape.width;
+  const out = new Float32Array(entries.length * len);
+  for (let s = 0; s < entries.length; s += 256) {
+    const part = entries.slice(s, s + 256);
+    const buffers = await Promise.all(part.map(async (e) => new Uint8Array(await e.file.arrayBuffer())));
+    const names = part.map((e) => e.file.webkitRelativePath || e.file.name);
+    const pixels = await call('decodeImages', { names, buffers }, { transfer: buffers.map((b) => b.buffer) });
+    out.set(pixels, s * len);
+    onProgress({ done: Math.min(entries.length, s + 256), total: entries.length, what: 'reading images' });
+  }
+  return out;
 }
 
 async function walk(entry, path, out) {

@@ -2,7 +2,8 @@
 // the key stay in this page and its worker; the container holds ciphertexts, labels and the key's
 // fingerprint, and goes to the IndexedDB outbox (for the train page) or to a download.
 import {
-  $, say, startClient, drawImage, progressTo, apiJson, keepContainer, download, imageEntries, inputEntries, bindDrop,
+  $, say, startClient, drawImage, progressTo, keepContainer, download, imageEntries, inputEntries, bindDrop,
+  labelsFor, decodeEntries, flowFamilies, loadFamily, familyLabel, activeFamily, setActiveFamily,
 } from './common.js';
 
 const state = { call: null, info: null, entries: [], originals: null, labels: null, container: null, done: false };
@@ -10,6 +11,11 @@ const state = { call: null, info: null, entries: [], originals: null, labels: nu
 window.veilEncrypt = state;
 
 function shapeText(s) { return `${s.channels}×${s.height}×${s.width}`; }
+// The sample digits fit flows of 1×8×8 images with the ten digit classes.
+function isDigitsShape(info) {
+  const s = info.shape;
+  return s.channels === 1 && s.height === 8 && s.width === 8 && info.classes.join('') === '0123456789';
+}
 function imageLen(s) { return s.channels * s.height * s.width; }
 
 async function start() {
@@ -18,14 +24,10 @@ async function start() {
   state.call = client.call;
   showKey(client.key);
   try {
-    const families = await apiJson('/api/flows');
+    const families = await flowFamilies();
     const sel = $('family');
-    sel.replaceChildren(...families.map((f) => {
-      const o = document.createElement('option');
-      o.value = f.name;
-      o.textContent = `${f.name}: ${shapeText(f.shape)}, ${f.classes.length} classes (${f.data})`;
-      return o;
-    }));
+    sel.replaceChildren(...families.map((f) => new Option(familyLabel(f), f.id)));
+    if (families.some((f) => f.id === activeFamily())) sel.value = activeFamily();
     sel.disabled = false;
     sel.addEventListener('change', () => loadFlows(sel.value));
     await loadFlows(sel.value);
@@ -40,23 +42,24 @@ function showKey(key) {
   updateButtons();
 }
 
-async function loadFlows(family) {
+async function loadFlows(id) {
   state.info = null;
   updateButtons();
-  $('flows-status').textContent = 'downloading…';
+  $('flows-status').textContent = 'loading…';
   try {
-    const info = await state.call('loadFlows', { family }, { onProgress: progressTo($('flows-progress')) });
+    const info = await loadFamily(state.call, id, progressTo($('flows-progress')));
     state.info = info;
+    setActiveFamily(id);
     $('flows-status').textContent = `loaded (${info.agnostic ? 'per-class and class-agnostic flows' : 'per-class flows'})`;
     $('class-names').textContent = info.classes.join(', ');
     $('shape').textContent = `${shapeText(info.shape)} with ${info.levels} grey levels`;
     $('files-label').replaceChildren(...info.classes.map((c, k) => new Option(c, String(k))));
     $('route').querySelector('[value=agnostic]').disabled = !info.agnostic;
-    $('sample-row').hidden = family !== 'digits';
-    document.body.dataset.flows = family;
+    $('sample-row').hidden = !isDigitsShape(info);
+    document.body.dataset.flows = info.family;
   } catch (err) {
     $('flows-status').textContent = '';
-    say($('message'), `The ${family} flows could not be loaded: ${err.message}`, 'error');
+    say($('message'), `The flows could not be loaded: ${err.message}`, 'error');
   }
   updateButtons();
 }
@@ -98,35 +101,6 @@ $('files').addEventListener('change', (e) => setEntries(inputEntries(e.target)))
 bindDrop($('drop'), setEntries, (m) => say($('message'), m, 'error'));
 
 // --- encrypting -----------------------------------------------------------------------------
-function labelsFor(entries, info) {
-  const fallback = Number($('files-label').value);
-  const unknown = new Set();
-  const labels = Uint32Array.from(entries, (e) => {
-    if (e.className === null) return fallback;
-    const k = info.classes.indexOf(e.className);
-    if (k < 0) unknown.add(e.className);
-    return k;
-  });
-  if (unknown.size) {
-    throw new Error(`the folders ${[...unknown].map((c) => `"${c}"`).join(', ')} are not classes of these flows (${info.classes.join(', ')})`);
-  }
-  return labels;
-}
-
-async function decodeAll(entries, onProgress) {
-  const len = imageLen(state.info.shape);
-  const out = new Float32Array(entries.length * len);
-  for (let s = 0; s < entries.length; s += 256) {
-    const part = entries.slice(s, s + 256);
-    const buffers = await Promise.all(part.map(async (e) => new Uint8Array(await e.file.arrayBuffer())));
-    const names = part.map((e) => e.file.webkitRelativePath || e.file.name);
-    const pixels = await state.call('decodeImages', { names, buffers }, { transfer: buffers.map((b) => b.buffer) });
-    out.set(pixels, s * len);
-    onProgress({ done: Math.min(entries.length, s + 256), total: entries.length, what: 'reading images' });
-  }
-  return out;
-}
-
 $('encrypt').addEventListener('click', async () => {
   const info = state.info;
   const agnostic = $('route').value === 'agnostic';
@@ -135,14 +109,15 @@ $('encrypt').addEventListener('click', async () => {
   document.body.dataset.state = 'encrypting';
   const onProgress = progressTo($('progress'), $('progress-label'));
   try {
-    const labels = labelsFor(state.entries, info);
+    const labels = labelsFor(state.entries, info.classes, Number($('files-label').value));
     const size = imageLen(info.shape);
-    const originals = state.sample ? state.sample.pixels : await decodeAll(state.entries, onProgress);
+    const originals = state.sample ? state.sample.pixels : await decodeEntries(state.call, state.entries, info.shape, onProgress);
     const t0 = performance.now();
     const cipher = await state.call('encrypt', {
       pixels: originals, labels: agnostic ? undefined : labels, size,
     }, { onProgress });
     const ms = performance.now() - t0;
+    await checkRoundTrip(originals, cipher, agnostic ? undefined : labels, size, onProgress);
     state.originals = originals;
     state.labels = labels;
     state.ciphertexts = cipher;
@@ -169,6 +144,34 @@ $('encrypt').addEventListener('click', async () => {
   }
   updateButtons();
 });
+
+// On the CPU an overflowing inverse flow gives NaN, which the client refuses; WGSL leaves overflow
+// implementation-defined, so on WebGPU it can give finite garbage that would not decrypt. There,
+// decrypt up to CHECKED images spread over the batch and compare them with the originals.
+const CHECKED = 64;
+async function checkRoundTrip(originals, cipher, labels, size, onProgress) {
+  if ($('backend').dataset.backend !== 'webgpu') return;
+  const n = originals.length / size;
+  const picks = [...new Set(Array.from({ length: Math.min(n, CHECKED) }, (_, i) => Math.floor((i * n) / Math.min(n, CHECKED))))];
+  const take = (src) => {
+    const out = new Float32Array(picks.length * size);
+    picks.forEach((p, j) => out.set(src.subarray(p * size, (p + 1) * size), j * size));
+    return out;
+  };
+  const back = await state.call('decrypt', {
+    pixels: take(cipher), labels: labels && Uint32Array.from(picks, (p) => labels[p]), size,
+  }, { onProgress: ({ done, total }) => onProgress({ done, total, what: 'checking that ciphertexts decrypt' }) });
+  const want = take(originals);
+  let bad = 0;
+  for (let j = 0; j < picks.length; j++) {
+    for (let i = j * size; i < (j + 1) * size; i++) {
+      if (!(Math.abs(back[i] - want[i]) < 1e-4)) { bad++; break; }
+    }
+  }
+  if (bad) {
+    throw new Error(`${bad} of ${picks.length} checked images do not decrypt back: these flows do not fit your images (their inverse overflows). Fine-tune the flows on your images first (Fine-tune the flows page).`);
+  }
+}
 
 function showSummary(rows) {
   $('summary').replaceChildren(...rows.flatMap(([k, v]) => {

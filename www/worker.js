@@ -5,6 +5,7 @@
 import init, { Veil, modelRouted, sampleDigits } from './pkg/veil_client.js';
 
 let veil = null;
+let cancelFineTune = false;
 const ready = init();
 // Images per wasm call in long loops: each call is one progress step.
 const CHUNK = 256;
@@ -63,7 +64,34 @@ const ops = {
     }
     return veil.loadFlows(family, manifest, names, files);
   },
+  // Flows kept in this browser (fine-tuned on the owner's images): the page reads them from
+  // IndexedDB and hands them over; they never come from or go to the server.
+  loadStoredFlows: ({ family, manifest, names, files }) => veil.loadFlows(family, manifest, names, files),
   flowsInfo: () => veil.flowsInfo(),
+
+  // Fine-tuning the loaded flows: plan, then run a few steps per wasm call, reporting progress
+  // and yielding to the event loop between calls so that fineTuneCancel gets through.
+  fineTuneBegin: ({ pixels, labels, options }) => veil.fineTuneBegin(pixels, labels, JSON.stringify(options)),
+  async fineTune(_args, progress) {
+    cancelFineTune = false;
+    let perCall = 1;
+    for (;;) {
+      const t0 = performance.now();
+      const p = await veil.fineTuneRun(perCall);
+      // Aim for about 4 progress reports a second whatever the backend's speed.
+      perCall = Math.max(1, Math.min(50, Math.round(perCall * 250 / Math.max(1, performance.now() - t0))));
+      progress({ done: p.done_steps, total: p.total_steps, what: 'fine-tuning', detail: p });
+      if (p.finished) return p;
+      await new Promise((r) => setTimeout(r, 0));
+      if (cancelFineTune) {
+        veil.fineTuneCancel();
+        throw new Error('fine-tuning cancelled; the flows are as they were');
+      }
+    }
+  },
+  fineTuneCancel() { cancelFineTune = true; },
+  fineTuneApply: ({ family }) => veil.fineTuneApply(family),
+  exportFlows: () => veil.exportFlows(),
   decodeImages: ({ names, buffers }) => veil.decodeImages(names, buffers),
   async encrypt({ pixels, labels, size }, progress) {
     return chunked(pixels, labels, size, 'encrypting', progress, (p, l) => veil.encrypt(p, l));

@@ -48,6 +48,7 @@ pub enum FineTuneTarget {
 
 /// What the page asks for.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct FineTuneOptions {
     /// Which flows.
     pub target: FineTuneTarget,
@@ -90,9 +91,9 @@ pub struct FlowQuality {
     pub bits_per_dim: f32,
     /// The Gaussianity probe of their latents.
     pub gaussianity: GaussianityReport,
-    /// The fraction of them that encrypt to finite images under the loaded key (`None` without
-    /// a key). A flow that does not fit the data maps it to atypical latents, whose rotations the
-    /// inverse flow can overflow on: such images cannot be encrypted.
+    /// The fraction of them that encrypt under the loaded key and decrypt back exactly (`None`
+    /// without a key). A flow that does not fit the data maps it to atypical latents, whose
+    /// rotations the inverse flow can overflow on: such images cannot be encrypted.
     pub encryptable: Option<f32>,
 }
 
@@ -519,7 +520,7 @@ impl FineTune {
         backend: &'static str,
     ) -> Result<FlowQuality, ClientError> {
         let (pre, seed) = (self.pre, self.options.seed);
-        let (mut sum, mut latents, mut dims, mut finite) = (0.0f64, Vec::new(), 0, 0usize);
+        let (mut sum, mut latents, mut dims, mut ok) = (0.0f64, Vec::new(), 0, 0usize);
         let len = data.shape.len();
         for (i, start) in (0..data.len()).step_by(EVAL_CHUNK).enumerate() {
             let range = start..(start + EVAL_CHUNK).min(data.len());
@@ -531,10 +532,14 @@ impl FineTune {
                 .map(|&v| f64::from(v))
                 .sum::<f64>();
             if let Some(enc) = enc {
-                let c = read_vec(enc.encrypt(x.clone()), backend).await?;
-                finite += c
+                // Round trip, not just finiteness: WGSL leaves overflow implementation-defined,
+                // so on a GPU an overflowing inverse flow can give finite garbage.
+                let back = read_vec(enc.decrypt_quantised(enc.encrypt(x.clone())), backend).await?;
+                let originals = &data.images[start * len..start * len + back.len()];
+                ok += back
                     .chunks(len)
-                    .filter(|img| img.iter().all(|v| v.is_finite()))
+                    .zip(originals.chunks(len))
+                    .filter(|(b, o)| b.iter().zip(*o).all(|(b, o)| (b - o).abs() < 1e-4))
                     .count();
             }
             let z = flow_latents(glow, x, pre);
@@ -544,7 +549,7 @@ impl FineTune {
         Ok(FlowQuality {
             bits_per_dim: (sum / data.len().max(1) as f64) as f32,
             gaussianity: probe(&latents, dims, PROBE_DIRECTIONS, seed),
-            encryptable: enc.map(|_| finite as f32 / data.len().max(1) as f32),
+            encryptable: enc.map(|_| ok as f32 / data.len().max(1) as f32),
         })
     }
 }

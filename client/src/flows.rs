@@ -19,6 +19,9 @@ use crate::session::ClientError;
 /// Named files: a family's burnpack flows, by the names its manifest uses.
 pub type NamedFiles = Vec<(String, Vec<u8>)>;
 
+/// What [`Flows::install`] writes into a manifest's `data`: the mark of fine-tuned flows.
+pub const FINE_TUNED: &str = "fine-tuned in the browser";
+
 /// Images per tensor batch: bounds the memory a call takes on either backend.
 const CHUNK: usize = 256;
 
@@ -97,6 +100,11 @@ impl Flows {
             files,
             encryptors: None,
         })
+    }
+
+    /// Whether these flows were fine-tuned in a browser (their manifest says so).
+    pub fn fine_tuned(&self) -> bool {
+        self.set.manifest.data.contains(FINE_TUNED)
     }
 
     /// The manifest the flows were loaded from (updated by [`Flows::install`]).
@@ -338,8 +346,13 @@ impl Flows {
             scheme: "flow-rotation".into(),
             key_fingerprint: Some(key.fingerprint().to_string()),
             description: Some(format!(
-                "flow rotation of the {} family, {route}, encrypted in the browser",
-                self.family
+                "flow rotation of the {} family{}, {route}, encrypted in the browser",
+                self.family,
+                if self.fine_tuned() {
+                    " (fine-tuned in this browser)"
+                } else {
+                    ""
+                }
             )),
         };
         container::encode(&data, &meta, PixelType::F32)
@@ -364,7 +377,10 @@ pub async fn read_all(
     if let Some(bad) = out.iter().position(|v| !v.is_finite()) {
         return Err(ClientError::Device {
             backend,
-            message: format!("image {} came out with a non-finite value", bad / len),
+            message: format!(
+                "image {} came out with a non-finite value: the flow overflowed on it, so these flows do not fit such images (fine-tune them on yours: Fine-tune the flows page)",
+                bad / len
+            ),
         });
     }
     Ok(out)

@@ -428,8 +428,9 @@ impl Session {
             .max()
             .unwrap_or(0);
         let data = format!(
-            "{}, fine-tuned in the browser on {images} of the owner's images ({} steps per flow)",
+            "{}, {} on {images} of the owner's images ({} steps per flow)",
             flows.manifest().data,
+            crate::flows::FINE_TUNED,
             run.plan_info().total_steps / run.plan_info().flows.len().max(1)
         );
         let bpd: Vec<(Slot, f32)> = run

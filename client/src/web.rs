@@ -6,6 +6,7 @@ use std::rc::Rc;
 
 use wasm_bindgen::prelude::*;
 
+use crate::finetune::FineTuneOptions;
 use crate::session::{FlowRoute, Session};
 
 fn err(e: impl std::fmt::Display) -> JsError {
@@ -223,6 +224,70 @@ impl Veil {
     #[wasm_bindgen(js_name = imagesBatch)]
     pub fn images_batch(&self, values: Vec<f32>) -> Result<Vec<u8>, JsError> {
         self.inner.images_batch(&values).map_err(err)
+    }
+
+    /// Plans fine-tuning the loaded flows on labelled images of their shape. `options` is JSON:
+    /// `{target: "all" | "agnostic" | {"class": k}, steps, batch_size, learning_rate,
+    /// warmup_steps, held_out, seed}`, missing fields taking their defaults. Returns the plan
+    /// `{flows: [{name, train_images, held_out_images}], skipped, total_steps}`.
+    #[wasm_bindgen(js_name = fineTuneBegin)]
+    pub fn fine_tune_begin(
+        &self,
+        pixels: Vec<f32>,
+        labels: Vec<u32>,
+        options: &str,
+    ) -> Result<JsValue, JsError> {
+        let options: FineTuneOptions = serde_json::from_str(options)
+            .map_err(|e| JsError::new(&format!("the fine-tuning options: {e}")))?;
+        serde_wasm(
+            &self
+                .inner
+                .fine_tune_begin(pixels, labels, options)
+                .map_err(err)?,
+        )
+    }
+
+    /// Runs up to `maxSteps` steps of the planned fine-tuning; returns the progress
+    /// `{flow, flow_index, flows, step, steps, done_steps, total_steps, bits_per_dim, finished,
+    /// reports}`.
+    #[wasm_bindgen(js_name = fineTuneRun)]
+    pub async fn fine_tune_run(&self, max_steps: usize) -> Result<JsValue, JsError> {
+        let session = Rc::clone(&self.inner);
+        let progress = session.fine_tune_run(max_steps).await.map_err(err)?;
+        serde_wasm(&progress)
+    }
+
+    /// Abandons the fine-tuning in progress; the loaded flows stay as they were.
+    #[wasm_bindgen(js_name = fineTuneCancel)]
+    pub fn fine_tune_cancel(&self) {
+        self.inner.fine_tune_cancel();
+    }
+
+    /// Puts the fine-tuned flows of a finished run in place, named `family`; returns the flows'
+    /// description, as `loadFlows` does.
+    #[wasm_bindgen(js_name = fineTuneApply)]
+    pub fn fine_tune_apply(&self, family: &str) -> Result<JsValue, JsError> {
+        serde_wasm(&self.inner.fine_tune_apply(family).map_err(err)?)
+    }
+
+    /// The loaded flows as files, to keep in the browser: `{manifest, names, files}` (the
+    /// files as `Uint8Array`s, in the order of `names`).
+    #[wasm_bindgen(js_name = exportFlows)]
+    pub fn export_flows(&self) -> Result<JsValue, JsError> {
+        let (manifest, files) = self.inner.export_flows().map_err(err)?;
+        let names = js_sys::Array::new();
+        let buffers = js_sys::Array::new();
+        for (name, bytes) in files {
+            names.push(&name.into());
+            buffers.push(&js_sys::Uint8Array::from(bytes.as_slice()).into());
+        }
+        let out = js_sys::Object::new();
+        let set = |k: &str, v: JsValue| js_sys::Reflect::set(&out, &k.into(), &v);
+        set("manifest", manifest.into())
+            .and_then(|_| set("names", names.into()))
+            .and_then(|_| set("files", buffers.into()))
+            .map_err(|_| JsError::new("internal: cannot build the answer"))?;
+        Ok(out.into())
     }
 
     /// Reads a dataset container: `{summary, pixels: Float32Array, labels: Uint32Array}`.
