@@ -37,6 +37,11 @@ async function runBenchmarks(preferGpu) {
     status.textContent = `Flow-rotation encryption of digits on ${backend.kind}…`;
     const enc = await call('benchEncrypt', { batch: 256, reps: 8 });
     results.encrypt_digits_images_per_s = enc.images_per_s;
+    status.textContent = `OWSD scrambling on ${backend.kind}…`;
+    const sc = await call('benchScramble', { batch: 256, reps: 8, channels: 1, side: 8 });
+    results.scramble_1x8x8_images_per_s = sc.images_per_s;
+    const sc3 = await call('benchScramble', { batch: 256, reps: 4, channels: 3, side: 32 });
+    results.scramble_3x32x32_images_per_s = sc3.images_per_s;
     status.textContent = 'Done.';
     status.className = 'message ok';
   } catch (err) {
@@ -55,6 +60,8 @@ function show(results) {
     ['3072×3072 Haar rotation from a key', results.haar_3072_ms ? `${(results.haar_3072_ms / 1000).toFixed(2)} s` : '—'],
     ['Demo model inference', results.inference_images_per_s ? `${Math.round(results.inference_images_per_s)} images/s` : '—'],
     ['Flow-rotation encryption (digits, route a)', results.encrypt_digits_images_per_s ? `${Math.round(results.encrypt_digits_images_per_s)} images/s` : '—'],
+    ['OWSD scrambling, 64-d → 1×8×8', results.scramble_1x8x8_images_per_s ? `${Math.round(results.scramble_1x8x8_images_per_s)} images/s` : '—'],
+    ['OWSD scrambling, 64-d → 3×32×32', results.scramble_3x32x32_images_per_s ? `${Math.round(results.scramble_3x32x32_images_per_s)} images/s` : '—'],
   ];
   const body = $('bench-table').tBodies[0];
   body.replaceChildren(...rows.map(([k, v]) => {

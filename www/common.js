@@ -68,15 +68,18 @@ const OUTBOX = 'outbox';
 // Flows fine-tuned on the owner's images (flows.html): they have seen private data, so they are
 // kept here and never uploaded.
 const FLOWS = 'flows';
+// OWSD: per key, the scramble generation and how many images it has scrambled.
+const OWSD = 'owsd';
 
 function openDb() {
   return new Promise((resolve, reject) => {
-    const req = indexedDB.open(DB, 3);
+    const req = indexedDB.open(DB, 4);
     req.onupgradeneeded = () => {
       const names = req.result.objectStoreNames;
       if (!names.contains(STORE)) req.result.createObjectStore(STORE, { keyPath: 'fingerprint' });
       if (!names.contains(OUTBOX)) req.result.createObjectStore(OUTBOX);
       if (!names.contains(FLOWS)) req.result.createObjectStore(FLOWS, { keyPath: 'name' });
+      if (!names.contains(OWSD)) req.result.createObjectStore(OWSD);
     };
     req.onsuccess = () => resolve(req.result);
     req.onerror = () => reject(new Error(`this browser's storage is not available: ${req.error}`));
@@ -143,6 +146,18 @@ export function keepContainer(entry) {
 
 export function lastContainer() {
   return tx('readonly', (s) => s.get('last'), OUTBOX);
+}
+
+// --- OWSD key usage ---------------------------------------------------------------------------
+// {generation, usage: {used, budget, warn_at}, retired: [{generation, used}]} of a key; a fresh
+// record (generation 0, the paper's 9,000-image budget, a warning at 80 %) for a new key.
+export async function owsdRecord(fingerprint) {
+  const r = await tx('readonly', (s) => s.get(fingerprint), OWSD);
+  return r || { generation: 0, usage: { used: 0, budget: 9000, warn_at: 7200 }, retired: [] };
+}
+
+export function storeOwsdRecord(fingerprint, record) {
+  return tx('readwrite', (s) => s.put(record, fingerprint), OWSD);
 }
 
 // --- flow families: the server's public ones and those fine-tuned in this browser ----------
@@ -232,15 +247,18 @@ export function labelsFor(entries, classes, fallback) {
 }
 
 // Decodes the entries' files in the worker (the native decoder, resized to `shape` and quantised
-// to the loaded flows' levels), 256 at a time; one Float32Array of [N, C, H, W] pixels.
-export async function decodeEntries(call, entries, shape, onProgress) {
+// to `levels`, by default the loaded flows' levels), 256 at a time; one Float32Array of
+// [N, C, H, W] pixels.
+export async function decodeEntries(call, entries, shape, onProgress, levels) {
   const len = shape.channels * shape.height * shape.width;
   const out = new Float32Array(entries.length * len);
   for (let s = 0; s < entries.length; s += 256) {
     const part = entries.slice(s, s + 256);
     const buffers = await Promise.all(part.map(async (e) => new Uint8Array(await e.file.arrayBuffer())));
     const names = part.map((e) => e.file.webkitRelativePath || e.file.name);
-    const pixels = await call('decodeImages', { names, buffers }, { transfer: buffers.map((b) => b.buffer) });
+    const pixels = levels
+      ? await call('decodeImagesAs', { names, buffers, shape, levels }, { transfer: buffers.map((b) => b.buffer) })
+      : await call('decodeImages', { names, buffers }, { transfer: buffers.map((b) => b.buffer) });
     out.set(pixels, s * len);
     onProgress({ done: Math.min(entries.length, s + 256), total: entries.length, what: 'reading images' });
   }

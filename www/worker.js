@@ -93,6 +93,9 @@ const ops = {
   fineTuneApply: ({ family }) => veil.fineTuneApply(family),
   exportFlows: () => veil.exportFlows(),
   decodeImages: ({ names, buffers }) => veil.decodeImages(names, buffers),
+  decodeImagesAs: ({ names, buffers, shape, levels }) => veil.decodeImagesAs(names, buffers, shape.channels, shape.height, shape.width, levels),
+  iinTrain: ({ embeddings, cloud, labels, classes, options }) => veil.iinTrain(embeddings, cloud, labels, classes, JSON.stringify(options || {})),
+  iinPredict: ({ embeddings, cloud }) => veil.iinPredict(embeddings, cloud),
   async encrypt({ pixels, labels, size }, progress) {
     return chunked(pixels, labels, size, 'encrypting', progress, (p, l) => veil.encrypt(p, l));
   },
@@ -107,6 +110,13 @@ const ops = {
   readContainer: ({ bytes }) => veil.readContainer(bytes),
   modelRouted: ({ probs, n }) => modelRouted(probs, n),
   sampleDigits: ({ n }) => sampleDigits(n),
+
+  // OWSD: embeddings (the demo CNN's penultimate layer) scrambled by the key's generator. The
+  // usage count comes from and goes back to the page, which keeps it in IndexedDB.
+  embed: ({ pixels }) => veil.embed(pixels),
+  scrambleBegin: ({ setup, usage }) => veil.scrambleBegin(JSON.stringify(setup), JSON.stringify(usage)),
+  scrambleStatus: () => veil.scrambleStatus() ?? null,
+  scramble: ({ embeddings, force }) => veil.scramble(embeddings, !!force),
 
   // Benchmarks (bench.html): wall-clock time in this worker.
   benchHaar({ dim }) {
@@ -139,6 +149,23 @@ const ops = {
     const ms = performance.now() - t0;
     return { images_per_s: (batch * reps) / (ms / 1000), ms, batch, reps };
   },
+};
+
+// OWSD scramble throughput: 64-d embeddings (fixed pseudo-random values) to `side`×`side`×`channels`
+// images with a throw-away key's generator and an unlimited budget.
+ops.benchScramble = async ({ batch, reps, channels, side }) => {
+  if (!veil.fingerprint()) veil.generateKey('bench');
+  veil.scrambleBegin(
+    JSON.stringify({ embedding: 64, output: { channels, height: side, width: side }, generation: 0 }),
+    JSON.stringify({ used: 0, budget: Number.MAX_SAFE_INTEGER, warn_at: Number.MAX_SAFE_INTEGER }),
+  );
+  const emb = new Float32Array(batch * 64);
+  for (let i = 0; i < emb.length; i++) emb[i] = ((i * 7919) % 101) / 50 - 1;
+  await veil.scramble(emb, true); // warm-up
+  const t0 = performance.now();
+  for (let r = 0; r < reps; r++) await veil.scramble(emb, true);
+  const ms = performance.now() - t0;
+  return { images_per_s: (batch * reps) / (ms / 1000), ms, batch, reps };
 };
 
 self.onmessage = async (event) => {

@@ -12,6 +12,7 @@
 
 pub mod finetune;
 pub mod flows;
+pub mod owsd;
 pub mod session;
 pub mod state;
 #[cfg(target_arch = "wasm32")]

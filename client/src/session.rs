@@ -12,7 +12,10 @@ use veil::model::{Classifier, ModelCard, ModelError, SmallCnn, demo};
 use crate::finetune::{FineTune, FineTuneOptions, FineTunePlan, FineTuneProgress, Slot};
 pub use crate::flows::FlowRoute;
 use crate::flows::{Flows, FlowsInfo, NamedFiles, check_batch, read_all};
+use crate::owsd::{Iin, ScrambleSetup, ScrambleStatus, Scrambled, Scrambler};
 use crate::state::{Backend, init_device};
+use veil::owsd::KeyUsage;
+use veil::owsd::{IinReport, IinTrainOptions};
 
 /// Errors a page shows to its user.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +70,10 @@ pub struct Session {
     flows: RefCell<Option<Flows>>,
     /// A fine-tuning run of the loaded flows, between calls (taken out while a call runs).
     fine_tune: RefCell<Option<FineTune>>,
+    /// OWSD's scramble generator of the loaded key, once set up. Borrowed briefly.
+    scrambler: RefCell<Option<Scrambler>>,
+    /// OWSD's internal inference network, once trained (on the CPU). Borrowed briefly.
+    iin: RefCell<Option<Iin>>,
 }
 
 /// A dataset container read back in the page.
@@ -100,6 +107,8 @@ impl Session {
             key: RefCell::new(None),
             flows: RefCell::new(None),
             fine_tune: RefCell::new(None),
+            scrambler: RefCell::new(None),
+            iin: RefCell::new(None),
         })
     }
 
@@ -283,8 +292,24 @@ impl Session {
         let (shape, levels) = {
             let guard = self.flows.borrow();
             let flows = guard.as_ref().ok_or_else(no_flows)?;
-            (flows.shape(), flows.levels().max(2) as f32)
+            (flows.shape(), flows.levels())
         };
+        self.decode_images_as(files, shape, levels)
+    }
+
+    /// [`Session::decode_images`] to a given shape and number of levels.
+    pub fn decode_images_as(
+        &self,
+        files: &[(String, Vec<u8>)],
+        shape: ImageShape,
+        levels: usize,
+    ) -> Result<Vec<f32>, ClientError> {
+        if shape.is_empty() || shape.len() > 4096 * 4096 * 4 {
+            return Err(ClientError::BadInput(format!(
+                "cannot decode to {shape} images"
+            )));
+        }
+        let levels = levels.max(2) as f32;
         let mut out = Vec::with_capacity(files.len() * shape.len());
         for (name, bytes) in files {
             let px = veil::data::decode_image(name, bytes, shape)
@@ -446,6 +471,106 @@ impl Session {
     /// fine-tuned flows in the browser's storage.
     pub fn export_flows(&self) -> Result<(String, NamedFiles), ClientError> {
         self.flows.borrow().as_ref().ok_or_else(no_flows)?.export()
+    }
+}
+
+impl Session {
+    // --- OWSD: scrambling ----------------------------------------------------------------------
+
+    /// Sets up the loaded key's scramble generator (generation `setup.generation`), counting from
+    /// `usage` — the count the page kept for this key and generation, or `KeyUsage::new(budget)`.
+    pub fn scramble_begin(
+        &self,
+        setup: ScrambleSetup,
+        usage: KeyUsage,
+    ) -> Result<ScrambleStatus, ClientError> {
+        let key = self.key()?;
+        let scrambler = Scrambler::new(&key, setup, usage, &self.device)?;
+        let status = scrambler.status();
+        *self.scrambler.borrow_mut() = Some(scrambler);
+        Ok(status)
+    }
+
+    /// The scrambler's status, if one is set up for the loaded key.
+    pub fn scramble_status(&self) -> Option<ScrambleStatus> {
+        let fp = self.fingerprint()?;
+        self.scrambler
+            .borrow()
+            .as_ref()
+            .filter(|s| s.fingerprint() == fp)
+            .map(Scrambler::status)
+    }
+
+    /// Scrambles embeddings (`[B, embedding]`) with the loaded key's generator, counting them
+    /// against its budget first (see [`Scrambler::scramble`]).
+    pub async fn scramble(
+        &self,
+        embeddings: &[f32],
+        force: bool,
+    ) -> Result<Scrambled, ClientError> {
+        let fp = self.fingerprint().ok_or(ClientError::NoKey)?;
+        let (images, n, warning, usage) = {
+            let mut guard = self.scrambler.borrow_mut();
+            let s = guard
+                .as_mut()
+                .filter(|s| s.fingerprint() == fp)
+                .ok_or_else(|| {
+                    ClientError::BadInput(
+                        "no scrambler is set up for the loaded key: set one up first".into(),
+                    )
+                })?;
+            let (images, n, warning) = s.scramble(embeddings, force, &self.device)?;
+            (images, n, warning, s.usage())
+        };
+        let pixels = crate::finetune::read_vec(images, self.backend.label()).await?;
+        debug_assert_eq!(pixels.len() % n, 0);
+        Ok(Scrambled {
+            pixels,
+            usage,
+            warning,
+        })
+    }
+
+    /// Trains the internal inference network on the owner's labelled sample: per image its
+    /// embedding (`[N, embedding]`) and the cloud's probability vector for its scrambled image
+    /// (`[N, cloud]`), and its label among `classes` (see [`Iin::train`]). Replaces any trained
+    /// one.
+    pub fn iin_train(
+        &self,
+        embeddings: &[f32],
+        cloud: &[f32],
+        labels: &[u32],
+        classes: Vec<String>,
+        options: IinTrainOptions,
+    ) -> Result<IinReport, ClientError> {
+        let (iin, report) = Iin::train(embeddings, cloud, labels, classes, options)?;
+        *self.iin.borrow_mut() = Some(iin);
+        Ok(report)
+    }
+
+    /// The trained network's labels and probabilities for new images (their embeddings and the
+    /// cloud's vectors).
+    pub fn iin_predict(
+        &self,
+        embeddings: &[f32],
+        cloud: &[f32],
+    ) -> Result<(Vec<u32>, Vec<f32>), ClientError> {
+        self.iin
+            .borrow()
+            .as_ref()
+            .ok_or_else(|| {
+                ClientError::BadInput("no internal network is trained: train one first".into())
+            })?
+            .predict(embeddings, cloud)
+    }
+
+    /// The 64-value embeddings of images of the demo model's shape: its penultimate layer, the
+    /// default encoder until the owner brings one.
+    pub async fn embed(&self, pixels: &[f32]) -> Result<Vec<f32>, ClientError> {
+        let shape = self.input_shape();
+        check_batch(pixels, shape)?;
+        let x = images_tensor(pixels, shape, &self.device);
+        crate::finetune::read_vec(self.model.embed(x), self.backend.label()).await
     }
 }
 

@@ -168,6 +168,28 @@ impl Veil {
         self.inner.decode_images(&files).map_err(err)
     }
 
+    /// Decodes PNG/JPEG files (as `decodeImages`) to `channels`×`height`×`width` images
+    /// quantised to `levels`, whatever flows are loaded (e.g. for an OWSD encoder).
+    #[wasm_bindgen(js_name = decodeImagesAs)]
+    pub fn decode_images_as(
+        &self,
+        names: Vec<String>,
+        files: js_sys::Array,
+        channels: usize,
+        height: usize,
+        width: usize,
+        levels: usize,
+    ) -> Result<Vec<f32>, JsError> {
+        let files = named_buffers(names, &files)?;
+        self.inner
+            .decode_images_as(
+                &files,
+                veil::data::ImageShape::new(channels, height, width),
+                levels,
+            )
+            .map_err(err)
+    }
+
     /// Encrypts a batch with the loaded key: with `labels`, route (a) (each image with its
     /// class's flow and key); without, route (b) (the class-agnostic flow).
     pub async fn encrypt(
@@ -287,6 +309,94 @@ impl Veil {
             .and_then(|_| set("names", names.into()))
             .and_then(|_| set("files", buffers.into()))
             .map_err(|_| JsError::new("internal: cannot build the answer"))?;
+        Ok(out.into())
+    }
+
+    /// The 64-value embeddings (`[B, 64]`) of images of the demo model's shape: its penultimate
+    /// layer, the default OWSD encoder.
+    pub async fn embed(&self, pixels: Vec<f32>) -> Result<Vec<f32>, JsError> {
+        let session = Rc::clone(&self.inner);
+        session.embed(&pixels).await.map_err(err)
+    }
+
+    /// Sets up the loaded key's OWSD scramble generator. `setup` is JSON `{embedding, output:
+    /// {channels, height, width}, generation}`; `usage` is the kept count `{used, budget,
+    /// warn_at}`. Returns the status `{fingerprint, generation, usage, config}`.
+    #[wasm_bindgen(js_name = scrambleBegin)]
+    pub fn scramble_begin(&self, setup: &str, usage: &str) -> Result<JsValue, JsError> {
+        let setup = serde_json::from_str(setup)
+            .map_err(|e| JsError::new(&format!("the scramble setup: {e}")))?;
+        let usage = serde_json::from_str(usage)
+            .map_err(|e| JsError::new(&format!("the key's usage count: {e}")))?;
+        serde_wasm(&self.inner.scramble_begin(setup, usage).map_err(err)?)
+    }
+
+    /// The scrambler's status for the loaded key, or `null`.
+    #[wasm_bindgen(js_name = scrambleStatus)]
+    pub fn scramble_status(&self) -> Result<JsValue, JsError> {
+        match self.inner.scramble_status() {
+            Some(s) => serde_wasm(&s),
+            None => Ok(JsValue::NULL),
+        }
+    }
+
+    /// Scrambles embeddings (`[B, embedding]`), counting them against the key's budget first
+    /// (refused past it unless `force`). Returns `{pixels: Float32Array, usage, warning}`.
+    pub async fn scramble(&self, embeddings: Vec<f32>, force: bool) -> Result<JsValue, JsError> {
+        let session = Rc::clone(&self.inner);
+        let out = session.scramble(&embeddings, force).await.map_err(err)?;
+        let value = serde_wasm(&out)?;
+        js_sys::Reflect::set(
+            &value,
+            &"pixels".into(),
+            &js_sys::Float32Array::from(out.pixels.as_slice()).into(),
+        )
+        .map_err(|_| JsError::new("internal: cannot build the answer"))?;
+        Ok(value)
+    }
+
+    /// Trains OWSD's internal inference network on the owner's labelled sample: embeddings
+    /// (`[N, e]`), the cloud's probability vectors of their scrambled images (`[N, k]`), labels,
+    /// class names, and JSON options `{max_epochs, patience, batch_size, learning_rate,
+    /// validation, seed}` (missing ones take defaults). Returns `{epochs, best_epoch,
+    /// validation_accuracy}`.
+    #[wasm_bindgen(js_name = iinTrain)]
+    pub fn iin_train(
+        &self,
+        embeddings: Vec<f32>,
+        cloud: Vec<f32>,
+        labels: Vec<u32>,
+        classes: Vec<String>,
+        options: &str,
+    ) -> Result<JsValue, JsError> {
+        let options = serde_json::from_str(options)
+            .map_err(|e| JsError::new(&format!("the training options: {e}")))?;
+        serde_wasm(
+            &self
+                .inner
+                .iin_train(&embeddings, &cloud, &labels, classes, options)
+                .map_err(err)?,
+        )
+    }
+
+    /// The trained network's answer for new images: `{labels: Uint32Array, probabilities:
+    /// Float32Array ([N, classes])}`.
+    #[wasm_bindgen(js_name = iinPredict)]
+    pub fn iin_predict(&self, embeddings: Vec<f32>, cloud: Vec<f32>) -> Result<JsValue, JsError> {
+        let (labels, probs) = self.inner.iin_predict(&embeddings, &cloud).map_err(err)?;
+        let out = js_sys::Object::new();
+        let set = |k: &str, v: JsValue| js_sys::Reflect::set(&out, &k.into(), &v);
+        set(
+            "labels",
+            js_sys::Uint32Array::from(labels.as_slice()).into(),
+        )
+        .and_then(|_| {
+            set(
+                "probabilities",
+                js_sys::Float32Array::from(probs.as_slice()).into(),
+            )
+        })
+        .map_err(|_| JsError::new("internal: cannot build the answer"))?;
         Ok(out.into())
     }
 

@@ -257,6 +257,16 @@ impl KeyUsage {
     }
 }
 
+/// How a cloud's probability vector enters the IIN: log-probabilities floored at 10⁻⁶ and scaled
+/// to about [−1, 0]. A confident cloud's probabilities are nearly one-hot, and their logarithms
+/// keep the ranking of the other classes, which is what distinguishes scrambled images.
+pub fn cloud_features(probabilities: &[f32]) -> Vec<f32> {
+    probabilities
+        .iter()
+        .map(|p| p.max(1e-6).ln() / 6.0)
+        .collect()
+}
+
 /// Configuration of an [`InternalInferenceNet`].
 #[derive(Config, Debug, PartialEq)]
 pub struct InternalInferenceNetConfig {
@@ -309,6 +319,7 @@ impl InternalInferenceNet {
 
 /// Settings of [`train_internal_net`].
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct IinTrainOptions {
     /// Most epochs.
     pub max_epochs: usize,

@@ -1,15 +1,19 @@
-//! End-to-end: the flow-rotation journey in headless Chromium, with every request the page makes
-//! recorded by the server. A key file made here is imported on the Keys page; the digits'
-//! training split is dropped into the Encrypt page as a folder of PNG files and encrypted there;
-//! the Train page uploads the ciphertexts and has the factory train a small CNN; the Classify page
-//! encrypts the test split and classifies it through that model, by route (a) and by route (c).
+//! End-to-end journeys in headless Chromium, with every request the pages make recorded by the
+//! server.
 //!
-//! Asserted: no request body holds the key (raw, hex, base64), the key file, or any original
-//! image (PNG, 8-bit, f32 or JSON text); the uploaded dataset and the classification batches are
-//! the native encryptions of those images (same key, same flows); and the page's accuracies are
-//! the native ones within 2 points.
+//! - Flow rotation: a key file made here is imported on the Keys page; the digits' training split
+//!   is dropped into the Encrypt page as a folder of PNG files and encrypted there; the Train page
+//!   uploads the ciphertexts and has the factory train a small CNN; the Classify page encrypts the
+//!   test split and classifies it through that model, by route (a) and by route (c). Asserted: no
+//!   request body holds the key (raw, hex, base64), the key file, or any original image (PNG,
+//!   8-bit, f32 or JSON text); the uploaded dataset and the classification batches are the native
+//!   encryptions of those images (same key, same flows); and the page's accuracies are the native
+//!   ones within 2 points.
+//! - Fine-tuning the flows in the page, keeping them in the browser, encrypting with them.
+//! - OWSD: scrambling in the page, the cloud classifying only scrambled images, the internal
+//!   network trained and used in the page, the key's count kept across a reload, the budget.
 //!
-//! `#[ignore]`d for plain `cargo test`: `cargo xtask test` runs it on WebGPU and on the CPU.
+//! `#[ignore]`d for plain `cargo test`: `cargo xtask test` runs them on WebGPU and on the CPU.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -436,7 +440,7 @@ async fn journey(b: &Browser, base: &str, mode: GpuMode, rec: &Recording) -> Res
 
     // --- what the server received ----------------------------------------------------------
     let requests: Vec<Recorded> = rec.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
-    assert_nothing_secret(&requests, &key, &key_text, &[&train, &test])?;
+    assert_nothing_secret(&requests, &key, &key_text, &[&train, &test], 20)?;
 
     let device = Device::flex();
     let flows = veil_server::embedded::digits_flows(&device)?;
@@ -689,6 +693,7 @@ fn assert_nothing_secret(
     key: &MasterKey,
     key_text: &str,
     originals: &[&ImageDataset],
+    min_requests: usize,
 ) -> Result<()> {
     let raw = key.as_bytes().to_vec();
     let hex = veil::keys::to_hex(key.as_bytes()).into_bytes();
@@ -755,7 +760,7 @@ fn assert_nothing_secret(
         requests.len()
     );
     ensure!(
-        requests.len() > 20 && bytes_seen > 300_000,
+        requests.len() >= min_requests && bytes_seen > 300_000,
         "too little was recorded"
     );
     Ok(())
@@ -763,4 +768,198 @@ fn assert_nothing_secret(
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// OWSD in the page (`owsd.html`): a labelled sample is embedded and scrambled here, the cloud
+/// (the built-in digits CNN) classifies the scrambled images, the internal network is trained
+/// here and classifies new images. Asserted: the cloud received only the native scrambles of the
+/// images (same key, generation 0) and never an original or the key; the key's count survives a
+/// reload; past the budget the page refuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the built wasm client and Chromium: run by `cargo xtask test`"]
+async fn owsd_sends_only_scrambled_images() -> Result<()> {
+    let mode = GpuMode::from_env();
+    let (server, recording) = start_recording_server().await?;
+    let browser = Browser::start(mode).await?;
+    let base = format!("http://{}", server.addr);
+    let result = owsd(&browser, &base, mode, &recording).await;
+    if result.is_err() {
+        let _ = browser
+            .screenshot(&format!("owsd-failure-{}", mode.expected_backend()))
+            .await;
+    }
+    browser.close().await?;
+    result
+}
+
+async fn owsd(b: &Browser, base: &str, mode: GpuMode, rec: &Recording) -> Result<()> {
+    let c = &b.client;
+    let tag = mode.expected_backend();
+    let dir = tempfile::tempdir()?;
+    let key = MasterKey::from_bytes(*b"the e2e OWSD journey's fixed key");
+    let key_text = import_key(b, base, mode, &key, dir.path()).await?;
+    let all = digits();
+    let sample = all.subset(&(0..350).collect::<Vec<_>>());
+    let new = all.subset(&(1400..1600).collect::<Vec<_>>());
+    let (sample_dir, new_dir) = (dir.path().join("sample"), dir.path().join("new"));
+    write_folder(&sample, &sample_dir)?;
+    write_folder(&new, &new_dir)?;
+    let in_path_order = |d: &ImageDataset| {
+        let mut order: Vec<usize> = (0..d.len()).collect();
+        order.sort_by_key(|&i| (d.class_names[d.labels[i] as usize].clone(), i));
+        d.subset(&order)
+    };
+
+    let open = async |used: usize| -> Result<()> {
+        c.goto(&format!("{base}/owsd.html")).await?;
+        b.wait_backend(mode, LONG).await?;
+        b.wait_for(
+            "the scrambler",
+            &format!("return document.body.dataset.used === '{used}';"),
+            LONG,
+        )
+        .await?;
+        Ok(())
+    };
+    open(0).await?;
+    c.find(Locator::Id("sample-folder"))
+        .await?
+        .send_keys(&sample_dir.display().to_string())
+        .await?;
+    b.wait_for(
+        "the sample",
+        "return window.veilOwsd.sampleEntries.length || null;",
+        LONG,
+    )
+    .await?;
+    c.find(Locator::Id("train")).await?.click().await?;
+    wait_state(
+        b,
+        "the internal network",
+        "state",
+        "trained",
+        "train-message",
+    )
+    .await?;
+    c.find(Locator::Id("new-folder"))
+        .await?
+        .send_keys(&new_dir.display().to_string())
+        .await?;
+    b.wait_for(
+        "the new images",
+        "return !document.getElementById('classify').disabled;",
+        LONG,
+    )
+    .await?;
+    c.find(Locator::Id("classify")).await?.click().await?;
+    wait_state(
+        b,
+        "the classification",
+        "state",
+        "classified",
+        "classify-message",
+    )
+    .await?;
+    b.screenshot(&format!("owsd-{tag}")).await?;
+    let accuracy = c
+        .execute("return window.veilOwsd.results.accuracy;", vec![])
+        .await?
+        .as_f64()
+        .context("accuracy")?;
+    println!("{tag}: OWSD accuracy on 200 new digits through the internal network: {accuracy:.4}");
+    ensure!(accuracy >= 0.85, "the internal network reads {accuracy}");
+
+    // The count survives a reload; past the budget the page refuses and counts nothing.
+    open(550).await?;
+    c.find(Locator::Id("budget")).await?.clear().await?;
+    c.find(Locator::Id("budget"))
+        .await?
+        .send_keys("600")
+        .await?;
+    c.find(Locator::Id("set-budget")).await?.click().await?;
+    b.wait_for(
+        "the budget",
+        "return document.getElementById('budget-shown').textContent === '600';",
+        LONG,
+    )
+    .await?;
+    c.find(Locator::Id("sample-folder"))
+        .await?
+        .send_keys(&sample_dir.display().to_string())
+        .await?;
+    b.wait_for(
+        "the train button",
+        "return !document.getElementById('train').disabled;",
+        LONG,
+    )
+    .await?;
+    c.find(Locator::Id("train")).await?.click().await?;
+    let refused = b
+        .wait_for(
+            "the refusal",
+            "return document.body.dataset.state === 'failed' ? document.getElementById('train-message').textContent : null;",
+            LONG,
+        )
+        .await?;
+    let refused = refused.as_str().unwrap_or_default();
+    ensure!(refused.contains("budget is 600"), "{refused}");
+    let used = c
+        .execute("return document.body.dataset.used;", vec![])
+        .await?;
+    ensure!(used == "550", "the refused batch was counted: {used}");
+
+    // What the cloud received: the native scrambles, and nothing secret.
+    let requests: Vec<Recorded> = rec.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
+    assert_nothing_secret(&requests, &key, &key_text, &[&sample, &new], 15)?;
+    let posts: Vec<&Recorded> = requests.iter().filter(|r| r.method != "GET").collect();
+    ensure!(
+        posts
+            .iter()
+            .all(|r| r.method == "POST" && r.uri == "/api/models/digits-cnn/classify"),
+        "the page sent {:?}",
+        posts.iter().map(|r| &r.uri).collect::<Vec<_>>()
+    );
+    let mut sent: Vec<f32> = Vec::new();
+    for r in &posts {
+        let v: Value = serde_json::from_slice(&r.body)?;
+        for img in v["images"].as_array().context("images")? {
+            sent.extend(
+                img.as_array()
+                    .context("an image")?
+                    .iter()
+                    .map(|x| x.as_f64().unwrap_or(f64::NAN) as f32),
+            );
+        }
+    }
+    let native = veil_client::Session::start(false).await?;
+    native.import_key(&key_text, Some("journey passphrase"))?;
+    native.scramble_begin(
+        veil_client::owsd::ScrambleSetup {
+            embedding: 64,
+            output: veil::data::ImageShape::new(1, 8, 8),
+            generation: 0,
+        },
+        veil::owsd::KeyUsage::new(10_000),
+    )?;
+    let mut expected = Vec::new();
+    for d in [in_path_order(&sample), in_path_order(&new)] {
+        let emb = native.embed(&d.images).await?;
+        expected.extend(native.scramble(&emb, false).await?.pixels);
+    }
+    ensure!(
+        sent.len() == expected.len(),
+        "{} values sent, {} expected",
+        sent.len(),
+        expected.len()
+    );
+    let worst = max_diff(&sent, &expected);
+    println!(
+        "{tag}: {} scrambled images sent; max |page − native| = {worst:e}",
+        sent.len() / 64
+    );
+    ensure!(
+        worst < 1e-3,
+        "the page's scrambles differ from native by {worst}"
+    );
+    Ok(())
 }

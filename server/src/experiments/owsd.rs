@@ -30,7 +30,8 @@ use veil::keys::{MasterKey, Scheme};
 use veil::leakage::metrics::psnr;
 use veil::model::{Classifier, SmallCnn, SmallCnnConfig};
 use veil::owsd::{
-    IinTrainOptions, InternalInferenceNetConfig, ScrambleConfig, ScrambleKey, train_internal_net,
+    IinTrainOptions, InternalInferenceNetConfig, ScrambleConfig, ScrambleKey, cloud_features,
+    train_internal_net,
 };
 use veil::train::{Control, TrainOptions, accuracy, train_classifier};
 
@@ -187,17 +188,12 @@ struct Features {
 }
 
 impl Features {
-    /// The cloud's vectors enter the IIN as log-probabilities (floored at 1e-6): a confident
-    /// cloud's probabilities are nearly one-hot, and their logarithms keep the ranking of the
-    /// other classes, which is what distinguishes scrambled images.
+    /// The cloud's vectors enter the IIN as [`cloud_features`] (log-probabilities).
     fn new(emb: &[f32], scrambled: &[f32], cloud: &SmallCnn, k: usize, shape: ImageShape) -> Self {
         let n = emb.len() / 64;
         Self {
             emb: emb.to_vec(),
-            cloud: cloud_vectors(cloud, scrambled, shape)
-                .into_iter()
-                .map(|p| p.max(1e-6).ln() / 6.0)
-                .collect(),
+            cloud: cloud_features(&cloud_vectors(cloud, scrambled, shape)),
             k,
             n,
         }

@@ -117,25 +117,53 @@ fn native() -> Result<Value> {
         "inference_images_per_s": (batch * reps) as f64 / secs,
         "inference_batch": batch,
         "encrypt_digits_images_per_s": encrypt_digits_native()?,
+        "scramble_1x8x8_images_per_s": scramble_native(1, 8, 8)?,
+        "scramble_3x32x32_images_per_s": scramble_native(3, 32, 4)?,
     }))
+}
+
+/// Every step of the CPU device is ready at once: poll to completion.
+fn ready<F: Future>(f: F) -> F::Output {
+    use std::task::{Context, Poll, Waker};
+    let mut f = std::pin::pin!(f);
+    let mut cx = Context::from_waker(Waker::noop());
+    loop {
+        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+    }
+}
+
+/// OWSD scrambling through the client's own code path (`veil_client::Session` on flex,
+/// natively), as the page's benchmark (`benchScramble` in worker.js) runs it: 256 fixed 64-d
+/// embeddings, `reps` repetitions after a warm-up, the budget forced.
+fn scramble_native(channels: usize, side: usize, reps: usize) -> Result<f64> {
+    let session = ready(veil_client::Session::start(false))?;
+    session.generate_key("bench")?;
+    session.scramble_begin(
+        veil_client::owsd::ScrambleSetup {
+            embedding: 64,
+            output: veil::data::ImageShape::new(channels, side, side),
+            generation: 0,
+        },
+        veil::owsd::KeyUsage::new(u64::MAX / 2),
+    )?;
+    let batch = 256;
+    let emb: Vec<f32> = (0..batch * 64)
+        .map(|i| ((i * 7919) % 101) as f32 / 50.0 - 1.0)
+        .collect();
+    ready(session.scramble(&emb, true))?;
+    let t = Instant::now();
+    for _ in 0..reps {
+        ready(session.scramble(&emb, true))?;
+    }
+    Ok((batch * reps) as f64 / t.elapsed().as_secs_f64())
 }
 
 /// Flow-rotation encryption of digits through the client's own code path (`veil_client::Session`
 /// on flex, natively), with the same batch as the page's benchmark (`benchEncrypt` in worker.js):
 /// the first 256 digits with their classes, route (a), 8 repetitions after a warm-up.
 fn encrypt_digits_native() -> Result<f64> {
-    use std::future::Future;
-    use std::task::{Context, Poll, Waker};
-    // Every step of the CPU device is ready at once: poll to completion.
-    fn ready<F: Future>(f: F) -> F::Output {
-        let mut f = std::pin::pin!(f);
-        let mut cx = Context::from_waker(Waker::noop());
-        loop {
-            if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-                return v;
-            }
-        }
-    }
     let session = ready(veil_client::Session::start(false))?;
     session.generate_key("bench")?;
     let files: Vec<(String, Vec<u8>)> = veil_server::embedded::DIGITS_FLOW_FILES
@@ -530,6 +558,26 @@ fn markdown(r: &Value) -> String {
             f(&n["encrypt_digits_images_per_s"])
         ),
     );
+    for (key, what) in [
+        (
+            "scramble_1x8x8_images_per_s",
+            "OWSD scrambling, 64-d embeddings to 1×8×8 (batch 256; throughput)",
+        ),
+        (
+            "scramble_3x32x32_images_per_s",
+            "OWSD scrambling, 64-d embeddings to 3×32×32 (batch 256; throughput)",
+        ),
+    ] {
+        s = s.trim_end().to_owned() + "\n";
+        s += &format!(
+            "| {what} | {} | {} | {} | {} | {} |\n\n",
+            ips(f(&n[key])),
+            ips(f(&cpu[key])),
+            ratio(f(&cpu[key]), f(&n[key])),
+            ips(f(&gpu[key])),
+            ratio(f(&gpu[key]), f(&n[key])),
+        );
+    }
     if r["browser_from_previous_run"].as_bool() == Some(true) {
         s += "Browser figures and the wasm size come from the previous full run (`veil-bench --native-only` \
               re-measured only the native ones), so these ratios mix two runs.\n\n";

@@ -1,0 +1,310 @@
+// The OWSD page: images are embedded (the demo CNN's penultimate layer) and scrambled by the key's
+// random generator in the worker; only the scrambled images go to the cloud's classifier; the
+// internal network, trained here, reads the owner's label from [embedding ‖ cloud vector]. The key
+// counts what it scrambles; the count lives in IndexedDB (store `owsd`) and comes back on reload.
+import {
+  $, say, startClient, apiJson, drawImage, progressTo, imageEntries, inputEntries, bindDrop,
+  decodeEntries, owsdRecord, storeOwsdRecord,
+} from './common.js';
+
+// The demo CNN, the default encoder, reads 8×8 grey digits with 17 levels.
+const ENCODER_SHAPE = { channels: 1, height: 8, width: 8 };
+const LEVELS = 17;
+const EMBEDDING = 64;
+const MAX_BATCH = 1024; // the cloud's limit per request
+
+const state = {
+  call: null, key: null, clouds: [], cloud: null, status: null, record: null,
+  sample: null, sampleEntries: [], newImages: null, newEntries: [], iin: null, results: null, sent: 0,
+};
+window.veilOwsd = state;
+
+const imageLen = (s) => s.channels * s.height * s.width;
+
+async function start() {
+  let client;
+  try { client = await startClient(); } catch { return; }
+  state.call = client.call;
+  state.key = client.key;
+  $('key').textContent = client.key ? `${client.key.fingerprint} (${client.key.name})` : 'no key loaded';
+  $('key').dataset.fingerprint = client.key?.fingerprint || '';
+  try {
+    state.clouds = (await apiJson('/api/models')).filter((m) => m.scheme === 'plain');
+    const sel = $('cloud');
+    sel.replaceChildren(...state.clouds.map((m) => new Option(
+      `${m.name}: ${m.arch} on ${m.dataset}, ${m.classes.length} labels, ${m.input.channels}×${m.input.height}×${m.input.width}`, m.name,
+    )));
+    if (!state.clouds.length) throw new Error('the cloud has no classifier of plain images');
+    sel.disabled = false;
+    sel.addEventListener('change', chooseCloud);
+    await chooseCloud();
+  } catch (err) { say($('key-message'), `The cloud's models could not be listed: ${err.message}`, 'error'); }
+}
+
+async function chooseCloud() {
+  state.cloud = state.clouds.find((m) => m.name === $('cloud').value);
+  state.iin = null;
+  if (!state.key) {
+    say($('key-message'), 'Load a key first: the scramble generator is drawn from it.', 'error');
+    updateButtons();
+    return;
+  }
+  try {
+    state.record = await owsdRecord(state.key.fingerprint);
+    await begin();
+  } catch (err) { say($('key-message'), err.message, 'error'); }
+  updateButtons();
+}
+
+// Sets the scrambler up for the kept generation and count (and the cloud's input shape).
+async function begin() {
+  const r = state.record;
+  state.status = await state.call('scrambleBegin', {
+    setup: { embedding: EMBEDDING, output: state.cloud.input, generation: r.generation },
+    usage: r.usage,
+  });
+  showUsage();
+}
+
+function showUsage() {
+  const u = state.status.usage;
+  $('generation').textContent = String(state.status.generation);
+  $('used').textContent = String(u.used);
+  $('budget-shown').textContent = String(u.budget);
+  $('budget').value = String(u.budget);
+  document.body.dataset.used = String(u.used);
+  document.body.dataset.generation = String(state.status.generation);
+}
+
+// Keeps the count after every batch, before anything is sent.
+async function keep(usage) {
+  state.record = { ...state.record, usage };
+  state.status = { ...state.status, usage };
+  await storeOwsdRecord(state.key.fingerprint, state.record);
+  showUsage();
+}
+
+$('set-budget').addEventListener('click', async () => {
+  const budget = Math.round(Number($('budget').value));
+  try {
+    if (!(budget >= 1)) throw new Error('the budget must be at least 1 image');
+    const usage = { ...state.record.usage, budget, warn_at: Math.floor(budget / 5) * 4 };
+    state.record = { ...state.record, usage };
+    await storeOwsdRecord(state.key.fingerprint, state.record);
+    await begin();
+    say($('key-message'), `Budget set to ${budget} images.`, 'ok');
+  } catch (err) { say($('key-message'), err.message, 'error'); }
+});
+
+$('rotate').addEventListener('click', async () => {
+  if (!confirm('Rotate the key? Images scrambled from now on use a new generator, and the internal network must be trained again.')) return;
+  try {
+    const budget = state.record.usage.budget;
+    state.record = {
+      generation: state.record.generation + 1,
+      usage: { used: 0, budget, warn_at: Math.floor(budget / 5) * 4 },
+      retired: [...(state.record.retired || []), { generation: state.record.generation, used: state.record.usage.used }],
+    };
+    await storeOwsdRecord(state.key.fingerprint, state.record);
+    state.iin = null;
+    await begin();
+    say($('key-message'), `Rotated: generation ${state.record.generation}. Train the internal network again.`, 'ok');
+  } catch (err) { say($('key-message'), err.message, 'error'); }
+  updateButtons();
+});
+
+function updateButtons() {
+  const ready = !!(state.status && state.cloud);
+  $('set-budget').disabled = !ready;
+  $('rotate').disabled = !ready;
+  $('train').disabled = !(ready && (state.sample || state.sampleEntries.length));
+  $('classify').disabled = !(ready && state.iin && (state.newImages || state.newEntries.length));
+}
+
+// --- choosing images ------------------------------------------------------------------------
+function pickSample(entries) {
+  state.sample = null;
+  state.sampleEntries = imageEntries(entries).filter((e) => e.className !== null);
+  const labels = [...new Set(state.sampleEntries.map((e) => e.className))].sort();
+  $('sample-picked').textContent = state.sampleEntries.length
+    ? `${state.sampleEntries.length} labelled images, ${labels.length} labels.`
+    : 'No labelled images (put them in one sub-folder per label).';
+  updateButtons();
+}
+$('sample-folder').addEventListener('change', (e) => pickSample(inputEntries(e.target)));
+bindDrop($('drop-sample'), pickSample, (m) => say($('train-message'), m, 'error'));
+
+$('sample-digits').addEventListener('click', async () => {
+  const all = await state.call('sampleDigits', { n: 550 });
+  const len = imageLen(ENCODER_SHAPE);
+  state.sampleEntries = [];
+  state.sample = { pixels: all.pixels.slice(0, 350 * len), labels: all.labels.slice(0, 350), classes: [...'0123456789'] };
+  state.newDigits = { pixels: all.pixels.slice(350 * len), labels: all.labels.slice(350), classes: [...'0123456789'] };
+  $('sample-picked').textContent = '350 sample digits chosen (about 35 per label).';
+  updateButtons();
+});
+
+function pickNew(entries) {
+  state.newImages = null;
+  state.newEntries = imageEntries(entries);
+  $('new-picked').textContent = state.newEntries.length ? `${state.newEntries.length} images chosen.` : 'No images chosen.';
+  updateButtons();
+}
+$('new-folder').addEventListener('change', (e) => pickNew(inputEntries(e.target)));
+$('new-files').addEventListener('change', (e) => pickNew(inputEntries(e.target)));
+bindDrop($('drop-new'), pickNew, (m) => say($('classify-message'), m, 'error'));
+$('new-digits').addEventListener('click', async () => {
+  if (!state.newDigits) {
+    const all = await state.call('sampleDigits', { n: 550 });
+    const len = imageLen(ENCODER_SHAPE);
+    state.newDigits = { pixels: all.pixels.slice(350 * len), labels: all.labels.slice(350), classes: [...'0123456789'] };
+  }
+  state.newEntries = [];
+  state.newImages = state.newDigits;
+  $('new-picked').textContent = '200 sample digits chosen (not in the 350).';
+  updateButtons();
+});
+
+// --- the pipeline -----------------------------------------------------------------------------
+async function readImages(entries, onProgress) {
+  return decodeEntries(state.call, entries, ENCODER_SHAPE, onProgress, LEVELS);
+}
+
+// Embeds and scrambles `pixels` here (counted first), then sends only the scrambled images to the
+// cloud; returns {emb, scrambled, cloud} (cloud: [N, K] probabilities).
+async function scrambleAndAsk(pixels, onProgress) {
+  const n = pixels.length / imageLen(ENCODER_SHAPE);
+  const emb = await state.call('embed', { pixels });
+  const out = await state.call('scramble', { embeddings: emb, force: $('force').checked });
+  await keep(out.usage);
+  if (out.warning) say($('key-message'), out.warning, 'error');
+  const len = imageLen(state.cloud.input);
+  const k = state.cloud.classes.length;
+  const cloud = new Float32Array(n * k);
+  for (let s = 0; s < n; s += MAX_BATCH) {
+    const e = Math.min(n, s + MAX_BATCH);
+    const images = [];
+    for (let i = s; i < e; i++) images.push(Array.from(out.pixels.subarray(i * len, (i + 1) * len)));
+    const answer = await apiJson(state.cloud.classify_url, {
+      method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ images }),
+    });
+    answer.probabilities.forEach((row, i) => cloud.set(row, (s + i) * k));
+    state.sent += e - s;
+    onProgress({ done: e, total: n, what: 'asking the cloud' });
+  }
+  return { emb, scrambled: out.pixels, cloud };
+}
+
+$('train').addEventListener('click', async () => {
+  document.body.dataset.state = 'training';
+  $('train').disabled = true;
+  const onProgress = progressTo($('train-progress'), $('train-label'));
+  try {
+    let { sample } = state;
+    if (!sample) {
+      const classes = [...new Set(state.sampleEntries.map((e) => e.className))].sort();
+      const labels = Uint32Array.from(state.sampleEntries, (e) => classes.indexOf(e.className));
+      sample = { pixels: await readImages(state.sampleEntries, onProgress), labels, classes };
+    }
+    const { emb, scrambled, cloud } = await scrambleAndAsk(sample.pixels, onProgress);
+    showPairs(sample.pixels, scrambled, sample.labels.length);
+    $('train-label').textContent = 'training the internal network…';
+    const report = await state.call('iinTrain', { embeddings: emb, cloud, labels: sample.labels, classes: sample.classes });
+    state.iin = { report, classes: sample.classes, generation: state.status.generation };
+    $('train-label').textContent = 'done';
+    document.body.dataset.state = 'trained';
+    say($('train-message'), `Trained on ${sample.labels.length} images: validation accuracy ${(100 * report.validation_accuracy).toFixed(1)} % (epoch ${report.best_epoch} of ${report.epochs}).`, 'ok');
+  } catch (err) {
+    document.body.dataset.state = 'failed';
+    say($('train-message'), err.message, 'error');
+  }
+  updateButtons();
+});
+
+$('classify').addEventListener('click', async () => {
+  document.body.dataset.state = 'classifying';
+  $('classify').disabled = true;
+  const onProgress = progressTo($('classify-progress'), $('classify-label'));
+  try {
+    if (state.iin.generation !== state.status.generation) throw new Error('the key was rotated since the internal network was trained: train it again');
+    let images = state.newImages;
+    if (!images) {
+      images = { pixels: await readImages(state.newEntries, onProgress), labels: null, classes: state.iin.classes };
+      const known = state.newEntries.every((e) => e.className !== null && state.iin.classes.includes(e.className));
+      if (known) images.labels = Uint32Array.from(state.newEntries, (e) => state.iin.classes.indexOf(e.className));
+    }
+    const { emb, scrambled, cloud } = await scrambleAndAsk(images.pixels, onProgress);
+    const { labels } = await state.call('iinPredict', { embeddings: emb, cloud });
+    const k = state.cloud.classes.length;
+    const n = labels.length;
+    const cloudTop = Array.from({ length: n }, (_, i) => {
+      let best = 0;
+      for (let j = 1; j < k; j++) if (cloud[i * k + j] > cloud[i * k + best]) best = j;
+      return state.cloud.classes[best];
+    });
+    let accuracy = null;
+    if (images.labels) accuracy = labels.reduce((a, l, i) => a + (l === images.labels[i] ? 1 : 0), 0) / n;
+    state.results = { labels, cloudTop, accuracy };
+    showResults(images, scrambled, labels, cloudTop);
+    $('classify-label').textContent = 'done';
+    $('summary').replaceChildren(...[
+      ['Images', String(n)],
+      ['Accuracy (internal network)', accuracy === null ? 'unknown (no labels)' : `${(100 * accuracy).toFixed(1)} %`],
+      ['Sent to the cloud', `${state.sent} scrambled images, nothing else`],
+    ].flatMap(([a, b]) => {
+      const dt = document.createElement('dt'); dt.textContent = a;
+      const dd = document.createElement('dd'); dd.textContent = b;
+      return [dt, dd];
+    }));
+    document.body.dataset.state = 'classified';
+    say($('classify-message'), `Classified ${n} images.`, 'ok');
+  } catch (err) {
+    document.body.dataset.state = 'failed';
+    say($('classify-message'), err.message, 'error');
+  }
+  updateButtons();
+});
+
+function canvasOf(pixels, shape) {
+  const c = document.createElement('canvas');
+  c.width = shape.width * 5;
+  c.height = shape.height * 5;
+  drawImage(c, pixels, shape);
+  return c;
+}
+
+function showPairs(originals, scrambled, n) {
+  const a = imageLen(ENCODER_SHAPE);
+  const b = imageLen(state.cloud.input);
+  const shown = Math.min(24, n);
+  $('pairs').replaceChildren(...Array.from({ length: shown }, (_, j) => {
+    const i = Math.floor((j * n) / shown); // spread over the sample (it is in label order)
+    const fig = document.createElement('figure');
+    fig.append(canvasOf(originals.subarray(i * a, (i + 1) * a), ENCODER_SHAPE), canvasOf(scrambled.subarray(i * b, (i + 1) * b), state.cloud.input));
+    return fig;
+  }));
+}
+
+function showResults(images, scrambled, labels, cloudTop) {
+  const a = imageLen(ENCODER_SHAPE);
+  const b = imageLen(state.cloud.input);
+  const rows = Array.from({ length: Math.min(40, labels.length) }, (_, i) => {
+    const tr = document.createElement('tr');
+    const cells = [
+      canvasOf(images.pixels.subarray(i * a, (i + 1) * a), ENCODER_SHAPE),
+      canvasOf(scrambled.subarray(i * b, (i + 1) * b), state.cloud.input),
+      state.iin.classes[labels[i]],
+      cloudTop[i],
+      images.labels ? state.iin.classes[images.labels[i]] : '–',
+    ];
+    tr.replaceChildren(...cells.map((c) => {
+      const td = document.createElement('td');
+      if (typeof c === 'string') td.textContent = c; else td.append(c);
+      return td;
+    }));
+    return tr;
+  });
+  $('results').tBodies[0].replaceChildren(...rows);
+}
+
+start();
