@@ -910,7 +910,7 @@ async fn owsd(b: &Browser, base: &str, mode: GpuMode, rec: &Recording) -> Result
 
     // What the cloud received: the native scrambles, and nothing secret.
     let requests: Vec<Recorded> = rec.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
-    assert_nothing_secret(&requests, &key, &key_text, &[&sample, &new], 15)?;
+    assert_nothing_secret(&requests, &key, &key_text, &[&sample, &new], 10)?;
     let posts: Vec<&Recorded> = requests.iter().filter(|r| r.method != "GET").collect();
     ensure!(
         posts
