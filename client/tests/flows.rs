@@ -2,27 +2,17 @@
 //! `veil::flow_rotation` used directly.
 #![cfg(not(target_arch = "wasm32"))]
 
-use std::future::Future;
+mod common;
+
 use std::path::PathBuf;
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
+
+use common::block_on;
 
 use veil::burn::tensor::Device;
 use veil::data::digits;
 use veil::flow_rotation::FlowSet;
 use veil::keys::MasterKey;
 use veil_client::{FlowRoute, Session};
-
-/// Runs a future whose every step is ready (the CPU device never makes a read wait).
-fn block_on<F: Future>(f: F) -> F::Output {
-    let mut f = pin!(f);
-    let mut cx = Context::from_waker(Waker::noop());
-    loop {
-        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-            return v;
-        }
-    }
-}
 
 fn shipped_flows() -> (String, Vec<(String, Vec<u8>)>) {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets/flows/digits");

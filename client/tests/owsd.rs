@@ -2,9 +2,9 @@
 //! `veil::owsd` used directly, and the key budget.
 #![cfg(not(target_arch = "wasm32"))]
 
-use std::future::Future;
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
+mod common;
+
+use common::block_on;
 
 use veil::burn::tensor::{Device, Tensor, TensorData};
 use veil::data::{ImageShape, digits};
@@ -12,17 +12,6 @@ use veil::keys::{MasterKey, Scheme};
 use veil::owsd::{KeyUsage, ScrambleConfig};
 use veil_client::Session;
 use veil_client::owsd::{ScrambleSetup, generator_label};
-
-/// Runs a future whose every step is ready (the CPU device never makes a read wait).
-fn block_on<F: Future>(f: F) -> F::Output {
-    let mut f = pin!(f);
-    let mut cx = Context::from_waker(Waker::noop());
-    loop {
-        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-            return v;
-        }
-    }
-}
 
 fn session(key: &MasterKey) -> Session {
     let s = block_on(Session::start(false)).unwrap();

@@ -35,18 +35,7 @@ const ROUTE_C_IMAGES: usize = 60;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the built wasm client and Chromium: run by `cargo xtask test`"]
 async fn flow_rotation_journey_sends_only_ciphertexts() -> Result<()> {
-    let mode = GpuMode::from_env();
-    let (server, recording) = start_recording_server().await?;
-    let browser = Browser::start(mode).await?;
-    let base = format!("http://{}", server.addr);
-    let result = journey(&browser, &base, mode, &recording).await;
-    if result.is_err() {
-        let _ = browser
-            .screenshot(&format!("flow-failure-{}", mode.expected_backend()))
-            .await;
-    }
-    browser.close().await?;
-    result
+    with_browser("flow", journey).await
 }
 
 /// Fine-tuning the served flows in the page on data they never saw (the digits inverted, light
@@ -56,18 +45,7 @@ async fn flow_rotation_journey_sends_only_ciphertexts() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the built wasm client and Chromium: run by `cargo xtask test`"]
 async fn fine_tuned_flows_stay_in_the_browser() -> Result<()> {
-    let mode = GpuMode::from_env();
-    let (server, recording) = start_recording_server().await?;
-    let browser = Browser::start(mode).await?;
-    let base = format!("http://{}", server.addr);
-    let result = fine_tune(&browser, &base, mode, &recording).await;
-    if result.is_err() {
-        let _ = browser
-            .screenshot(&format!("flows-failure-{}", mode.expected_backend()))
-            .await;
-    }
-    browser.close().await?;
-    result
+    with_browser("flows", fine_tune).await
 }
 
 async fn fine_tune(b: &Browser, base: &str, mode: GpuMode, rec: &Recording) -> Result<()> {
@@ -274,6 +252,26 @@ async fn fine_tune(b: &Browser, base: &str, mode: GpuMode, rec: &Recording) -> R
         requests.len()
     );
     Ok(())
+}
+
+/// Runs `journey` against a fresh recording server and browser (the backend from
+/// `VEIL_E2E_GPU`), saving a screenshot `<name>-failure-<backend>` when it fails.
+async fn with_browser(
+    name: &str,
+    journey: impl AsyncFnOnce(&Browser, &str, GpuMode, &Recording) -> Result<()>,
+) -> Result<()> {
+    let mode = GpuMode::from_env();
+    let (server, recording) = start_recording_server().await?;
+    let browser = Browser::start(mode).await?;
+    let base = format!("http://{}", server.addr);
+    let result = journey(&browser, &base, mode, &recording).await;
+    if result.is_err() {
+        let _ = browser
+            .screenshot(&format!("{name}-failure-{}", mode.expected_backend()))
+            .await;
+    }
+    browser.close().await?;
+    result
 }
 
 /// Waits for `body.dataset[field]` to be one of `ok`, failing early on `failed` with the page's
@@ -778,18 +776,7 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the built wasm client and Chromium: run by `cargo xtask test`"]
 async fn owsd_sends_only_scrambled_images() -> Result<()> {
-    let mode = GpuMode::from_env();
-    let (server, recording) = start_recording_server().await?;
-    let browser = Browser::start(mode).await?;
-    let base = format!("http://{}", server.addr);
-    let result = owsd(&browser, &base, mode, &recording).await;
-    if result.is_err() {
-        let _ = browser
-            .screenshot(&format!("owsd-failure-{}", mode.expected_backend()))
-            .await;
-    }
-    browser.close().await?;
-    result
+    with_browser("owsd", owsd).await
 }
 
 async fn owsd(b: &Browser, base: &str, mode: GpuMode, rec: &Recording) -> Result<()> {
