@@ -1,7 +1,7 @@
 // The classify page: new images are encrypted here along one of the three routes, only the
 // ciphertexts go to the factory's model, and the answer is read here.
 import {
-  $, say, startClient, apiJson, drawImage, progressTo, imageEntries, inputEntries, bindDrop,
+  $, say, startClient, showKey, apiJson, drawImage, progressTo, imageEntries, inputEntries, bindDrop,
   flowFamilies, loadFamily, familyLabel, activeFamily,
 } from './common.js';
 
@@ -17,8 +17,7 @@ async function start() {
   try { client = await startClient(); } catch { return; }
   state.call = client.call;
   state.key = client.key;
-  $('key').textContent = client.key ? `${client.key.fingerprint} (${client.key.name})` : 'no key loaded — generate or import one on the Keys page';
-  $('key').dataset.fingerprint = client.key?.fingerprint || '';
+  showKey($('key'), client.key, 'no key loaded — generate or import one on the Keys page');
   try {
     const models = (await apiJson('/api/models')).filter((m) => m.scheme === 'flow-rotation');
     state.models = models;

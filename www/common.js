@@ -60,6 +60,12 @@ export async function startClient() {
   }
 }
 
+// Shows a key ({fingerprint, name} or null) in `el`, its fingerprint in data-fingerprint.
+export function showKey(el, key, none = 'no key loaded') {
+  el.textContent = key ? `${key.fingerprint} (${key.name})` : none;
+  el.dataset.fingerprint = key?.fingerprint || '';
+}
+
 // --- the key store (IndexedDB) --------------------------------------------------------------
 const DB = 'veil';
 const STORE = 'keys';

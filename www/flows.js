@@ -3,7 +3,7 @@
 // Gaussianity probe, the share the key can encrypt), and kept in this browser's IndexedDB. Nothing
 // on this page is sent anywhere: the only requests are the public flows' downloads.
 import {
-  $, say, startClient, progressTo, imageEntries, inputEntries, bindDrop, labelsFor, decodeEntries,
+  $, say, startClient, showKey, progressTo, imageEntries, inputEntries, bindDrop, labelsFor, decodeEntries,
   flowFamilies, loadFamily, familyLabel, activeFamily, setActiveFamily, storeFlows, listStoredFlows,
   deleteStoredFlows,
 } from './common.js';
@@ -20,8 +20,7 @@ async function start() {
   try { client = await startClient(); } catch { return; }
   state.call = client.call;
   state.key = client.key;
-  $('key').textContent = client.key ? `${client.key.fingerprint} (${client.key.name})` : 'no key loaded';
-  $('key').dataset.fingerprint = client.key?.fingerprint || '';
+  showKey($('key'), client.key);
   await refreshFamilies();
   await showStored();
 }

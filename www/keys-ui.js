@@ -1,15 +1,14 @@
 // The key controls (index.html and keys.html): generate, export passphrase-wrapped, import,
 // forget, and the keys stored in this browser. Keys go between the worker, IndexedDB and files
 // the user downloads; never to the server.
-import { $, say, listKeys, deleteKey, setActiveKey, keepWorkerKey, download } from './common.js';
+import { $, say, showKey, listKeys, deleteKey, setActiveKey, keepWorkerKey, download } from './common.js';
 
 export function bindKeys(call, initial) {
   const msg = $('keys-message');
 
   async function refresh() {
     const { fingerprint, name } = await call('status');
-    $('fingerprint').textContent = fingerprint ? `${fingerprint} (${name})` : 'no key loaded';
-    $('fingerprint').dataset.fingerprint = fingerprint || '';
+    showKey($('fingerprint'), fingerprint ? { fingerprint, name } : null);
     $('export').disabled = !fingerprint;
     $('forget').disabled = !fingerprint;
     await renderStored(fingerprint);

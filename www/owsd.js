@@ -3,7 +3,7 @@
 // internal network, trained here, reads the owner's label from [embedding ‖ cloud vector]. The key
 // counts what it scrambles; the count lives in IndexedDB (store `owsd`) and comes back on reload.
 import {
-  $, say, startClient, apiJson, drawImage, progressTo, imageEntries, inputEntries, bindDrop,
+  $, say, startClient, showKey, apiJson, drawImage, progressTo, imageEntries, inputEntries, bindDrop,
   decodeEntries, owsdRecord, storeOwsdRecord,
 } from './common.js';
 
@@ -26,8 +26,7 @@ async function start() {
   try { client = await startClient(); } catch { return; }
   state.call = client.call;
   state.key = client.key;
-  $('key').textContent = client.key ? `${client.key.fingerprint} (${client.key.name})` : 'no key loaded';
-  $('key').dataset.fingerprint = client.key?.fingerprint || '';
+  showKey($('key'), client.key);
   try {
     state.clouds = (await apiJson('/api/models')).filter((m) => m.scheme === 'plain');
     const sel = $('cloud');

@@ -28,6 +28,7 @@ use veil::gaussianity::{GaussianityReport, probe};
 use veil::glow::{Glow, GlowConfig, Preprocess};
 
 use crate::session::ClientError;
+use crate::state::read_vec;
 
 /// Held-out images per evaluation batch.
 const EVAL_CHUNK: usize = 256;
@@ -559,18 +560,6 @@ fn mean(v: &VecDeque<f32>) -> f32 {
         return f32::NAN;
     }
     v.iter().sum::<f32>() / v.len() as f32
-}
-
-/// Reads a tensor back asynchronously (the only way WebGPU allows).
-pub async fn read_vec<const D: usize>(
-    t: Tensor<D>,
-    backend: &'static str,
-) -> Result<Vec<f32>, ClientError> {
-    let data = t.into_data_async().await.map_err(|e| ClientError::Device {
-        backend,
-        message: format!("{e:?}"),
-    })?;
-    Ok(data.iter::<f32>().collect())
 }
 
 /// Copies the float parameters of `glow` (on any device) onto `base`, a flex flow of the same

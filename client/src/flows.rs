@@ -360,20 +360,15 @@ impl Flows {
     }
 }
 
-/// Reads back every tensor of [`Flows::apply`] into one `[B, C, H, W]` buffer in image order.
+/// Reads back every tensor of [`Flows::apply`] into one `[B, C, H, W]` buffer in image order,
+/// refusing non-finite values.
 pub async fn read_all(
     parts: Vec<(Vec<usize>, Tensor<4>)>,
     n: usize,
     len: usize,
     backend: &'static str,
 ) -> Result<Vec<f32>, ClientError> {
-    let mut out = vec![0.0f32; n * len];
-    for (idx, t) in parts {
-        let values = crate::finetune::read_vec(t, backend).await?;
-        for (j, &i) in idx.iter().enumerate() {
-            out[i * len..(i + 1) * len].copy_from_slice(&values[j * len..(j + 1) * len]);
-        }
-    }
+    let out = read_parts(parts, n, len, backend).await?;
     if let Some(bad) = out.iter().position(|v| !v.is_finite()) {
         return Err(ClientError::Device {
             backend,
@@ -382,6 +377,23 @@ pub async fn read_all(
                 bad / len
             ),
         });
+    }
+    Ok(out)
+}
+
+/// [`read_all`] without the finiteness check.
+pub async fn read_parts(
+    parts: Vec<(Vec<usize>, Tensor<4>)>,
+    n: usize,
+    len: usize,
+    backend: &'static str,
+) -> Result<Vec<f32>, ClientError> {
+    let mut out = vec![0.0f32; n * len];
+    for (idx, t) in parts {
+        let values = crate::state::read_vec(t, backend).await?;
+        for (j, &i) in idx.iter().enumerate() {
+            out[i * len..(i + 1) * len].copy_from_slice(&values[j * len..(j + 1) * len]);
+        }
     }
     Ok(out)
 }

@@ -129,7 +129,7 @@ impl Scrambler {
         embeddings: &[f32],
         force: bool,
         device: &Device,
-    ) -> Result<(Tensor<4>, usize, Option<String>), ClientError> {
+    ) -> Result<(Tensor<4>, Option<String>), ClientError> {
         let d = self.key.config().embedding;
         if embeddings.is_empty() || !embeddings.len().is_multiple_of(d) {
             return Err(ClientError::BadInput(format!(
@@ -160,7 +160,7 @@ impl Scrambler {
             .key
             .scramble(x)
             .map_err(|e| ClientError::BadInput(e.to_string()))?;
-        Ok((images, n, warning))
+        Ok((images, warning))
     }
 
     /// The count so far.

@@ -11,11 +11,15 @@ use veil::model::{Classifier, ModelCard, ModelError, SmallCnn, demo};
 
 use crate::finetune::{FineTune, FineTuneOptions, FineTunePlan, FineTuneProgress, Slot};
 pub use crate::flows::FlowRoute;
-use crate::flows::{Flows, FlowsInfo, NamedFiles, check_batch, read_all};
+use crate::flows::{Flows, FlowsInfo, NamedFiles, check_batch, read_all, read_parts};
 use crate::owsd::{Iin, ScrambleSetup, ScrambleStatus, Scrambled, Scrambler};
 use crate::state::{Backend, init_device};
 use veil::owsd::KeyUsage;
 use veil::owsd::{IinReport, IinTrainOptions};
+
+/// Ciphertexts per encryption call that WebGPU sessions decrypt again to check them (see
+/// [`Session::flow_apply`]).
+pub const ROUND_TRIP_CHECKS: usize = 16;
 
 /// Errors a page shows to its user.
 #[derive(Debug, thiserror::Error)]
@@ -283,7 +287,69 @@ impl Session {
             let len = flows.shape().len();
             (parts, pixels.len() / len, len)
         };
-        read_all(parts, n, len, self.backend.label()).await
+        let out = read_all(parts, n, len, self.backend.label()).await?;
+        // On the CPU an overflowing inverse flow gives NaN, which `read_all` refuses. WGSL leaves
+        // overflow implementation-defined, so on WebGPU it can give finite garbage that would
+        // never decrypt: there, decrypt a spread of the ciphertexts and compare. (Route c's
+        // per-class encryptions are for classification only and are never decrypted.)
+        if !decrypt && self.backend == Backend::Webgpu && !matches!(route, FlowRoute::Class(_)) {
+            self.check_round_trip(pixels, &out, route, &key).await?;
+        }
+        Ok(out)
+    }
+
+    /// Decrypts up to [`ROUND_TRIP_CHECKS`] of `ciphertexts`, spread over the batch, and fails
+    /// unless each gives back its (quantised) original.
+    async fn check_round_trip(
+        &self,
+        pixels: &[f32],
+        ciphertexts: &[f32],
+        route: &FlowRoute,
+        key: &MasterKey,
+    ) -> Result<(), ClientError> {
+        let (len, levels) = {
+            let guard = self.flows.borrow();
+            let flows = guard.as_ref().ok_or_else(no_flows)?;
+            (flows.shape().len(), (flows.levels().max(2) - 1) as f32)
+        };
+        let n = pixels.len() / len;
+        let k = n.min(ROUND_TRIP_CHECKS);
+        let picks: Vec<usize> = (0..k).map(|j| j * n / k).collect();
+        let take = |src: &[f32]| -> Vec<f32> {
+            picks
+                .iter()
+                .flat_map(|&i| src[i * len..(i + 1) * len].iter().copied())
+                .collect()
+        };
+        let sub_route = match route {
+            FlowRoute::TrueClass(labels) => {
+                FlowRoute::TrueClass(picks.iter().map(|&i| labels[i]).collect())
+            }
+            other => other.clone(),
+        };
+        let parts = {
+            let mut guard = self.flows.borrow_mut();
+            let flows = guard.as_mut().ok_or_else(no_flows)?;
+            flows.apply(key, &take(ciphertexts), &sub_route, true, &self.device)?
+        };
+        // A garbage ciphertext may decrypt to NaN: that is a failed round trip, not an error.
+        let back = read_parts(parts, k, len, self.backend.label()).await?;
+        let want = take(pixels);
+        let bad = back
+            .chunks(len)
+            .zip(want.chunks(len))
+            .filter(|(b, w)| {
+                !b.iter()
+                    .zip(*w)
+                    .all(|(b, w)| (b - (w * levels).round() / levels).abs() < 1e-4)
+            })
+            .count();
+        if bad > 0 {
+            return Err(ClientError::BadInput(format!(
+                "{bad} of {k} checked images do not decrypt back: these flows do not fit your images (their inverse overflows). Fine-tune the flows on your images first (Fine-tune the flows page)"
+            )));
+        }
+        Ok(())
     }
 
     /// Decodes PNG/JPEG files to the loaded flows' shape (the native decoder, so a file gives the
@@ -509,7 +575,7 @@ impl Session {
         force: bool,
     ) -> Result<Scrambled, ClientError> {
         let fp = self.fingerprint().ok_or(ClientError::NoKey)?;
-        let (images, n, warning, usage) = {
+        let (images, warning, usage) = {
             let mut guard = self.scrambler.borrow_mut();
             let s = guard
                 .as_mut()
@@ -519,11 +585,10 @@ impl Session {
                         "no scrambler is set up for the loaded key: set one up first".into(),
                     )
                 })?;
-            let (images, n, warning) = s.scramble(embeddings, force, &self.device)?;
-            (images, n, warning, s.usage())
+            let (images, warning) = s.scramble(embeddings, force, &self.device)?;
+            (images, warning, s.usage())
         };
-        let pixels = crate::finetune::read_vec(images, self.backend.label()).await?;
-        debug_assert_eq!(pixels.len() % n, 0);
+        let pixels = crate::state::read_vec(images, self.backend.label()).await?;
         Ok(Scrambled {
             pixels,
             usage,
@@ -570,7 +635,7 @@ impl Session {
         let shape = self.input_shape();
         check_batch(pixels, shape)?;
         let x = images_tensor(pixels, shape, &self.device);
-        crate::finetune::read_vec(self.model.embed(x), self.backend.label()).await
+        crate::state::read_vec(self.model.embed(x), self.backend.label()).await
     }
 }
 

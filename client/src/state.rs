@@ -1,6 +1,8 @@
 //! Device choice and weights.
 
-use veil::burn::tensor::Device;
+use veil::burn::tensor::{Device, Tensor};
+
+use crate::session::ClientError;
 
 /// Which backend runs the tensors.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -75,4 +77,16 @@ pub async fn init_device(prefer_gpu: bool) -> (Device, Backend) {
             },
         )
     }
+}
+
+/// Reads a tensor back asynchronously (the only way WebGPU allows).
+pub async fn read_vec<const D: usize>(
+    t: Tensor<D>,
+    backend: &'static str,
+) -> Result<Vec<f32>, ClientError> {
+    let data = t.into_data_async().await.map_err(|e| ClientError::Device {
+        backend,
+        message: format!("{e:?}"),
+    })?;
+    Ok(data.iter::<f32>().collect())
 }

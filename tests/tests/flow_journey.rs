@@ -80,10 +80,7 @@ async fn fine_tune(b: &Browser, base: &str, mode: GpuMode, rec: &Recording) -> R
         LONG,
     )
     .await?;
-    c.find(Locator::Id("folder"))
-        .await?
-        .send_keys(&owner_dir.display().to_string())
-        .await?;
+    choose(b, "folder", &owner_dir).await?;
     b.wait_for(
         "the picked images",
         "return window.veilFlows.entries.length || null;",
@@ -98,7 +95,7 @@ async fn fine_tune(b: &Browser, base: &str, mode: GpuMode, rec: &Recording) -> R
         vec![],
     )
     .await?;
-    c.find(Locator::Id("run")).await?.click().await?;
+    click(b, "run").await?;
     wait_state(b, "the fine-tuning", "state", "finished", "message").await?;
     c.execute(
         "document.getElementById('run-title').scrollIntoView();",
@@ -176,7 +173,7 @@ async fn fine_tune(b: &Browser, base: &str, mode: GpuMode, rec: &Recording) -> R
         .await?
         .send_keys("inverted digits")
         .await?;
-    c.find(Locator::Id("save")).await?.click().await?;
+    click(b, "save").await?;
     b.wait_for(
         "the kept flows",
         "return document.body.dataset.saved || null;",
@@ -197,17 +194,14 @@ async fn fine_tune(b: &Browser, base: &str, mode: GpuMode, rec: &Recording) -> R
         vec![],
     )
     .await?;
-    c.find(Locator::Id("folder"))
-        .await?
-        .send_keys(&owner_dir.display().to_string())
-        .await?;
+    choose(b, "folder", &owner_dir).await?;
     b.wait_for(
         "the picked images",
         "return window.veilEncrypt.entries.length || null;",
         LONG,
     )
     .await?;
-    c.find(Locator::Id("encrypt")).await?.click().await?;
+    click(b, "encrypt").await?;
     let outcome = b
         .wait_for(
             "the encryption with the kept flows",
@@ -274,6 +268,22 @@ async fn with_browser(
     result
 }
 
+/// Chooses the file or folder `path` in the file input `id`.
+async fn choose(b: &Browser, id: &str, path: &Path) -> Result<()> {
+    b.client
+        .find(Locator::Id(id))
+        .await?
+        .send_keys(&path.display().to_string())
+        .await?;
+    Ok(())
+}
+
+/// Clicks the element `id`.
+async fn click(b: &Browser, id: &str) -> Result<()> {
+    b.client.find(Locator::Id(id)).await?.click().await?;
+    Ok(())
+}
+
 /// Waits for `body.dataset[field]` to be one of `ok`, failing early on `failed` with the page's
 /// message.
 async fn wait_state(
@@ -330,10 +340,7 @@ async fn journey(b: &Browser, base: &str, mode: GpuMode, rec: &Recording) -> Res
         LONG,
     )
     .await?;
-    c.find(Locator::Id("folder"))
-        .await?
-        .send_keys(&train_dir.display().to_string())
-        .await?;
+    choose(b, "folder", &train_dir).await?;
     let picked = b
         .wait_for(
             "the picked images",
@@ -342,7 +349,7 @@ async fn journey(b: &Browser, base: &str, mode: GpuMode, rec: &Recording) -> Res
         )
         .await?;
     ensure!(picked == train.len(), "the page picked {picked} images");
-    c.find(Locator::Id("encrypt")).await?.click().await?;
+    click(b, "encrypt").await?;
     wait_state(b, "the encryption", "state", "encrypted", "message").await?;
     b.screenshot(&format!("encrypt-{tag}")).await?;
 
@@ -355,7 +362,7 @@ async fn journey(b: &Browser, base: &str, mode: GpuMode, rec: &Recording) -> Res
         LONG,
     )
     .await?;
-    c.find(Locator::Id("upload")).await?.click().await?;
+    click(b, "upload").await?;
     b.wait_for(
         "the upload",
         "return document.body.dataset.dataset || null;",
@@ -368,7 +375,7 @@ async fn journey(b: &Browser, base: &str, mode: GpuMode, rec: &Recording) -> Res
         .await?
         .send_keys("0")
         .await?;
-    c.find(Locator::Id("train")).await?.click().await?;
+    click(b, "train").await?;
     wait_state(
         b,
         "the training job",
@@ -412,14 +419,14 @@ async fn journey(b: &Browser, base: &str, mode: GpuMode, rec: &Recording) -> Res
         LONG,
     )
     .await?;
-    c.find(Locator::Id("sample")).await?.click().await?;
+    click(b, "sample").await?;
     b.wait_for(
         "the sample",
         "return !document.getElementById('encrypt').disabled;",
         LONG,
     )
     .await?;
-    c.find(Locator::Id("encrypt")).await?.click().await?;
+    click(b, "encrypt").await?;
     wait_state(
         b,
         "the sample's encryption",
@@ -558,15 +565,12 @@ async fn import_key(
     std::fs::write(&key_path, &key_text)?;
     c.goto(&format!("{base}/keys.html")).await?;
     b.wait_backend(mode, LONG).await?;
-    c.find(Locator::Id("import-file"))
-        .await?
-        .send_keys(&key_path.display().to_string())
-        .await?;
+    choose(b, "import-file", &key_path).await?;
     c.find(Locator::Id("import-pass"))
         .await?
         .send_keys("journey passphrase")
         .await?;
-    c.find(Locator::Id("import")).await?.click().await?;
+    click(b, "import").await?;
     let shown = b
         .wait_for(
             "the imported key",
@@ -608,10 +612,7 @@ async fn classify_folder(
         .await?
         .click()
         .await?;
-    c.find(Locator::Id("folder"))
-        .await?
-        .send_keys(&folder.display().to_string())
-        .await?;
+    choose(b, "folder", folder).await?;
     b.wait_for(
         "the run button",
         "return !document.getElementById('run').disabled;",
@@ -625,7 +626,7 @@ async fn classify_folder(
         )
         .await?;
     ensure!(checked == true, "route ({route}) is not selected");
-    c.find(Locator::Id("run")).await?.click().await?;
+    click(b, "run").await?;
     wait_state(b, "the classification", "state", "done", "message").await?;
     let ran = c
         .execute("return document.body.dataset.route;", vec![])
@@ -809,17 +810,14 @@ async fn owsd(b: &Browser, base: &str, mode: GpuMode, rec: &Recording) -> Result
         Ok(())
     };
     open(0).await?;
-    c.find(Locator::Id("sample-folder"))
-        .await?
-        .send_keys(&sample_dir.display().to_string())
-        .await?;
+    choose(b, "sample-folder", &sample_dir).await?;
     b.wait_for(
         "the sample",
         "return window.veilOwsd.sampleEntries.length || null;",
         LONG,
     )
     .await?;
-    c.find(Locator::Id("train")).await?.click().await?;
+    click(b, "train").await?;
     wait_state(
         b,
         "the internal network",
@@ -828,17 +826,14 @@ async fn owsd(b: &Browser, base: &str, mode: GpuMode, rec: &Recording) -> Result
         "train-message",
     )
     .await?;
-    c.find(Locator::Id("new-folder"))
-        .await?
-        .send_keys(&new_dir.display().to_string())
-        .await?;
+    choose(b, "new-folder", &new_dir).await?;
     b.wait_for(
         "the new images",
         "return !document.getElementById('classify').disabled;",
         LONG,
     )
     .await?;
-    c.find(Locator::Id("classify")).await?.click().await?;
+    click(b, "classify").await?;
     wait_state(
         b,
         "the classification",
@@ -863,24 +858,21 @@ async fn owsd(b: &Browser, base: &str, mode: GpuMode, rec: &Recording) -> Result
         .await?
         .send_keys("600")
         .await?;
-    c.find(Locator::Id("set-budget")).await?.click().await?;
+    click(b, "set-budget").await?;
     b.wait_for(
         "the budget",
         "return document.getElementById('budget-shown').textContent === '600';",
         LONG,
     )
     .await?;
-    c.find(Locator::Id("sample-folder"))
-        .await?
-        .send_keys(&sample_dir.display().to_string())
-        .await?;
+    choose(b, "sample-folder", &sample_dir).await?;
     b.wait_for(
         "the train button",
         "return !document.getElementById('train').disabled;",
         LONG,
     )
     .await?;
-    c.find(Locator::Id("train")).await?.click().await?;
+    click(b, "train").await?;
     let refused = b
         .wait_for(
             "the refusal",
