@@ -1,9 +1,11 @@
 //! Data and models compiled into the server: the flows of flow rotation for the UCI digits
 //! (`assets/flows/digits`, trained by `veil flow train --out assets/flows/digits --epochs 40`,
-//! about a minute on 2 cores; see `assets/flows/README.md`).
+//! about a minute on 2 cores; see `assets/flows/README.md`), and the built-in classifiers
+//! (`assets/models`, trained by `veil train-demo`; see `assets/models/README.md`).
 
 use veil::burn::tensor::Device;
 use veil::flow_rotation::{FlowSet, FlowSetError};
+use veil::model::ModelCard;
 
 macro_rules! flow_files {
     ($($name:literal),* $(,)?) => {
@@ -41,6 +43,63 @@ pub fn digits_flows(device: &Device) -> Result<FlowSet, FlowSetError> {
         },
         device,
     )
+}
+
+/// The built-in classifiers as (card JSON, burnpack weights): the demo CNN (also compiled into
+/// the browser's client) and OWSD's cloud with more labels than the owner's.
+const BUILTIN_MODELS: &[(&str, &[u8])] = &[
+    (veil::model::demo::CARD_JSON, veil::model::demo::WEIGHTS),
+    (
+        include_str!("../../assets/models/digits-shapes-cnn.json"),
+        include_bytes!("../../assets/models/digits-shapes-cnn.bpk"),
+    ),
+];
+
+/// The built-in classifiers' cards and weights.
+pub fn builtin_models() -> Vec<(ModelCard, &'static [u8])> {
+    BUILTIN_MODELS
+        .iter()
+        .map(|(card, weights)| {
+            let card: ModelCard = serde_json::from_str(card)
+                .unwrap_or_else(|e| unreachable!("the shipped model cards parse: {e}"));
+            (card, *weights)
+        })
+        .collect()
+}
+
+/// The built-in classifier called `name`, if there is one.
+pub fn builtin_model(name: &str) -> Option<(ModelCard, &'static [u8])> {
+    builtin_models()
+        .into_iter()
+        .find(|(card, _)| card.name == name)
+}
+
+/// The demo classifier's name.
+pub const DEMO: &str = "digits-cnn";
+/// The name of OWSD's built-in cloud with more labels than the owner's.
+pub const CLOUD: &str = "digits-shapes-cnn";
+/// Its dataset's name in the card.
+pub const CLOUD_DATASET: &str = "uci-digits+synthetic-shapes-32";
+
+/// The data of OWSD's built-in cloud: the UCI digits (labels 0–9) then 60 images of each of the
+/// 32 synthetic shapes at 8×8 (labels 10–41, seed 1000). The paper's key factor is the ratio of
+/// the owner's labels to the cloud's (§5, Table 2): an owner with the ten digits has 10/42 here.
+pub fn cloud_data() -> Result<veil::data::ImageDataset, veil::data::DataError> {
+    let digits = veil::data::digits();
+    let shapes = veil::data::synthetic(veil::data::SyntheticConfig {
+        classes: 32,
+        per_class: 60,
+        shape: digits.shape,
+        noise: 0.05,
+        seed: 1000,
+    })?;
+    let mut data = digits;
+    let offset = data.num_classes() as u32;
+    data.images.extend_from_slice(&shapes.images);
+    data.labels.extend(shapes.labels.iter().map(|l| l + offset));
+    data.class_names
+        .extend(shapes.class_names.iter().map(|n| format!("shape:{n}")));
+    Ok(data)
 }
 
 #[cfg(test)]

@@ -51,10 +51,15 @@ impl AppState {
             factory,
             leakage: Arc::new(leakage::LeakageLab::new()?),
             flows: flowsets::FlowFamilies::embedded_shared()?,
-            models: Arc::new(vec![ServedModel {
-                card: veil::model::demo::card(),
-                weights: Arc::new(veil::model::demo::WEIGHTS.to_vec()),
-            }]),
+            models: Arc::new(
+                embedded::builtin_models()
+                    .into_iter()
+                    .map(|(card, weights)| ServedModel {
+                        card,
+                        weights: Arc::new(weights.to_vec()),
+                    })
+                    .collect(),
+            ),
         })
     }
 

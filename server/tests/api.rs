@@ -38,7 +38,7 @@ async fn health_reports_ok_and_the_model_count() {
     assert_eq!(status, StatusCode::OK);
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(v["status"], "ok");
-    assert_eq!(v["models"], 1);
+    assert_eq!(v["models"], 2, "two built-in models");
 }
 
 #[tokio::test]
@@ -54,6 +54,69 @@ async fn models_list_the_demo_cnn_with_its_measured_accuracy() {
     let (status, weights) = get(m["weights_url"].as_str().unwrap()).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(weights, veil::model::demo::WEIGHTS);
+}
+
+/// OWSD's cloud with more labels than the owner's: listed beside the demo CNN, with the digits
+/// first and 32 shapes after, and its classify route reproduces the logits in its card.
+#[tokio::test]
+async fn the_cloud_with_more_labels_is_served_and_reproduces_its_card() {
+    let (status, body) = get("/api/models").await;
+    assert_eq!(status, StatusCode::OK);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let m = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == veil_server::embedded::CLOUD)
+        .expect("the cloud is listed");
+    assert_eq!(m["kind"], "builtin");
+    assert_eq!(m["scheme"], "plain");
+    assert_eq!(m["dataset"], veil_server::embedded::CLOUD_DATASET);
+    let classes = m["classes"].as_array().unwrap();
+    assert_eq!(classes.len(), 42);
+    assert_eq!(classes[3], "3");
+    assert!(classes[10].as_str().unwrap().starts_with("shape:"));
+
+    let (card, _) = veil_server::embedded::builtin_model(veil_server::embedded::CLOUD).unwrap();
+    let data = veil_server::embedded::cloud_data().unwrap();
+    let (_, test) = data.split(card.split.0, card.split.1);
+    let images: Vec<Vec<f32>> = card
+        .reference_indices
+        .iter()
+        .map(|&i| test.image(i).to_vec())
+        .collect();
+    let response = app(state())
+        .oneshot(
+            Request::post(m["classify_url"].as_str().unwrap())
+                .header("content-type", "application/json")
+                .body(Body::from(
+                    serde_json::json!({ "images": images }).to_string(),
+                ))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let r: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let want = veil::train::argmax_rows(&card.reference_logits, 42);
+    let got: Vec<u32> = r["predictions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_u64().unwrap() as u32)
+        .collect();
+    assert_eq!(got.len(), 16);
+    assert_eq!(got, want);
+    // Probabilities are the softmax of the card's logits.
+    let p0 = r["probabilities"][0].as_array().unwrap();
+    let row = &card.reference_logits[..42];
+    let max = row.iter().fold(f32::MIN, |m, v| m.max(*v));
+    let z: f32 = row.iter().map(|v| (v - max).exp()).sum();
+    for (p, l) in p0.iter().zip(row) {
+        let want = (l - max).exp() / z;
+        assert!((p.as_f64().unwrap() as f32 - want).abs() < 1e-4);
+    }
 }
 
 #[tokio::test]

@@ -621,8 +621,7 @@ pub(crate) fn ready_model(f: &Factory, name: &str) -> Result<Arc<Ready>, AppErro
             })
         })?);
     }
-    let card = veil::model::demo::card();
-    if card.name != name {
+    if crate::embedded::builtin_model(name).is_none() {
         return Err(AppError::NotFound(format!("model {name:?}")));
     }
     Ok(f.models().get_or_load(name, || {

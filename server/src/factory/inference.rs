@@ -187,16 +187,15 @@ impl ModelCache {
     }
 }
 
-/// Loads the built-in demo model (the digits CNN shipped with Veil).
+/// Loads a built-in model (see [`crate::embedded::builtin_models`]), if `name` is one.
 pub fn load_builtin(name: &str, device: &Device) -> Result<Option<Ready>> {
-    let card = veil::model::demo::card();
-    if card.name != name {
+    let Some((card, weights)) = crate::embedded::builtin_model(name) else {
         return Ok(None);
-    }
+    };
     let model = card
         .config
-        .load(veil::model::demo::WEIGHTS, device)
-        .context("loading the built-in demo model")?;
+        .load(weights, device)
+        .with_context(|| format!("loading the built-in model {name}"))?;
     Ok(Some(Ready {
         model: LoadedModel::Cnn(model),
         shape: card.config.input_shape(),
