@@ -12,20 +12,10 @@ use veil::data::ImageShape;
 use veil::keys::{MasterKey, Scheme};
 use veil::owsd::{
     BudgetStatus, IinReport, IinTrainOptions, InternalInferenceNet, InternalInferenceNetConfig,
-    KeyUsage, ScrambleConfig, ScrambleKey, cloud_features, train_internal_net,
+    KeyUsage, ScrambleConfig, ScrambleKey, cloud_features, generator_label, train_internal_net,
 };
 
 use crate::session::ClientError;
-
-/// The subkey label of generation `g` of a master key's scramble generator: `generator` (the
-/// one `veil experiment owsd` uses) for 0, `generator/<g>` after `g` rotations.
-pub fn generator_label(generation: u32) -> String {
-    if generation == 0 {
-        "generator".into()
-    } else {
-        format!("generator/{generation}")
-    }
-}
 
 /// What the page asks for.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize, serde::Serialize)]
@@ -93,7 +83,7 @@ impl Scrambler {
         }
         let key = ScrambleConfig::new(setup.embedding, setup.output)
             .init(
-                &master.subkey(Scheme::Owsd, &generator_label(setup.generation)),
+                &master.subkey(Scheme::Owsd, &generator_label(setup.generation, 0)),
                 device,
             )
             .map_err(|e| ClientError::BadInput(e.to_string()))?;

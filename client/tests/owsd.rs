@@ -9,9 +9,10 @@ use common::block_on;
 use veil::burn::tensor::{Device, Tensor, TensorData};
 use veil::data::{ImageShape, digits};
 use veil::keys::{MasterKey, Scheme};
+use veil::owsd::generator_label;
 use veil::owsd::{KeyUsage, ScrambleConfig};
 use veil_client::Session;
-use veil_client::owsd::{ScrambleSetup, generator_label};
+use veil_client::owsd::ScrambleSetup;
 
 fn session(key: &MasterKey) -> Session {
     let s = block_on(Session::start(false)).unwrap();
@@ -44,7 +45,7 @@ fn the_page_scrambles_like_the_library_and_keys_and_generations_differ() {
     // The library, with the experiment's subkey for generation 0.
     let device = Device::flex();
     let native = ScrambleConfig::new(64, SETUP.output)
-        .init(&key.subkey(Scheme::Owsd, &generator_label(0)), &device)
+        .init(&key.subkey(Scheme::Owsd, &generator_label(0, 0)), &device)
         .unwrap()
         .scramble(Tensor::from_data(
             TensorData::new(emb.clone(), [50, 64]),

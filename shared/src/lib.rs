@@ -13,12 +13,14 @@
 //! - [`model`], [`train`]: the small CNN and its (resumable) training loop.
 //! - [`glow`], [`flow_train`], [`flow_rotation`], [`gaussianity`]: flow rotation (scheme 1).
 //! - [`owsd`]: one-way scrambling by deconvolution (scheme 2): scramble keys, the internal
-//!   inference network, key budgets.
+//!   inference network, key budgets; [`encoder`]: the owner's encoders, imported from
+//!   safetensors (burn's or PyTorch's layout).
 //! - [`leakage`]: gradient-leakage attacks (DLG, iDLG, Inverting Gradients, analytic) and the
 //!   attacked networks' differentiable backward pass.
 
 pub mod container;
 pub mod data;
+pub mod encoder;
 pub mod flow_rotation;
 pub mod flow_train;
 pub mod gaussianity;

@@ -122,6 +122,11 @@ impl SmallCnn {
 }
 
 impl SmallCnn {
+    /// The width of [`SmallCnn::embed`]'s rows: the hidden layer's units.
+    pub fn embedding_width(&self) -> usize {
+        self.hidden.weight.val().dims()[1]
+    }
+
     /// The hidden layer's activations `[B, hidden]`: the embedding OWSD's owner uses when this
     /// network is its encoder.
     pub fn embed(&self, images: Tensor<4>) -> Tensor<2> {

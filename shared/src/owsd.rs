@@ -27,6 +27,24 @@ use serde::{Deserialize, Serialize};
 use crate::data::ImageShape;
 use crate::keys::SubKey;
 
+/// The subkey label of the scramble generator of key generation `generation` for encoder
+/// `encoder` of an ensemble: `generator` for generation 0 and the first encoder (the one `veil
+/// experiment owsd` uses), `generator/<g>` after `g` rotations, and `…/encoder/<e>` for the other
+/// encoders of an ensemble (paper §4, use case 4: each encoding is scrambled and sent on its
+/// own, so each gets its own generator).
+pub fn generator_label(generation: u32, encoder: usize) -> String {
+    let base = if generation == 0 {
+        "generator".to_string()
+    } else {
+        format!("generator/{generation}")
+    };
+    if encoder == 0 {
+        base
+    } else {
+        format!("{base}/encoder/{encoder}")
+    }
+}
+
 /// Why a scramble key cannot be built or used.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum OwsdError {

@@ -11,7 +11,8 @@
 //! and a test set). The owner's encoder is a small CNN trained on B (the stand-in for the paper's
 //! ImageNet-pretrained encoders: generic features, never trained on the owner's task). The clouds
 //! are small CNNs trained on A's cloud part (matching labels), on it plus B (more labels), and on
-//! B alone (labels disjoint from the owner's).
+//! B alone (labels disjoint from the owner's). Use case 4's ensemble adds encoders trained on
+//! further draws of B (`--encoders`), each encoding scrambled by its own generator.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -31,7 +32,7 @@ use veil::leakage::metrics::psnr;
 use veil::model::{Classifier, SmallCnn, SmallCnnConfig};
 use veil::owsd::{
     IinTrainOptions, InternalInferenceNetConfig, ScrambleConfig, ScrambleKey, cloud_features,
-    train_internal_net,
+    generator_label, train_internal_net,
 };
 use veil::train::{Control, TrainOptions, accuracy, train_classifier};
 
@@ -52,6 +53,13 @@ pub struct OwsdArgs {
     /// Seed of the splits, the models and the owner's key.
     #[arg(long, default_value_t = 7)]
     seed: u64,
+    /// Encoders of the ensemble (use case 4): each trained on its own draw of the other data.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=8))]
+    encoders: u64,
+    /// The owner's own encoders (safetensors with SmallCnn's architecture, burn's or PyTorch's
+    /// layout; repeat for an ensemble) instead of training them: the first is Table 1's encoder.
+    #[arg(long = "encoder", value_name = "FILE")]
+    encoder_files: Vec<PathBuf>,
 }
 
 fn shapes(classes: usize, per_class: usize, side: usize, seed: u64) -> Result<ImageDataset> {
@@ -112,7 +120,7 @@ fn fit_cnn(data: &ImageDataset, epochs: usize, seed: u64, label: &str) -> Result
     Ok(model.valid())
 }
 
-/// Embeddings `[N, 64]` of the owner's encoder (row-major).
+/// Embeddings `[N, width]` of the owner's encoder (row-major).
 fn embed(encoder: &SmallCnn, data: &ImageDataset) -> Vec<f32> {
     let device = Device::flex();
     let mut out = Vec::new();
@@ -182,6 +190,8 @@ fn topk(scores: &[f32], k: usize, labels: &[u32]) -> (f64, f64) {
 /// images.
 struct Features {
     emb: Vec<f32>,
+    /// Width of an embedding row (64 per encoder).
+    we: usize,
     cloud: Vec<f32>,
     k: usize,
     n: usize,
@@ -189,12 +199,42 @@ struct Features {
 
 impl Features {
     /// The cloud's vectors enter the IIN as [`cloud_features`] (log-probabilities).
-    fn new(emb: &[f32], scrambled: &[f32], cloud: &SmallCnn, k: usize, shape: ImageShape) -> Self {
-        let n = emb.len() / 64;
+    fn new(
+        emb: &[f32],
+        we: usize,
+        scrambled: &[f32],
+        cloud: &SmallCnn,
+        k: usize,
+        shape: ImageShape,
+    ) -> Self {
+        let n = emb.len() / we;
         Self {
             emb: emb.to_vec(),
+            we,
             cloud: cloud_features(&cloud_vectors(cloud, scrambled, shape)),
             k,
+            n,
+        }
+    }
+
+    /// Use case 4: several encodings side by side, rows `[emb₁ ‖ … ‖ emb_E]` and
+    /// `[cloud₁ ‖ … ‖ cloud_E]`.
+    fn join(parts: &[Features]) -> Self {
+        let n = parts[0].n;
+        let (mut emb, mut cloud) = (Vec::new(), Vec::new());
+        for i in 0..n {
+            for p in parts {
+                emb.extend_from_slice(&p.emb[i * p.we..(i + 1) * p.we]);
+            }
+            for p in parts {
+                cloud.extend_from_slice(&p.cloud[i * p.k..(i + 1) * p.k]);
+            }
+        }
+        Self {
+            emb,
+            we: parts.iter().map(|p| p.we).sum(),
+            cloud,
+            k: parts.iter().map(|p| p.k).sum(),
             n,
         }
     }
@@ -206,7 +246,8 @@ impl Features {
                 .collect()
         };
         Self {
-            emb: pick(&self.emb, 64),
+            emb: pick(&self.emb, self.we),
+            we: self.we,
             cloud: pick(&self.cloud, self.k),
             k: self.k,
             n: idx.len(),
@@ -216,11 +257,11 @@ impl Features {
     /// `which`: `both`, `embedding` or `cloud`.
     fn inputs(&self, which: &str) -> (Vec<f32>, usize, usize) {
         match which {
-            "embedding" => (self.emb.clone(), 64, 0),
+            "embedding" => (self.emb.clone(), self.we, 0),
             "cloud" => (self.cloud.clone(), 0, self.k),
             _ => (
-                concat(&self.emb, 64, &self.cloud, self.k, self.n),
-                64,
+                concat(&self.emb, self.we, &self.cloud, self.k, self.n),
+                self.we,
                 self.k,
             ),
         }
@@ -356,22 +397,30 @@ pub fn run(args: OwsdArgs) -> Result<()> {
     let started = Instant::now();
     let q = args.quick;
     let seed = args.seed;
-    let (owner_all, other) = match args.data.as_str() {
-        // The digits' own 8×8; the encoder learns on 32 synthetic shapes at that size.
-        "digits" => (digits(), shapes(32, if q { 20 } else { 60 }, 8, seed)?),
-        // Shapes 0–9 at 16×16 (at 8×8 a small CNN reads them poorly); the encoder learns on the
-        // other 22 synthetic classes.
-        "synthetic" => {
-            let owner = shapes(10, if q { 60 } else { 180 }, 16, seed)?;
-            let all = shapes(32, if q { 20 } else { 60 }, 16, seed + 100)?;
-            let idx: Vec<usize> = (0..all.len()).filter(|&i| all.labels[i] >= 10).collect();
-            let mut other = all.subset(&idx);
-            other.labels.iter_mut().for_each(|l| *l -= 10);
-            other.class_names.drain(..10);
-            (owner, other)
+    let per = if q { 20 } else { 60 };
+    // The other data, draw `d` (each encoder of the ensemble learns on its own draw).
+    let other_draw = |d: u64| -> Result<ImageDataset> {
+        match args.data.as_str() {
+            // The digits' own 8×8; the encoder learns on 32 synthetic shapes at that size.
+            "digits" => shapes(32, per, 8, seed + 1000 * d),
+            // Shapes 0–9 at 16×16 (at 8×8 a small CNN reads them poorly); the encoder learns on
+            // the other 22 synthetic classes.
+            _ => {
+                let all = shapes(32, per, 16, seed + 100 + 1000 * d)?;
+                let idx: Vec<usize> = (0..all.len()).filter(|&i| all.labels[i] >= 10).collect();
+                let mut other = all.subset(&idx);
+                other.labels.iter_mut().for_each(|l| *l -= 10);
+                other.class_names.drain(..10);
+                Ok(other)
+            }
         }
+    };
+    let owner_all = match args.data.as_str() {
+        "digits" => digits(),
+        "synthetic" => shapes(10, if q { 60 } else { 180 }, 16, seed)?,
         d => bail!("`veil experiment owsd` runs on `digits` or `synthetic`, not {d:?}"),
     };
+    let other = other_draw(0)?;
     let shape = owner_all.shape;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
@@ -391,11 +440,51 @@ pub fn run(args: OwsdArgs) -> Result<()> {
     );
 
     let t = Instant::now();
-    let encoder = fit_cnn(&other, epochs, seed, "encoder (other data)")?;
+    let mut encoders = Vec::new();
+    for path in &args.encoder_files {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let (enc, info) = veil::encoder::import_encoder(&bytes, shape, &Device::flex())
+            .with_context(|| format!("importing the encoder {}", path.display()))?;
+        eprintln!(
+            "encoder {}: {} filters, {}-value embeddings, {:?} layout",
+            path.display(),
+            info.config.base_filters,
+            info.embedding,
+            info.layout
+        );
+        encoders.push(enc);
+    }
+    let n_encoders = if encoders.is_empty() {
+        args.encoders as usize
+    } else {
+        encoders.len()
+    };
+    if encoders.is_empty() {
+        encoders.push(fit_cnn(&other, epochs, seed, "encoder (other data)")?);
+    }
+    let encoder = encoders[0].clone();
+    let width = |e: &SmallCnn| e.embedding_width();
     let cloud_match = fit_cnn(&cloud_part, epochs, seed + 1, "cloud: matching labels")?;
     let more = union(&cloud_part, &other);
     let cloud_more = fit_cnn(&more, epochs, seed + 2, "cloud: more labels")?;
     let cloud_disjoint = fit_cnn(&other, epochs, seed + 3, "cloud: disjoint labels")?;
+    for e in encoders.len()..n_encoders {
+        let e = e as u64;
+        encoders.push(fit_cnn(
+            &other_draw(e)?,
+            epochs,
+            seed + 10 * e,
+            &format!("encoder {} of {n_encoders} (other data, draw {e})", e + 1),
+        )?);
+    }
+    // The trained encoders, for the page's import (`/owsd.html`) or `--encoder`.
+    if args.encoder_files.is_empty() {
+        for (e, enc) in encoders.iter().enumerate() {
+            let path = args.out.join(format!("encoder-{}.safetensors", e + 1));
+            let bytes = veil::encoder::export_encoder(enc, veil::encoder::WeightLayout::Burn)?;
+            std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
+        }
+    }
     let models_s = t.elapsed().as_secs_f64();
     let cpu = Device::flex();
     let cloud_plain_acc = accuracy(&cloud_match, &test, &cpu);
@@ -405,8 +494,8 @@ pub fn run(args: OwsdArgs) -> Result<()> {
     kb[..8].copy_from_slice(&seed.to_le_bytes());
     kb[8] = 0x05;
     let key = MasterKey::from_bytes(kb);
-    let scrambler =
-        ScrambleConfig::new(64, shape).init(&key.subkey(Scheme::Owsd, "generator"), &cpu)?;
+    let scrambler = ScrambleConfig::new(width(&encoder), shape)
+        .init(&key.subkey(Scheme::Owsd, "generator"), &cpu)?;
     let t = Instant::now();
     let (emb_pool, emb_test) = (embed(&encoder, &pool), embed(&encoder, &test));
     let (sc_pool, sc_test) = (
@@ -425,8 +514,9 @@ pub fn run(args: OwsdArgs) -> Result<()> {
     ];
     let mut feats = Vec::new();
     for (name, cloud, k) in clouds {
-        let ftr = Features::new(&emb_pool, &sc_pool, cloud, k, shape);
-        let fte = Features::new(&emb_test, &sc_test, cloud, k, shape);
+        let we = width(&encoder);
+        let ftr = Features::new(&emb_pool, we, &sc_pool, cloud, k, shape);
+        let fte = Features::new(&emb_test, we, &sc_test, cloud, k, shape);
         let mut row = serde_json::Map::new();
         for which in ["both", "embedding", "cloud"] {
             let (t1, t5) = iin(&ftr, &pool.labels, &fte, &test.labels, classes, which, seed);
@@ -437,12 +527,12 @@ pub fn run(args: OwsdArgs) -> Result<()> {
         table1.insert(name.into(), Value::Object(row));
         feats.push((name, ftr, fte, k));
     }
-    // Use case 4 in kind: an ensemble of scramble keys (three generators), each image scrambled
-    // by each; the cloud's vectors concatenated.
+    // Beside use case 4, for contrast: one encoder and three scramble keys (generators), each
+    // image scrambled by each; the cloud's vectors concatenated.
     let ensemble = {
         let keys: Vec<ScrambleKey> = (0..3)
             .map(|g| {
-                ScrambleConfig::new(64, shape)
+                ScrambleConfig::new(width(&encoder), shape)
                     .init(&key.subkey(Scheme::Owsd, &format!("generator/{g}")), &cpu)
             })
             .collect::<Result<_, _>>()?;
@@ -452,7 +542,14 @@ pub fn run(args: OwsdArgs) -> Result<()> {
                 .iter()
                 .map(|k| {
                     let sc = scramble(k, emb, n)?;
-                    Ok(Features::new(emb, &sc, &cloud_match, classes, shape))
+                    Ok(Features::new(
+                        emb,
+                        width(&encoder),
+                        &sc,
+                        &cloud_match,
+                        classes,
+                        shape,
+                    ))
                 })
                 .collect::<Result<Vec<_>>>()?;
             for i in 0..n {
@@ -462,6 +559,7 @@ pub fn run(args: OwsdArgs) -> Result<()> {
             }
             Ok(Features {
                 emb: emb.to_vec(),
+                we: width(&encoder),
                 cloud,
                 k: classes * keys.len(),
                 n,
@@ -474,6 +572,41 @@ pub fn run(args: OwsdArgs) -> Result<()> {
             row.insert(which.into(), json!({"top1": t1, "top5": t5}));
         }
         row.insert("keys".into(), json!(keys.len()));
+        Value::Object(row)
+    };
+    // Use case 4: an ensemble of encoders. Each encoding is scrambled by its own generator and
+    // sent on its own; the IIN sees all embeddings and all the cloud's vectors.
+    let encoder_ensemble = {
+        let mut parts_train = Vec::new();
+        let mut parts_test = Vec::new();
+        for (e, enc) in encoders.iter().enumerate() {
+            let gen_key = ScrambleConfig::new(width(enc), shape)
+                .init(&key.subkey(Scheme::Owsd, &generator_label(0, e)), &cpu)?;
+            for (data, parts) in [(&pool, &mut parts_train), (&test, &mut parts_test)] {
+                let emb = embed(enc, data);
+                let sc = scramble(&gen_key, &emb, data.len())?;
+                parts.push(Features::new(
+                    &emb,
+                    width(enc),
+                    &sc,
+                    &cloud_match,
+                    classes,
+                    shape,
+                ));
+            }
+        }
+        let (ftr, fte) = (Features::join(&parts_train), Features::join(&parts_test));
+        let mut row = serde_json::Map::new();
+        for which in ["both", "embedding", "cloud"] {
+            let (t1, t5) = iin(&ftr, &pool.labels, &fte, &test.labels, classes, which, seed);
+            row.insert(which.into(), json!({"top1": t1, "top5": t5}));
+        }
+        row.insert("encoders".into(), json!(encoders.len()));
+        eprintln!(
+            "  matching, {} encoders: {}",
+            encoders.len(),
+            Value::Object(row.clone())
+        );
         Value::Object(row)
     };
     let (cloud_t1, cloud_t5) = {
@@ -625,14 +758,17 @@ pub fn run(args: OwsdArgs) -> Result<()> {
             "data": args.data, "quick": q, "seed": seed, "owner_classes": classes,
             "cloud_own_images": cloud_part.len(), "owner_pool": pool.len(), "owner_test": test.len(),
             "other_images": other.len(), "other_classes": other.num_classes(),
-            "encoder": "small-cnn trained on the other data (64-d hidden layer)",
+            "encoder": if args.encoder_files.is_empty() { "small-cnn trained on the other data (64-d hidden layer)".to_string() } else { format!("imported: {}", args.encoder_files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")) },
+            "encoders_in_ensemble": encoders.len(),
             "scramble": scrambler.config(), "key_fingerprint": key.fingerprint().to_string(),
             "classifier_epochs": epochs,
         },
         "cloud_on_unscrambled": {"top1": cloud_t1, "top5": cloud_t5, "accuracy": cloud_plain_acc},
         "table1": table1,
         "ensemble_matching_3_keys": ensemble,
+        "ensemble_matching_encoders": encoder_ensemble,
         "iin_over_cloud": table1_ratio(&table1, cloud_t1),
+        "iin_over_cloud_encoder_ensemble": encoder_ensemble["both"]["top1"].as_f64().unwrap_or(f64::NAN) / cloud_t1,
         "table2_fewer_owner_labels": table2,
         "use_case_5_per_class": uc5,
         "table5": table5,
@@ -672,10 +808,11 @@ fn report(r: &Value, args: &OwsdArgs) -> String {
     );
     let c = &r["cloud_on_unscrambled"];
     s += &format!(
-        "## Table 1: the IIN against the cloud on unscrambled images\n\nThe matching-labels cloud on the owner's *unscrambled* test images: top-1 {}, top-5 {}.\nIIN top-1 / cloud top-1 = **{:.3}** (the paper's CIFAR-10: 86.5/93.3 = 0.927).\n\n| Cloud | cloud labels | IIN (embedding ‖ cloud vector) | embedding alone | cloud vector alone |\n|---|---|---|---|---|\n",
+        "## Table 1: the IIN against the cloud on unscrambled images\n\nThe matching-labels cloud on the owner's *unscrambled* test images: top-1 {}, top-5 {}.\nIIN top-1 / cloud top-1 = **{:.3}** with one encoder, **{:.3}** with the ensemble of encoders (the paper's CIFAR-10: 86.5/93.3 = 0.927).\n\n| Cloud | cloud labels | IIN (embedding ‖ cloud vector) | embedding alone | cloud vector alone |\n|---|---|---|---|---|\n",
         pct(&c["top1"]),
         pct(&c["top5"]),
         f(&r["iin_over_cloud"]),
+        f(&r["iin_over_cloud_encoder_ensemble"]),
     );
     for (k, name) in [
         ("matching", "matching labels"),
@@ -692,9 +829,19 @@ fn report(r: &Value, args: &OwsdArgs) -> String {
             cell("cloud")
         );
     }
+    let e = &r["ensemble_matching_encoders"];
+    let cell = |w: &str| format!("{} / {}", pct(&e[w]["top1"]), pct(&e[w]["top5"]));
+    s += &format!(
+        "| matching labels, {} encoders (use case 4) | {} | {} | {} | {} |\n",
+        e["encoders"],
+        r["table1"]["matching"]["cloud_labels"],
+        cell("both"),
+        cell("embedding"),
+        cell("cloud")
+    );
     let e = &r["ensemble_matching_3_keys"];
     s += &format!(
-        "| matching labels, 3 scramble keys (use case 4) | {} | {} / {} | — | {} / {} |\n",
+        "| matching labels, one encoder, 3 scramble keys | {} | {} / {} | — | {} / {} |\n",
         r["table1"]["matching"]["cloud_labels"],
         pct(&e["both"]["top1"]),
         pct(&e["both"]["top5"]),
