@@ -1,7 +1,8 @@
-// The OWSD page: images are embedded (the demo CNN's penultimate layer) and scrambled by the key's
-// random generator in the worker; only the scrambled images go to the cloud's classifier; the
-// internal network, trained here, reads the owner's label from [embedding ‖ cloud vector]. The key
-// counts what it scrambles; the count lives in IndexedDB (store `owsd`) and comes back on reload.
+// The OWSD page: images are embedded (the demo CNN's penultimate layer and any encoders the owner
+// imports) and scrambled by the key's random generators in the worker, one per encoder; only the
+// scrambled images go to the cloud's classifier; the internal network, trained here, reads the
+// owner's label from [embeddings ‖ cloud vectors]. The key counts what it scrambles; the count
+// lives in IndexedDB (store `owsd`) and comes back on reload.
 import {
   $, say, startClient, showKey, apiJson, drawImage, progressTo, imageEntries, inputEntries, bindDrop,
   decodeEntries, owsdRecord, storeOwsdRecord,
@@ -10,12 +11,13 @@ import {
 // The demo CNN, the default encoder, reads 8×8 grey digits with 17 levels.
 const ENCODER_SHAPE = { channels: 1, height: 8, width: 8 };
 const LEVELS = 17;
-const EMBEDDING = 64;
 const MAX_BATCH = 1024; // the cloud's limit per request
 
 const state = {
   call: null, key: null, clouds: [], cloud: null, status: null, record: null,
   sample: null, sampleEntries: [], newImages: null, newEntries: [], iin: null, results: null, sent: 0,
+  // Encoder 0 is the demo CNN's layer; imported ones follow, by index.
+  encoders: [{ index: 0, name: 'the demo CNN', embedding: 64 }],
 };
 window.veilOwsd = state;
 
@@ -40,9 +42,48 @@ async function start() {
   } catch (err) { say($('key-message'), `The cloud's models could not be listed: ${err.message}`, 'error'); }
 }
 
+// The encoders ticked, in the order of their embeddings in a row.
+function chosenEncoders() {
+  const ticked = [...document.querySelectorAll('#encoders input[data-encoder]:checked')].map((i) => Number(i.dataset.encoder));
+  return state.encoders.filter((e) => ticked.includes(e.index));
+}
+
+$('encoders').addEventListener('change', async () => {
+  state.iin = null;
+  if (!chosenEncoders().length) say($('encoder-message'), 'Tick at least one encoder.', 'error');
+  else say($('encoder-message'), '', '');
+  if (state.key && state.cloud && chosenEncoders().length) {
+    try { await begin(); } catch (err) { say($('encoder-message'), err.message, 'error'); }
+  }
+  updateButtons();
+});
+
+$('encoder-file').addEventListener('change', async () => {
+  const file = $('encoder-file').files[0];
+  if (!file) return;
+  try {
+    const r = await state.call('importEncoder', { name: file.name, bytes: await file.arrayBuffer() });
+    state.encoders.push({ index: r.index, name: r.name, embedding: r.info.embedding });
+    const li = document.createElement('li');
+    const label = document.createElement('label');
+    const box = document.createElement('input');
+    box.type = 'checkbox';
+    box.dataset.encoder = String(r.index);
+    box.checked = true;
+    const c = r.info.config;
+    label.append(box, ` ${r.name}: ${c.base_filters} filters, ${r.info.embedding}-value embeddings, ${r.info.layout} layout${r.info.head ? '' : ', no classifier head'}${r.info.ignored.length ? ` (ignored: ${r.info.ignored.join(', ')})` : ''}`);
+    li.append(label);
+    $('encoders').append(li);
+    $('encoders').dispatchEvent(new Event('change'));
+    say($('encoder-message'), `Imported ${r.name}.`, 'ok');
+  } catch (err) { say($('encoder-message'), err.message, 'error'); }
+  $('encoder-file').value = '';
+});
+
 async function chooseCloud() {
   state.cloud = state.clouds.find((m) => m.name === $('cloud').value);
   state.iin = null;
+  $('label-ratio').textContent = `This cloud knows ${state.cloud.classes.length} labels; the paper's key factor is your labels over the cloud's.`;
   if (!state.key) {
     say($('key-message'), 'Load a key first: the scramble generator is drawn from it.', 'error');
     updateButtons();
@@ -59,7 +100,7 @@ async function chooseCloud() {
 async function begin() {
   const r = state.record;
   state.status = await state.call('scrambleBegin', {
-    setup: { embedding: EMBEDDING, output: state.cloud.input, generation: r.generation },
+    setup: { encoders: chosenEncoders().map((e) => e.embedding), output: state.cloud.input, generation: r.generation },
     usage: r.usage,
   });
   showUsage();
@@ -113,7 +154,7 @@ $('rotate').addEventListener('click', async () => {
 });
 
 function updateButtons() {
-  const ready = !!(state.status && state.cloud);
+  const ready = !!(state.status && state.cloud && chosenEncoders().length);
   $('set-budget').disabled = !ready;
   $('rotate').disabled = !ready;
   $('train').disabled = !(ready && (state.sample || state.sampleEntries.length));
@@ -169,16 +210,18 @@ async function readImages(entries, onProgress) {
   return decodeEntries(state.call, entries, ENCODER_SHAPE, onProgress, LEVELS);
 }
 
-// Embeds and scrambles `pixels` here (counted first), then sends only the scrambled images to the
-// cloud; returns {emb, scrambled, cloud} (cloud: [N, K] probabilities).
+// Embeds (by every chosen encoder) and scrambles `pixels` here (counted first), then sends only
+// the scrambled images to the cloud; returns {emb, scrambled, cloud, e}: with E encoders, image i's
+// scramble by encoder j is at i·E + j, and its cloud vector too, so `cloud` is [N, E·K] rows.
 async function scrambleAndAsk(pixels, onProgress) {
-  const n = pixels.length / imageLen(ENCODER_SHAPE);
-  const emb = await state.call('embed', { pixels });
+  const encoders = chosenEncoders();
+  const emb = await state.call('embed', { pixels, encoders: encoders.map((e) => e.index) });
   const out = await state.call('scramble', { embeddings: emb, force: $('force').checked });
   await keep(out.usage);
   if (out.warning) say($('key-message'), out.warning, 'error');
   const len = imageLen(state.cloud.input);
   const k = state.cloud.classes.length;
+  const n = out.pixels.length / len; // images sent: N·E
   const cloud = new Float32Array(n * k);
   for (let s = 0; s < n; s += MAX_BATCH) {
     const e = Math.min(n, s + MAX_BATCH);
@@ -191,7 +234,7 @@ async function scrambleAndAsk(pixels, onProgress) {
     state.sent += e - s;
     onProgress({ done: e, total: n, what: 'asking the cloud' });
   }
-  return { emb, scrambled: out.pixels, cloud };
+  return { emb, scrambled: out.pixels, cloud, e: encoders.length };
 }
 
 $('train').addEventListener('click', async () => {
@@ -205,11 +248,11 @@ $('train').addEventListener('click', async () => {
       const labels = Uint32Array.from(state.sampleEntries, (e) => classes.indexOf(e.className));
       sample = { pixels: await readImages(state.sampleEntries, onProgress), labels, classes };
     }
-    const { emb, scrambled, cloud } = await scrambleAndAsk(sample.pixels, onProgress);
-    showPairs(sample.pixels, scrambled, sample.labels.length);
+    const { emb, scrambled, cloud, e } = await scrambleAndAsk(sample.pixels, onProgress);
+    showPairs(sample.pixels, scrambled, sample.labels.length, e);
     $('train-label').textContent = 'training the internal network…';
     const report = await state.call('iinTrain', { embeddings: emb, cloud, labels: sample.labels, classes: sample.classes });
-    state.iin = { report, classes: sample.classes, generation: state.status.generation };
+    state.iin = { report, classes: sample.classes, generation: state.status.generation, encoders: chosenEncoders().map((x) => x.index).join(',') };
     $('train-label').textContent = 'done';
     document.body.dataset.state = 'trained';
     say($('train-message'), `Trained on ${sample.labels.length} images: validation accuracy ${(100 * report.validation_accuracy).toFixed(1)} % (epoch ${report.best_epoch} of ${report.epochs}).`, 'ok');
@@ -226,25 +269,28 @@ $('classify').addEventListener('click', async () => {
   const onProgress = progressTo($('classify-progress'), $('classify-label'));
   try {
     if (state.iin.generation !== state.status.generation) throw new Error('the key was rotated since the internal network was trained: train it again');
+    if (state.iin.encoders !== chosenEncoders().map((x) => x.index).join(',')) throw new Error('the encoders changed since the internal network was trained: train it again');
     let images = state.newImages;
     if (!images) {
       images = { pixels: await readImages(state.newEntries, onProgress), labels: null, classes: state.iin.classes };
       const known = state.newEntries.every((e) => e.className !== null && state.iin.classes.includes(e.className));
       if (known) images.labels = Uint32Array.from(state.newEntries, (e) => state.iin.classes.indexOf(e.className));
     }
-    const { emb, scrambled, cloud } = await scrambleAndAsk(images.pixels, onProgress);
+    const { emb, scrambled, cloud, e } = await scrambleAndAsk(images.pixels, onProgress);
     const { labels } = await state.call('iinPredict', { embeddings: emb, cloud });
     const k = state.cloud.classes.length;
     const n = labels.length;
+    // The cloud's top class for the first encoder's scramble of each image.
     const cloudTop = Array.from({ length: n }, (_, i) => {
+      const o = i * e * k;
       let best = 0;
-      for (let j = 1; j < k; j++) if (cloud[i * k + j] > cloud[i * k + best]) best = j;
+      for (let j = 1; j < k; j++) if (cloud[o + j] > cloud[o + best]) best = j;
       return state.cloud.classes[best];
     });
     let accuracy = null;
     if (images.labels) accuracy = labels.reduce((a, l, i) => a + (l === images.labels[i] ? 1 : 0), 0) / n;
     state.results = { labels, cloudTop, accuracy };
-    showResults(images, scrambled, labels, cloudTop);
+    showResults(images, scrambled, labels, cloudTop, e);
     $('classify-label').textContent = 'done';
     $('summary').replaceChildren(...[
       ['Images', String(n)],
@@ -272,26 +318,32 @@ function canvasOf(pixels, shape) {
   return c;
 }
 
-function showPairs(originals, scrambled, n) {
-  const a = imageLen(ENCODER_SHAPE);
+// Image i's E scrambles (one per encoder), side by side.
+function scramblesOf(scrambled, i, e) {
   const b = imageLen(state.cloud.input);
+  const span = document.createElement('span');
+  for (let j = 0; j < e; j++) span.append(canvasOf(scrambled.subarray((i * e + j) * b, (i * e + j + 1) * b), state.cloud.input));
+  return span;
+}
+
+function showPairs(originals, scrambled, n, e) {
+  const a = imageLen(ENCODER_SHAPE);
   const shown = Math.min(24, n);
   $('pairs').replaceChildren(...Array.from({ length: shown }, (_, j) => {
     const i = Math.floor((j * n) / shown); // spread over the sample (it is in label order)
     const fig = document.createElement('figure');
-    fig.append(canvasOf(originals.subarray(i * a, (i + 1) * a), ENCODER_SHAPE), canvasOf(scrambled.subarray(i * b, (i + 1) * b), state.cloud.input));
+    fig.append(canvasOf(originals.subarray(i * a, (i + 1) * a), ENCODER_SHAPE), scramblesOf(scrambled, i, e));
     return fig;
   }));
 }
 
-function showResults(images, scrambled, labels, cloudTop) {
+function showResults(images, scrambled, labels, cloudTop, e) {
   const a = imageLen(ENCODER_SHAPE);
-  const b = imageLen(state.cloud.input);
   const rows = Array.from({ length: Math.min(40, labels.length) }, (_, i) => {
     const tr = document.createElement('tr');
     const cells = [
       canvasOf(images.pixels.subarray(i * a, (i + 1) * a), ENCODER_SHAPE),
-      canvasOf(scrambled.subarray(i * b, (i + 1) * b), state.cloud.input),
+      scramblesOf(scrambled, i, e),
       state.iin.classes[labels[i]],
       cloudTop[i],
       images.labels ? state.iin.classes[images.labels[i]] : '–',

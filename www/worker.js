@@ -113,7 +113,8 @@ const ops = {
 
   // OWSD: embeddings (the demo CNN's penultimate layer) scrambled by the key's generator. The
   // usage count comes from and goes back to the page, which keeps it in IndexedDB.
-  embed: ({ pixels }) => veil.embed(pixels),
+  embed: ({ pixels, encoders }) => veil.embed(pixels, Uint32Array.from(encoders || [0])),
+  importEncoder: ({ name, bytes }) => veil.importEncoder(name, new Uint8Array(bytes)),
   scrambleBegin: ({ setup, usage }) => veil.scrambleBegin(JSON.stringify(setup), JSON.stringify(usage)),
   scrambleStatus: () => veil.scrambleStatus() ?? null,
   scramble: ({ embeddings, force }) => veil.scramble(embeddings, !!force),
@@ -156,7 +157,7 @@ const ops = {
 ops.benchScramble = async ({ batch, reps, channels, side }) => {
   if (!veil.fingerprint()) veil.generateKey('bench');
   veil.scrambleBegin(
-    JSON.stringify({ embedding: 64, output: { channels, height: side, width: side }, generation: 0 }),
+    JSON.stringify({ encoders: [64], output: { channels, height: side, width: side }, generation: 0 }),
     JSON.stringify({ used: 0, budget: Number.MAX_SAFE_INTEGER, warn_at: Number.MAX_SAFE_INTEGER }),
   );
   const emb = new Float32Array(batch * 64);

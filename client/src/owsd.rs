@@ -5,9 +5,13 @@
 //! count in IndexedDB and hands it back when it sets the scrambler up, the client refuses a batch
 //! that would pass the budget unless told to, and rotating the key means the next *generation*:
 //! a new generator from the same master key (subkey `generator/<g>`), with a fresh count.
+//!
+//! Use case 4 (paper §4): an ensemble of encoders. Each encoder's embedding is scrambled by its
+//! own generator ([`veil::owsd::generator_label`]) and sent on its own; the internal network reads
+//! all embeddings and all the cloud's vectors. A key's count is of images per generator.
 
 use veil::burn::tensor::activation::softmax;
-use veil::burn::tensor::{Device, Tensor, TensorData};
+use veil::burn::tensor::{Device, Tensor, TensorData, s};
 use veil::data::ImageShape;
 use veil::keys::{MasterKey, Scheme};
 use veil::owsd::{
@@ -17,11 +21,16 @@ use veil::owsd::{
 
 use crate::session::ClientError;
 
+/// The most encoders of an ensemble.
+pub const MAX_ENCODERS: usize = 8;
+
 /// What the page asks for.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct ScrambleSetup {
-    /// Width of the owner's embeddings.
-    pub embedding: usize,
+    /// The embedding width of each of the owner's encoders (one for a single encoder; several
+    /// for an ensemble, in the order of the embeddings in a row).
+    pub encoders: Vec<usize>,
     /// The cloud's input: the scrambled image's shape.
     pub output: ImageShape,
     /// Rotations of the key so far.
@@ -37,14 +46,17 @@ pub struct ScrambleStatus {
     pub generation: u32,
     /// Images scrambled by this generation, its budget and warning level.
     pub usage: KeyUsage,
-    /// The generator's architecture.
+    /// The first generator's architecture.
     pub config: ScrambleConfig,
+    /// The embedding width of each encoder, one generator each.
+    pub encoders: Vec<usize>,
 }
 
 /// A scrambled batch.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Scrambled {
-    /// `[B, C, H, W]` in (0, 1).
+    /// `[B·E, C, H, W]` in (0, 1): image `i`'s scramble by encoder `e`'s generator at `i·E + e`,
+    /// so that the cloud's vectors, in the same order, are rows `[cloud₁ ‖ … ‖ cloud_E]`.
     #[serde(skip)]
     pub pixels: Vec<f32>,
     /// The count after this batch (persist it).
@@ -57,7 +69,7 @@ pub struct Scrambled {
 pub struct Scrambler {
     fingerprint: String,
     generation: u32,
-    key: ScrambleKey,
+    keys: Vec<ScrambleKey>,
     usage: KeyUsage,
 }
 
@@ -76,21 +88,34 @@ impl Scrambler {
                 usage.budget, usage.warn_at
             )));
         }
-        if setup.embedding == 0 {
+        if setup.encoders.is_empty() || setup.encoders.len() > MAX_ENCODERS {
+            return Err(ClientError::BadInput(format!(
+                "use 1 to {MAX_ENCODERS} encoders, not {}",
+                setup.encoders.len()
+            )));
+        }
+        if setup.encoders.contains(&0) {
             return Err(ClientError::BadInput(
-                "the embedding must have at least one value".into(),
+                "an embedding must have at least one value".into(),
             ));
         }
-        let key = ScrambleConfig::new(setup.embedding, setup.output)
-            .init(
-                &master.subkey(Scheme::Owsd, &generator_label(setup.generation, 0)),
-                device,
-            )
-            .map_err(|e| ClientError::BadInput(e.to_string()))?;
+        let keys = setup
+            .encoders
+            .iter()
+            .enumerate()
+            .map(|(e, &width)| {
+                ScrambleConfig::new(width, setup.output)
+                    .init(
+                        &master.subkey(Scheme::Owsd, &generator_label(setup.generation, e)),
+                        device,
+                    )
+                    .map_err(|e| ClientError::BadInput(e.to_string()))
+            })
+            .collect::<Result<_, _>>()?;
         Ok(Self {
             fingerprint: master.fingerprint().to_string(),
             generation: setup.generation,
-            key,
+            keys,
             usage,
         })
     }
@@ -106,21 +131,25 @@ impl Scrambler {
             fingerprint: self.fingerprint.clone(),
             generation: self.generation,
             usage: self.usage,
-            config: *self.key.config(),
+            config: *self.keys[0].config(),
+            encoders: self.keys.iter().map(|k| k.config().embedding).collect(),
         }
     }
 
-    /// Counts a batch of embeddings (`[B, embedding]` row-major) against the budget, refusing
-    /// one that would pass it unless `force`, and scrambles it (a lazy tensor; read it back
-    /// asynchronously). The count is taken before the images exist, so a refused batch scrambles
-    /// nothing and a counted one is never lost from the count.
+    /// Counts a batch of embedding rows (`[B, Σ widths]` row-major: each row the encoders'
+    /// embeddings side by side) against the budget, refusing one that would pass it unless
+    /// `force`, and scrambles each embedding with its encoder's generator (a lazy tensor
+    /// `[B·E, C, H, W]`, ordered as [`Scrambled::pixels`]; read it back asynchronously). The count
+    /// is taken before the images exist, so a refused batch scrambles nothing and a counted one
+    /// is never lost from the count.
     pub fn scramble(
         &mut self,
         embeddings: &[f32],
         force: bool,
         device: &Device,
     ) -> Result<(Tensor<4>, Option<String>), ClientError> {
-        let d = self.key.config().embedding;
+        let widths: Vec<usize> = self.keys.iter().map(|k| k.config().embedding).collect();
+        let d: usize = widths.iter().sum();
         if embeddings.is_empty() || !embeddings.len().is_multiple_of(d) {
             return Err(ClientError::BadInput(format!(
                 "expected a whole number of {d}-value embeddings, got {} values",
@@ -146,10 +175,22 @@ impl Scrambler {
             )),
         };
         let x = Tensor::<2>::from_data(TensorData::new(embeddings.to_vec(), [n, d]), device);
-        let images = self
-            .key
-            .scramble(x)
-            .map_err(|e| ClientError::BadInput(e.to_string()))?;
+        let mut start = 0;
+        let mut parts = Vec::with_capacity(self.keys.len());
+        for (key, w) in self.keys.iter().zip(&widths) {
+            let part = key
+                .scramble(x.clone().slice(s![.., start..start + w]))
+                .map_err(|e| ClientError::BadInput(e.to_string()))?;
+            parts.push(part);
+            start += w;
+        }
+        let images = if parts.len() == 1 {
+            parts.remove(0)
+        } else {
+            let [_, c, h, w] = parts[0].dims();
+            let e = parts.len();
+            Tensor::stack::<5>(parts, 1).reshape([n * e, c, h, w])
+        };
         Ok((images, warning))
     }
 

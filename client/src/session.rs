@@ -3,8 +3,9 @@
 
 use std::cell::RefCell;
 
-use veil::burn::tensor::Device;
+use veil::burn::tensor::{Device, Tensor};
 use veil::data::{ImageShape, images_tensor};
+use veil::encoder::EncoderInfo;
 use veil::keyfile::{KdfCost, KeyFile, KeyFileError};
 use veil::keys::{KeyError, MasterKey};
 use veil::model::{Classifier, ModelCard, ModelError, SmallCnn, demo};
@@ -78,6 +79,20 @@ pub struct Session {
     scrambler: RefCell<Option<Scrambler>>,
     /// OWSD's internal inference network, once trained (on the CPU). Borrowed briefly.
     iin: RefCell<Option<Iin>>,
+    /// The owner's own OWSD encoders, imported in this visit (encoder `i + 1`; encoder 0 is the
+    /// demo model). Borrowed briefly.
+    encoders: RefCell<Vec<(String, SmallCnn, EncoderInfo)>>,
+}
+
+/// An imported encoder, as the page lists it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct EncoderSummary {
+    /// Its index for [`Session::embed`] (0 is the demo model's layer).
+    pub index: usize,
+    /// The file's name.
+    pub name: String,
+    /// What the file holds.
+    pub info: EncoderInfo,
 }
 
 /// A dataset container read back in the page.
@@ -113,6 +128,7 @@ impl Session {
             fine_tune: RefCell::new(None),
             scrambler: RefCell::new(None),
             iin: RefCell::new(None),
+            encoders: RefCell::new(Vec::new()),
         })
     }
 
@@ -629,13 +645,56 @@ impl Session {
             .predict(embeddings, cloud)
     }
 
-    /// The 64-value embeddings of images of the demo model's shape: its penultimate layer, the
-    /// default encoder until the owner brings one.
-    pub async fn embed(&self, pixels: &[f32]) -> Result<Vec<f32>, ClientError> {
+    /// Imports the owner's encoder from safetensors (see [`veil::encoder::import_encoder`]) for
+    /// images of the demo model's shape, and lists it for [`Session::embed`].
+    pub fn import_encoder(&self, name: &str, bytes: &[u8]) -> Result<EncoderSummary, ClientError> {
+        let (model, info) = veil::encoder::import_encoder(bytes, self.input_shape(), &self.device)
+            .map_err(|e| {
+                ClientError::BadInput(format!("{name} is not an encoder Veil can use: {e}"))
+            })?;
+        let mut encoders = self.encoders.borrow_mut();
+        if encoders.len() + 1 >= crate::owsd::MAX_ENCODERS {
+            return Err(ClientError::BadInput(format!(
+                "at most {} encoders can be imported",
+                crate::owsd::MAX_ENCODERS - 1
+            )));
+        }
+        encoders.push((name.to_owned(), model, info.clone()));
+        Ok(EncoderSummary {
+            index: encoders.len(),
+            name: name.to_owned(),
+            info,
+        })
+    }
+
+    /// Embeddings of images of the demo model's shape by each of `encoders`, side by side in a
+    /// row (`[B, Σ widths]`): 0 is the demo model's penultimate layer (64 values), `i ≥ 1` the
+    /// `i`-th imported encoder.
+    pub async fn embed(&self, pixels: &[f32], encoders: &[usize]) -> Result<Vec<f32>, ClientError> {
         let shape = self.input_shape();
         check_batch(pixels, shape)?;
+        if encoders.is_empty() {
+            return Err(ClientError::BadInput("choose at least one encoder".into()));
+        }
         let x = images_tensor(pixels, shape, &self.device);
-        crate::state::read_vec(self.model.embed(x), self.backend.label()).await
+        let mut parts = Vec::with_capacity(encoders.len());
+        for &e in encoders {
+            let embedding = if e == 0 {
+                self.model.embed(x.clone())
+            } else {
+                let imported = self.encoders.borrow();
+                let (_, model, _) = imported.get(e - 1).ok_or_else(|| {
+                    ClientError::BadInput(format!(
+                        "there is no encoder {e}: {} are imported",
+                        imported.len()
+                    ))
+                })?;
+                model.embed(x.clone())
+            };
+            parts.push(embedding);
+        }
+        let rows = Tensor::cat(parts, 1);
+        crate::state::read_vec(rows, self.backend.label()).await
     }
 }
 

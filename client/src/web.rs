@@ -312,16 +312,27 @@ impl Veil {
         Ok(out.into())
     }
 
-    /// The 64-value embeddings (`[B, 64]`) of images of the demo model's shape: its penultimate
-    /// layer, the default OWSD encoder.
-    pub async fn embed(&self, pixels: Vec<f32>) -> Result<Vec<f32>, JsError> {
+    /// OWSD embeddings of images of the demo model's shape by each of `encoders`, side by side
+    /// in a row (`[B, Σ widths]`): 0 is the demo model's penultimate layer (64 values), `i ≥ 1`
+    /// the `i`-th imported encoder.
+    pub async fn embed(&self, pixels: Vec<f32>, encoders: Vec<u32>) -> Result<Vec<f32>, JsError> {
         let session = Rc::clone(&self.inner);
-        session.embed(&pixels).await.map_err(err)
+        let encoders: Vec<usize> = encoders.into_iter().map(|e| e as usize).collect();
+        session.embed(&pixels, &encoders).await.map_err(err)
     }
 
-    /// Sets up the loaded key's OWSD scramble generator. `setup` is JSON `{embedding, output:
-    /// {channels, height, width}, generation}`; `usage` is the kept count `{used, budget,
-    /// warn_at}`. Returns the status `{fingerprint, generation, usage, config}`.
+    /// Imports the owner's OWSD encoder from a safetensors file (Veil's SmallCnn architecture,
+    /// burn's or PyTorch's layout). Returns `{index, name, info: {config, embedding, layout,
+    /// head, ignored}}`. The encoder stays in this page.
+    #[wasm_bindgen(js_name = importEncoder)]
+    pub fn import_encoder(&self, name: &str, bytes: Vec<u8>) -> Result<JsValue, JsError> {
+        serde_wasm(&self.inner.import_encoder(name, &bytes).map_err(err)?)
+    }
+
+    /// Sets up the loaded key's OWSD scramble generators, one per encoder. `setup` is JSON
+    /// `{encoders: [embedding widths], output: {channels, height, width}, generation}`; `usage`
+    /// is the kept count `{used, budget, warn_at}`. Returns the status `{fingerprint, generation,
+    /// usage, config, encoders}`.
     #[wasm_bindgen(js_name = scrambleBegin)]
     pub fn scramble_begin(&self, setup: &str, usage: &str) -> Result<JsValue, JsError> {
         let setup = serde_json::from_str(setup)
@@ -340,8 +351,9 @@ impl Veil {
         }
     }
 
-    /// Scrambles embeddings (`[B, embedding]`), counting them against the key's budget first
-    /// (refused past it unless `force`). Returns `{pixels: Float32Array, usage, warning}`.
+    /// Scrambles embedding rows (`[B, Σ widths]`, as `embed` gives them), counting `B` against
+    /// the key's budget first (refused past it unless `force`). Returns `{pixels: Float32Array
+    /// ([B·E, C, H, W], image i's scramble by encoder e at i·E + e), usage, warning}`.
     pub async fn scramble(&self, embeddings: Vec<f32>, force: bool) -> Result<JsValue, JsError> {
         let session = Rc::clone(&self.inner);
         let out = session.scramble(&embeddings, force).await.map_err(err)?;

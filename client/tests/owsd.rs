@@ -21,30 +21,28 @@ fn session(key: &MasterKey) -> Session {
     s
 }
 
-const SETUP: ScrambleSetup = ScrambleSetup {
-    embedding: 64,
-    output: ImageShape {
-        channels: 1,
-        height: 8,
-        width: 8,
-    },
-    generation: 0,
-};
+fn setup() -> ScrambleSetup {
+    ScrambleSetup {
+        encoders: vec![64],
+        output: ImageShape::new(1, 8, 8),
+        generation: 0,
+    }
+}
 
 #[test]
 fn the_page_scrambles_like_the_library_and_keys_and_generations_differ() {
     let key = MasterKey::from_bytes([31; 32]);
     let s = session(&key);
     let data = digits().subset(&(0..50).collect::<Vec<_>>());
-    let emb = block_on(s.embed(&data.images)).unwrap();
+    let emb = block_on(s.embed(&data.images, &[0])).unwrap();
     assert_eq!(emb.len(), 50 * 64);
-    s.scramble_begin(SETUP, KeyUsage::new(1000)).unwrap();
+    s.scramble_begin(setup(), KeyUsage::new(1000)).unwrap();
     let page = block_on(s.scramble(&emb, false)).unwrap();
     assert_eq!(page.pixels.len(), 50 * 64);
     assert!(page.pixels.iter().all(|v| (0.0..=1.0).contains(v)));
     // The library, with the experiment's subkey for generation 0.
     let device = Device::flex();
-    let native = ScrambleConfig::new(64, SETUP.output)
+    let native = ScrambleConfig::new(64, setup().output)
         .init(&key.subkey(Scheme::Owsd, &generator_label(0, 0)), &device)
         .unwrap()
         .scramble(Tensor::from_data(
@@ -65,7 +63,7 @@ fn the_page_scrambles_like_the_library_and_keys_and_generations_differ() {
     s.scramble_begin(
         ScrambleSetup {
             generation: 1,
-            ..SETUP
+            ..setup()
         },
         KeyUsage::new(1000),
     )
@@ -76,7 +74,7 @@ fn the_page_scrambles_like_the_library_and_keys_and_generations_differ() {
         "generation 1 scrambles like 0"
     );
     let other = session(&MasterKey::from_bytes([32; 32]));
-    other.scramble_begin(SETUP, KeyUsage::new(1000)).unwrap();
+    other.scramble_begin(setup(), KeyUsage::new(1000)).unwrap();
     let theirs = block_on(other.scramble(&emb, false)).unwrap();
     assert!(
         diff(&theirs.pixels, &page.pixels) > 0.1,
@@ -89,7 +87,7 @@ fn the_budget_warns_refuses_and_survives_a_reload() {
     let key = MasterKey::from_bytes([33; 32]);
     let s = session(&key);
     let emb = vec![0.25f32; 40 * 64];
-    s.scramble_begin(SETUP, KeyUsage::new(100)).unwrap();
+    s.scramble_begin(setup(), KeyUsage::new(100)).unwrap();
     let first = block_on(s.scramble(&emb, false)).unwrap();
     assert_eq!(first.usage.used, 40);
     assert!(first.warning.is_none());
@@ -104,7 +102,7 @@ fn the_budget_warns_refuses_and_survives_a_reload() {
     // The page persists the count; a new session (a reload) starts from it.
     let persisted = s.scramble_status().unwrap().usage;
     let reloaded = session(&key);
-    reloaded.scramble_begin(SETUP, persisted).unwrap();
+    reloaded.scramble_begin(setup(), persisted).unwrap();
     assert!(block_on(reloaded.scramble(&emb, false)).is_err());
     // Forced, it goes through and the count says so.
     let forced = block_on(reloaded.scramble(&emb, true)).unwrap();
@@ -114,7 +112,7 @@ fn the_budget_warns_refuses_and_survives_a_reload() {
         .scramble_begin(
             ScrambleSetup {
                 generation: 1,
-                ..SETUP
+                ..setup()
             },
             KeyUsage::new(100),
         )
@@ -133,7 +131,7 @@ fn bad_scramble_input_is_refused_with_a_reason() {
     assert!(err(block_on(s.scramble(&[0.0; 64], false))).contains("set one up"));
     assert!(
         err(s.scramble_begin(
-            SETUP,
+            setup(),
             KeyUsage {
                 used: 0,
                 budget: 0,
@@ -144,10 +142,10 @@ fn bad_scramble_input_is_refused_with_a_reason() {
     );
     let bad_shape = ScrambleSetup {
         output: ImageShape::new(1, 10, 10),
-        ..SETUP
+        ..setup()
     };
     assert!(err(s.scramble_begin(bad_shape, KeyUsage::new(10))).contains("square"));
-    s.scramble_begin(SETUP, KeyUsage::new(10)).unwrap();
+    s.scramble_begin(setup(), KeyUsage::new(10)).unwrap();
     assert!(err(block_on(s.scramble(&[0.0; 65], false))).contains("whole number"));
     let mut nan = vec![0.0; 128];
     nan[70] = f32::NAN;
@@ -171,10 +169,10 @@ fn bad_scramble_input_is_refused_with_a_reason() {
 fn the_internal_network_reads_labels_from_embeddings_and_cloud_vectors() {
     let key = MasterKey::from_bytes([36; 32]);
     let s = session(&key);
-    s.scramble_begin(SETUP, KeyUsage::new(10_000)).unwrap();
+    s.scramble_begin(setup(), KeyUsage::new(10_000)).unwrap();
     // The cloud: the demo CNN classifying the scrambled images (softmax of its logits).
     let features = |d: &veil::data::ImageDataset| {
-        let emb = block_on(s.embed(&d.images)).unwrap();
+        let emb = block_on(s.embed(&d.images, &[0])).unwrap();
         let scrambled = block_on(s.scramble(&emb, false)).unwrap().pixels;
         let logits = block_on(s.logits(&scrambled)).unwrap();
         let probs: Vec<f32> = logits
@@ -212,4 +210,89 @@ fn the_internal_network_reads_labels_from_embeddings_and_cloud_vectors() {
     );
     // Wrong widths are refused.
     assert!(err(s.iin_predict(&emb[..64 * 10], &cloud)).contains("trained on 64-value embeddings"));
+}
+
+/// Use case 4 in the page: the demo model's layer and an imported encoder (PyTorch layout, 32
+/// units), each embedding scrambled by its own generator; the count is of images per generator.
+#[test]
+fn an_ensemble_scrambles_each_encoding_with_its_own_generator() {
+    use veil::encoder::{WeightLayout, export_encoder};
+    use veil::model::SmallCnnConfig;
+    let key = MasterKey::from_bytes([37; 32]);
+    let s = session(&key);
+    let device = Device::flex();
+    device.seed(9);
+    let theirs = SmallCnnConfig::for_shape(ImageShape::new(1, 8, 8), 5)
+        .with_hidden(32)
+        .init(&device);
+    let file = export_encoder(&theirs, WeightLayout::PyTorch).unwrap();
+    let summary = s.import_encoder("theirs.safetensors", &file).unwrap();
+    assert_eq!((summary.index, summary.info.embedding), (1, 32));
+
+    let data = digits().subset(&(0..20).collect::<Vec<_>>());
+    let demo_emb = block_on(s.embed(&data.images, &[0])).unwrap();
+    let their_emb: Vec<f32> = theirs
+        .embed(data.images_tensor(0..20, &device))
+        .into_data()
+        .iter::<f32>()
+        .collect();
+    let rows = block_on(s.embed(&data.images, &[0, 1])).unwrap();
+    assert_eq!(rows.len(), 20 * 96);
+    for i in 0..20 {
+        assert_eq!(rows[i * 96..i * 96 + 64], demo_emb[i * 64..(i + 1) * 64]);
+        assert_eq!(
+            rows[i * 96 + 64..(i + 1) * 96],
+            their_emb[i * 32..(i + 1) * 32]
+        );
+    }
+
+    let status = s
+        .scramble_begin(
+            ScrambleSetup {
+                encoders: vec![64, 32],
+                ..setup()
+            },
+            KeyUsage::new(1000),
+        )
+        .unwrap();
+    assert_eq!(status.encoders, vec![64, 32]);
+    let out = block_on(s.scramble(&rows, false)).unwrap();
+    assert_eq!(out.usage.used, 20, "20 images per generator");
+    assert_eq!(out.pixels.len(), 20 * 2 * 64);
+    let library = |width: usize, encoder: usize, emb: &[f32]| -> Vec<f32> {
+        ScrambleConfig::new(width, setup().output)
+            .init(
+                &key.subkey(Scheme::Owsd, &generator_label(0, encoder)),
+                &device,
+            )
+            .unwrap()
+            .scramble(Tensor::from_data(
+                TensorData::new(emb.to_vec(), [20, width]),
+                &device,
+            ))
+            .unwrap()
+            .into_data()
+            .iter::<f32>()
+            .collect()
+    };
+    let (a, b) = (library(64, 0, &demo_emb), library(32, 1, &their_emb));
+    for i in 0..20 {
+        assert_eq!(
+            out.pixels[(2 * i) * 64..(2 * i + 1) * 64],
+            a[i * 64..(i + 1) * 64]
+        );
+        assert_eq!(
+            out.pixels[(2 * i + 1) * 64..(2 * i + 2) * 64],
+            b[i * 64..(i + 1) * 64]
+        );
+    }
+
+    assert!(err(block_on(s.embed(&data.images, &[0, 2]))).contains("no encoder 2"));
+    assert!(err(block_on(s.embed(&data.images, &[]))).contains("at least one encoder"));
+    assert!(err(s.import_encoder("x.bin", b"junk")).contains("x.bin is not an encoder"));
+    let too_many = ScrambleSetup {
+        encoders: vec![64; 9],
+        ..setup()
+    };
+    assert!(err(s.scramble_begin(too_many, KeyUsage::new(10))).contains("1 to 8 encoders"));
 }

@@ -810,6 +810,37 @@ async fn owsd(b: &Browser, base: &str, mode: GpuMode, rec: &Recording) -> Result
         Ok(())
     };
     open(0).await?;
+    // Use case 4 with the cloud that knows more labels: the demo CNN's layer and the owner's own
+    // encoder (a PyTorch-layout file with 32 units), each scrambled by its own generator.
+    let theirs = {
+        let device = Device::flex();
+        device.seed(21);
+        veil::model::SmallCnnConfig::for_shape(veil::data::ImageShape::new(1, 8, 8), 10)
+            .with_hidden(32)
+            .init(&device)
+    };
+    let encoder_file =
+        veil::encoder::export_encoder(&theirs, veil::encoder::WeightLayout::PyTorch)?;
+    let encoder_path = dir.path().join("theirs.safetensors");
+    std::fs::write(&encoder_path, &encoder_file)?;
+    choose(b, "encoder-file", &encoder_path).await?;
+    b.wait_for(
+        "the imported encoder",
+        "return window.veilOwsd.status && window.veilOwsd.status.encoders.length === 2 ? true : null;",
+        LONG,
+    )
+    .await?;
+    c.execute(
+        "const s = document.getElementById('cloud'); s.value = 'digits-shapes-cnn'; s.dispatchEvent(new Event('change'));",
+        vec![],
+    )
+    .await?;
+    b.wait_for(
+        "the cloud with more labels",
+        "return document.getElementById('label-ratio').textContent.includes('42 labels') || null;",
+        LONG,
+    )
+    .await?;
     choose(b, "sample-folder", &sample_dir).await?;
     b.wait_for(
         "the sample",
@@ -894,7 +925,7 @@ async fn owsd(b: &Browser, base: &str, mode: GpuMode, rec: &Recording) -> Result
     ensure!(
         posts
             .iter()
-            .all(|r| r.method == "POST" && r.uri == "/api/models/digits-cnn/classify"),
+            .all(|r| r.method == "POST" && r.uri == "/api/models/digits-shapes-cnn/classify"),
         "the page sent {:?}",
         posts.iter().map(|r| &r.uri).collect::<Vec<_>>()
     );
@@ -912,9 +943,10 @@ async fn owsd(b: &Browser, base: &str, mode: GpuMode, rec: &Recording) -> Result
     }
     let native = veil_client::Session::start(false).await?;
     native.import_key(&key_text, Some("journey passphrase"))?;
+    native.import_encoder("theirs.safetensors", &encoder_file)?;
     native.scramble_begin(
         veil_client::owsd::ScrambleSetup {
-            embedding: 64,
+            encoders: vec![64, 32],
             output: veil::data::ImageShape::new(1, 8, 8),
             generation: 0,
         },
@@ -922,7 +954,7 @@ async fn owsd(b: &Browser, base: &str, mode: GpuMode, rec: &Recording) -> Result
     )?;
     let mut expected = Vec::new();
     for d in [in_path_order(&sample), in_path_order(&new)] {
-        let emb = native.embed(&d.images).await?;
+        let emb = native.embed(&d.images, &[0, 1]).await?;
         expected.extend(native.scramble(&emb, false).await?.pixels);
     }
     ensure!(
@@ -933,9 +965,10 @@ async fn owsd(b: &Browser, base: &str, mode: GpuMode, rec: &Recording) -> Result
     );
     let worst = max_diff(&sent, &expected);
     println!(
-        "{tag}: {} scrambled images sent; max |page − native| = {worst:e}",
+        "{tag}: {} scrambled images sent (550 images × 2 encoders); max |page − native| = {worst:e}",
         sent.len() / 64
     );
+    ensure!(sent.len() == 2 * 550 * 64, "{} values sent", sent.len());
     ensure!(
         worst < 1e-3,
         "the page's scrambles differ from native by {worst}"

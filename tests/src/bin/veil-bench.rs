@@ -142,7 +142,7 @@ fn scramble_native(channels: usize, side: usize, reps: usize) -> Result<f64> {
     session.generate_key("bench")?;
     session.scramble_begin(
         veil_client::owsd::ScrambleSetup {
-            embedding: 64,
+            encoders: vec![64],
             output: veil::data::ImageShape::new(channels, side, side),
             generation: 0,
         },
