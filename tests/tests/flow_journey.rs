@@ -921,6 +921,14 @@ async fn owsd(b: &Browser, base: &str, mode: GpuMode, rec: &Recording) -> Result
     // What the cloud received: the native scrambles, and nothing secret.
     let requests: Vec<Recorded> = rec.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
     assert_nothing_secret(&requests, &key, &key_text, &[&sample, &new], 10)?;
+    // Nor the owner's encoder: no 32-byte window of its weights (the file's tail) in any body.
+    let window = &encoder_file[encoder_file.len() - 32..];
+    ensure!(
+        requests
+            .iter()
+            .all(|r| !r.body.windows(32).any(|w| w == window)),
+        "a request carries the owner's encoder"
+    );
     let posts: Vec<&Recorded> = requests.iter().filter(|r| r.method != "GET").collect();
     ensure!(
         posts
