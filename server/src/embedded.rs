@@ -93,13 +93,23 @@ pub fn cloud_data() -> Result<veil::data::ImageDataset, veil::data::DataError> {
         noise: 0.05,
         seed: 1000,
     })?;
-    let mut data = digits;
-    let offset = data.num_classes() as u32;
-    data.images.extend_from_slice(&shapes.images);
-    data.labels.extend(shapes.labels.iter().map(|l| l + offset));
+    Ok(union_classes(&digits, &shapes, "shape:"))
+}
+
+/// `a` then `b`, with `b`'s labels shifted past `a`'s and its class names prefixed: a dataset
+/// that knows both label sets (OWSD's clouds with more labels than the owner's).
+pub fn union_classes(
+    a: &veil::data::ImageDataset,
+    b: &veil::data::ImageDataset,
+    prefix: &str,
+) -> veil::data::ImageDataset {
+    let offset = a.num_classes() as u32;
+    let mut data = a.clone();
+    data.images.extend_from_slice(&b.images);
+    data.labels.extend(b.labels.iter().map(|l| l + offset));
     data.class_names
-        .extend(shapes.class_names.iter().map(|n| format!("shape:{n}")));
-    Ok(data)
+        .extend(b.class_names.iter().map(|n| format!("{prefix}{n}")));
+    data
 }
 
 #[cfg(test)]

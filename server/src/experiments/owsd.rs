@@ -36,6 +36,8 @@ use veil::owsd::{
 };
 use veil::train::{Control, TrainOptions, accuracy, train_classifier};
 
+use veil_server::embedded::union_classes;
+
 use super::bar;
 
 /// Options of `veil experiment owsd`.
@@ -70,23 +72,6 @@ fn shapes(classes: usize, per_class: usize, side: usize, seed: u64) -> Result<Im
         noise: 0.05,
         seed,
     })?)
-}
-
-/// `a` then `b` with `b`'s labels shifted past `a`'s.
-fn union(a: &ImageDataset, b: &ImageDataset) -> ImageDataset {
-    let offset = a.num_classes() as u32;
-    let mut images = a.images.clone();
-    images.extend_from_slice(&b.images);
-    let mut labels = a.labels.clone();
-    labels.extend(b.labels.iter().map(|l| l + offset));
-    let mut class_names = a.class_names.clone();
-    class_names.extend(b.class_names.iter().map(|n| format!("other:{n}")));
-    ImageDataset {
-        images,
-        labels,
-        shape: a.shape,
-        class_names,
-    }
 }
 
 /// Indices of the first `n` images of each class.
@@ -465,7 +450,7 @@ pub fn run(args: OwsdArgs) -> Result<()> {
     let encoder = encoders[0].clone();
     let width = |e: &SmallCnn| e.embedding_width();
     let cloud_match = fit_cnn(&cloud_part, epochs, seed + 1, "cloud: matching labels")?;
-    let more = union(&cloud_part, &other);
+    let more = union_classes(&cloud_part, &other, "other:");
     let cloud_more = fit_cnn(&more, epochs, seed + 2, "cloud: more labels")?;
     let cloud_disjoint = fit_cnn(&other, epochs, seed + 3, "cloud: disjoint labels")?;
     for e in encoders.len()..n_encoders {
@@ -688,7 +673,7 @@ pub fn run(args: OwsdArgs) -> Result<()> {
     // The attack: an inverter trained on N (scrambled, original) pairs the attacker collected
     // (the cloud's own images scrambled with the owner's key stand in for them).
     let t = Instant::now();
-    let attack_pool = union(&cloud_part, &pool);
+    let attack_pool = union_classes(&cloud_part, &pool, "other:");
     let emb_att = embed(&encoder, &attack_pool);
     let sc_att = scramble(&scrambler, &emb_att, attack_pool.len())?;
     let steps = if q { 500 } else { 3000 };
