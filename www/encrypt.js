@@ -48,7 +48,11 @@ async function loadFlows(id) {
     const info = await loadFamily(state.call, id, progressTo($('flows-progress')));
     state.info = info;
     setActiveFamily(id);
-    $('flows-status').textContent = `loaded (${info.agnostic ? 'per-class and class-agnostic flows' : 'per-class flows'})`;
+    const enc = info.encryption;
+    const how = enc.temperature === 1 && !enc.cover_classes
+      ? "the paper's Algorithm 1"
+      : `latent temperature τ = ${enc.temperature}${enc.cover_classes ? ', cover classes (each class looks like another)' : ''}`;
+    $('flows-status').textContent = `loaded (${info.agnostic ? 'per-class and class-agnostic flows' : 'per-class flows'}; encryption: ${how})`;
     $('class-names').textContent = info.classes.join(', ');
     $('shape').textContent = `${shapeText(info.shape)} with ${info.levels} grey levels`;
     $('files-label').replaceChildren(...info.classes.map((c, k) => new Option(c, String(k))));

@@ -40,6 +40,8 @@ pub struct FlowsInfo {
     pub agnostic: bool,
     /// What the flows were trained on (the manifest's `data`; fine-tuned flows say so).
     pub data: String,
+    /// How they encrypt: Algorithm 1, or with a lower temperature and cover classes.
+    pub encryption: veil::flow_rotation::EncryptionSettings,
 }
 
 /// Which flows and keys encrypt a batch.
@@ -190,6 +192,7 @@ impl Flows {
             levels: self.levels(),
             agnostic: self.set.agnostic.is_some(),
             data: self.set.manifest.data.clone(),
+            encryption: self.set.manifest.encryption,
         }
     }
 

@@ -51,6 +51,31 @@ fn quick_flow_experiment_writes_a_consistent_report() {
         // ciphertexts are not tested for this: with good flows they look like other members of
         // their class, so a model trained on them also works on originals; see docs/RESULTS.md.)
         assert!(get(&r, &["table1", arch, "agnostic_enc_orig"]) < 0.3);
+        // Veil's settings (reduced temperature, cover classes): the same integrity, and a model
+        // trained on per-class ciphertexts fails on original images.
+        for key in keys
+            .iter()
+            .chain(&["cover_attack_classes_recovered", "cover_attack_enc_orig"])
+        {
+            let v = get(&r, &["table1_veil", arch, key]);
+            assert!((0.0..=1.0).contains(&v), "veil {arch}.{key} = {v}");
+        }
+        assert!(get(&r, &["integrity_ratio_veil", arch]) >= 0.8);
+        assert!(get(&r, &["table1_veil", arch, "enc_orig"]) < 0.3);
+    }
+    assert_eq!(r["veil_settings"]["cover_classes"], true);
+    let pi: Vec<u64> = r["cover_permutation"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert!(pi.iter().enumerate().all(|(i, &p)| p != i as u64), "{pi:?}");
+    // The quick sweep: τ = 1 and the run's τ, each with finite bits/dim.
+    let sweep = r["temperature_sweep"].as_array().unwrap();
+    assert_eq!(sweep.len(), 2);
+    for p in sweep {
+        assert!(p["bits_per_dim_per_class"].as_f64().unwrap().is_finite());
     }
     let trained = get(&r, &["table2_bits_per_dim", "trained_on_original"]);
     let untrained = get(&r, &["table2_bits_per_dim", "untrained"]);
@@ -62,8 +87,9 @@ fn quick_flow_experiment_writes_a_consistent_report() {
     let report = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
     assert!(report.contains("## Table 1") && report.contains("## Table 2"));
     let fig = image::open(dir.path().join("figure3.png")).unwrap();
-    // Three rows (originals, route a, route b) of ten 64-pixel tiles with 4-pixel gaps.
-    assert_eq!((fig.width(), fig.height()), (10 * 68 + 4, 3 * 68 + 4));
+    // Four rows (originals, Algorithm 1's route a and b, Veil's route a) of ten 64-pixel tiles
+    // with 4-pixel gaps.
+    assert_eq!((fig.width(), fig.height()), (10 * 68 + 4, 4 * 68 + 4));
 }
 
 #[test]
@@ -98,6 +124,9 @@ fn flow_train_writes_flows_and_refuses_to_overwrite_without_resume() {
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("flows.json")).unwrap())
             .unwrap();
     assert_eq!(manifest["flows"][0]["name"], "agnostic");
+    // Algorithm 1 unless told otherwise.
+    assert_eq!(manifest["encryption"]["temperature"], 1.0);
+    assert_eq!(manifest["encryption"]["cover_classes"], false);
     let bpd = manifest["flows"][0]["held_out_bits_per_dim"]
         .as_f64()
         .unwrap();
@@ -107,6 +136,22 @@ fn flow_train_writes_flows_and_refuses_to_overwrite_without_resume() {
         !dir.path().join("checkpoints/agnostic.bpk").exists(),
         "the checkpoint of a finished flow is removed"
     );
+    for (bad, why) in [
+        (&["--temperature", "0"][..], "temperature"),
+        (&["--cover-classes"][..], "per-class"),
+    ] {
+        let other = tempfile::tempdir().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_veil"))
+            .args(["flow", "train", "--agnostic-only", "--out"])
+            .arg(other.path())
+            .args(bad)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(why), "{bad:?}: {err}");
+        assert!(!other.path().join("flows.json").exists());
+    }
     let again = run(&[]);
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("--resume"));

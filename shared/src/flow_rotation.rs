@@ -15,7 +15,8 @@ use crate::glow::{Glow, GlowConfig, Preprocess};
 use crate::haar::HaarRotation;
 use crate::keys::{MasterKey, Scheme, SubKey};
 
-/// One class's (or the class-agnostic) encryptor: a flow and a rotation on one device.
+/// One class's (or the class-agnostic) encryptor: a flow and a rotation on one device, with
+/// Veil's two optional refinements of Algorithm 1 ([`EncryptionSettings`]).
 #[derive(Debug, Clone)]
 pub struct FlowEncryptor {
     glow: Glow,
@@ -24,6 +25,11 @@ pub struct FlowEncryptor {
     rotation_t: Tensor<2>,
     /// `A` (to decrypt: `(Aᵀ·e)ᵀ = eᵀ·A`).
     rotation: Tensor<2>,
+    /// τ: encryption decodes `τ·A·f(s)`.
+    temperature: f32,
+    /// The flow that decodes the rotated latent (and encodes ciphertexts to decrypt): `None`
+    /// for Algorithm 1's `f⁻¹(A·f(s))`, class `π(c)`'s flow with cover classes.
+    cover: Option<Glow>,
 }
 
 impl FlowEncryptor {
@@ -47,6 +53,8 @@ impl FlowEncryptor {
             pre,
             rotation_t: a.clone().transpose(),
             rotation: a,
+            temperature: 1.0,
+            cover: None,
         }
     }
 
@@ -58,16 +66,42 @@ impl FlowEncryptor {
         }
     }
 
-    fn rotate(&self, s: Tensor<4>, matrix: &Tensor<2>) -> Tensor<4> {
-        let eps = self.glow.forward(s).eps;
-        let flat = Glow::flatten_latents(eps).matmul(matrix.clone());
-        self.glow.decode_eps(&self.glow.unflatten_latents(flat))
+    /// Encrypts at latent temperature `temperature` (τ in `(0, 1]`, see
+    /// [`EncryptionSettings::temperature`]).
+    pub fn with_temperature(self, temperature: f32) -> Self {
+        Self {
+            temperature,
+            ..self
+        }
+    }
+
+    /// Decodes the rotated latent with `cover` (of the same architecture) instead of this flow:
+    /// cover classes ([`EncryptionSettings::cover_classes`]).
+    pub fn with_cover(self, cover: Glow) -> Self {
+        Self {
+            cover: Some(cover),
+            ..self
+        }
+    }
+
+    /// `to⁻¹(scale · f(s) · matrix)` with `from` = this flow and `to` = the cover when
+    /// encrypting, the other way round when decrypting.
+    fn rotate(&self, s: Tensor<4>, matrix: &Tensor<2>, scale: f32, encrypt: bool) -> Tensor<4> {
+        let cover = self.cover.as_ref().unwrap_or(&self.glow);
+        let (from, to) = if encrypt {
+            (&self.glow, cover)
+        } else {
+            (cover, &self.glow)
+        };
+        let flat = Glow::flatten_latents(from.forward(s).eps).matmul(matrix.clone());
+        let flat = if scale == 1.0 { flat } else { flat * scale };
+        to.decode_eps(&to.unflatten_latents(flat))
     }
 
     /// Encrypts pixels `[B, C, H, W]` in [0, 1] (quantised to the preprocessing's levels).
     pub fn encrypt(&self, x: Tensor<4>) -> Tensor<4> {
         let (s, _) = self.pre.to_logit(x, false);
-        self.logit_to_pixels(self.rotate(s, &self.rotation_t))
+        self.logit_to_pixels(self.rotate(s, &self.rotation_t, self.temperature, true))
     }
 
     /// Encrypts images that may not be of this flow's class, for route (c) (model-routed
@@ -86,7 +120,8 @@ impl FlowEncryptor {
     /// Decrypts ciphertext pixels; returns the continuous pixel value `(k + ½)/levels`.
     pub fn decrypt(&self, c: Tensor<4>) -> Tensor<4> {
         let s = self.pixels_to_logit(c);
-        self.pre.from_logit(self.rotate(s, &self.rotation))
+        self.pre
+            .from_logit(self.rotate(s, &self.rotation, 1.0 / self.temperature, false))
     }
 
     /// Decrypts and re-quantises to the data's levels (`k/(levels − 1)`): the original pixels.
@@ -103,6 +138,69 @@ impl FlowEncryptor {
     fn pixels_to_logit(&self, c: Tensor<4>) -> Tensor<4> {
         let p = c * (1.0 - self.pre.alpha) + self.pre.alpha;
         p.clone().log() - (p.neg() + 1.0).log()
+    }
+}
+
+/// How a flow family encrypts: Algorithm 1 (the defaults) or with Veil's refinements. Public, like
+/// the flows themselves; it lives in the family's [`FlowManifest`].
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct EncryptionSettings {
+    /// Latent temperature τ: `Enc(s) = g⁻¹(τ·A·f(s))`, `Dec(c) = f⁻¹(Aᵀ·g(c)/τ)`. 1 is the
+    /// paper's Algorithm 1. Below 1 the rotated latent decodes nearer the flow's mode, as Glow's
+    /// reduced-temperature sampling (Kingma & Dhariwal 2018, §5) does: the decoded latents of an
+    /// imperfect flow at τ = 1 fall off the data manifold, so ciphertexts are noisier than the
+    /// data. τ is public and `z ↦ τ·z` invertible, so Theorem 1's bound is unchanged (an adversary
+    /// divides by τ).
+    pub temperature: f32,
+    /// Cover classes: class `c`'s rotated latent is decoded by class `π(c)`'s flow, `π` a secret
+    /// derangement of the classes ([`cover_permutation`]), so that a ciphertext of class `c`
+    /// looks like an image of class `π(c)` and a model trained on ciphertexts mislabels original
+    /// images. Per-class flows only.
+    pub cover_classes: bool,
+}
+
+impl Default for EncryptionSettings {
+    fn default() -> Self {
+        Self::ALGORITHM_1
+    }
+}
+
+impl EncryptionSettings {
+    /// The paper's Algorithm 1: τ = 1, no cover classes.
+    pub const ALGORITHM_1: Self = Self {
+        temperature: 1.0,
+        cover_classes: false,
+    };
+
+    /// Why the settings cannot be used, if they cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.temperature > 0.0 && self.temperature <= 1.0) {
+            return Err(format!(
+                "the encryption temperature must lie in (0, 1], not {}",
+                self.temperature
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The secret cover-class derangement `π` of a key: class `c`'s images are encrypted with class
+/// `c`'s flow and decoded by class `π(c)`'s, so that they look like class `π(c)`. Uniform over the
+/// derangements of `classes` (rejection sampling: a uniform shuffle is a derangement with
+/// probability ≈ 1/e), from the subkey `cover-classes`.
+pub fn cover_permutation(key: &MasterKey, classes: usize) -> Vec<usize> {
+    use rand::seq::SliceRandom;
+    let mut rng = key.subkey(Scheme::FlowRotation, "cover-classes").rng();
+    let mut p: Vec<usize> = (0..classes).collect();
+    if classes < 2 {
+        return p;
+    }
+    loop {
+        p.shuffle(&mut rng);
+        if p.iter().enumerate().all(|(i, &v)| i != v) {
+            return p;
+        }
     }
 }
 
@@ -131,6 +229,9 @@ pub struct FlowManifest {
     pub preprocess: Preprocess,
     /// The flows.
     pub flows: Vec<FlowEntry>,
+    /// How the flows encrypt (absent: Algorithm 1).
+    #[serde(default)]
+    pub encryption: EncryptionSettings,
 }
 
 /// Why a set of flows cannot be loaded.
@@ -175,6 +276,10 @@ impl FlowSet {
         let manifest: FlowManifest =
             serde_json::from_str(manifest).map_err(|e| FlowSetError::Manifest(e.to_string()))?;
         manifest.glow.validate().map_err(FlowSetError::Manifest)?;
+        manifest
+            .encryption
+            .validate()
+            .map_err(FlowSetError::Manifest)?;
         let load = |name: &str| -> Result<Option<Glow>, FlowSetError> {
             let Some(entry) = manifest.flows.iter().find(|f| f.name == name) else {
                 return Ok(None);
@@ -204,14 +309,22 @@ impl FlowSet {
     }
 
     /// Class `class`'s encryptor under `key` (route a): subkey `class/<k>` of the flow-rotation
-    /// scheme.
+    /// scheme, with the manifest's [`EncryptionSettings`].
     pub fn class_encryptor(&self, key: &MasterKey, class: usize, device: &Device) -> FlowEncryptor {
-        FlowEncryptor::new(
+        let settings = self.manifest.encryption;
+        let enc = FlowEncryptor::new(
             self.per_class[class].clone(),
             self.manifest.preprocess,
             &key.class_subkey(Scheme::FlowRotation, class as u32),
             device,
         )
+        .with_temperature(settings.temperature);
+        if settings.cover_classes {
+            let pi = cover_permutation(key, self.per_class.len());
+            enc.with_cover(self.per_class[pi[class]].clone())
+        } else {
+            enc
+        }
     }
 
     /// The class-agnostic encryptor under `key` (route b): subkey `agnostic`.
@@ -223,6 +336,7 @@ impl FlowSet {
                 &key.subkey(Scheme::FlowRotation, "agnostic"),
                 device,
             )
+            .with_temperature(self.manifest.encryption.temperature)
         })
     }
 }
@@ -305,5 +419,109 @@ mod tests {
             a.into_data().iter::<f32>().collect::<Vec<_>>(),
             b.into_data().iter::<f32>().collect::<Vec<_>>()
         );
+    }
+
+    #[test]
+    fn temperature_and_cover_classes_round_trip_and_change_the_ciphertext() {
+        let device = Device::flex();
+        let pre = Preprocess {
+            levels: 17,
+            alpha: 0.05,
+        };
+        let data = digits().subset(&(0..32).collect::<Vec<_>>());
+        let x = data.images_tensor(0..32, &device);
+        let (s, _) = pre.to_logit(x.clone(), true);
+        let config = GlowConfig::new(1, 8, 8).with_hidden(16);
+        let glow = config.init(&device).data_init(s.clone());
+        let cover = config.clone().with_seed(99).init(&device).data_init(s);
+        let key = MasterKey::from_bytes([8; 32]);
+        let sub = key.class_subkey(Scheme::FlowRotation, 2);
+        let plain = FlowEncryptor::new(glow, pre, &sub, &device);
+        let values = |t: Tensor<4>| t.into_data().iter::<f32>().collect::<Vec<_>>();
+        let base = values(plain.encrypt(x.clone()));
+        for enc in [
+            plain.clone().with_temperature(0.5),
+            plain.clone().with_cover(cover.clone()),
+            plain
+                .clone()
+                .with_temperature(0.6)
+                .with_cover(cover.clone()),
+        ] {
+            let c = enc.encrypt(x.clone());
+            let moved = values(c.clone())
+                .iter()
+                .zip(&base)
+                .map(|(a, b)| (a - b).abs())
+                .sum::<f32>()
+                / base.len() as f32;
+            assert!(moved > 0.01, "the setting left the ciphertext as it was");
+            let exact = (enc.decrypt_quantised(c) - x.clone())
+                .abs()
+                .max()
+                .into_scalar::<f32>();
+            assert_eq!(exact, 0.0, "{enc:?} does not round-trip");
+        }
+    }
+
+    #[test]
+    fn cover_permutations_are_uniform_derangements_fixed_by_the_key() {
+        let n = 5;
+        let mut counts = vec![0usize; n * n];
+        let trials = 2000;
+        for t in 0..trials {
+            let mut b = [0u8; 32];
+            b[..8].copy_from_slice(&(t as u64).to_le_bytes());
+            let key = MasterKey::from_bytes(b);
+            let p = cover_permutation(&key, n);
+            assert_eq!(p, cover_permutation(&key, n));
+            let mut sorted = p.clone();
+            sorted.sort_unstable();
+            assert_eq!(sorted, (0..n).collect::<Vec<_>>());
+            for (i, &v) in p.iter().enumerate() {
+                assert_ne!(i, v, "{p:?} fixes {i}");
+                counts[i * n + v] += 1;
+            }
+        }
+        // Uniform over derangements: class i goes to each other class with probability 1/(n−1).
+        // Chi-square over the 20 off-diagonal cells, each of 4 classes per row (df ≈ 15): the 0.999
+        // quantile is 37.7.
+        let expected = trials as f64 / (n - 1) as f64;
+        let chi2: f64 = (0..n)
+            .flat_map(|i| (0..n).filter(move |&j| j != i).map(move |j| (i, j)))
+            .map(|(i, j)| (counts[i * n + j] as f64 - expected).powi(2) / expected)
+            .sum();
+        assert!(chi2 < 37.7, "chi-square {chi2:.1} of {counts:?}");
+    }
+
+    #[test]
+    fn manifests_without_encryption_settings_mean_algorithm_1_and_bad_ones_are_refused() {
+        let device = Device::flex();
+        let config = GlowConfig::new(1, 8, 8).with_hidden(4);
+        let bytes = config.init(&device).to_bytes().unwrap();
+        let manifest = |extra: &str| {
+            format!(
+                r#"{{"data":"digits","classes":["a"],"glow":{},"preprocess":{{"levels":17,"alpha":0.05}},"flows":[{{"name":"class-0","file":"f.bpk"}}]{extra}}}"#,
+                serde_json::to_string(&config).unwrap()
+            )
+        };
+        let file = |_: &str| Some(bytes.as_slice());
+        let set = FlowSet::load(&manifest(""), file, &device).unwrap();
+        assert_eq!(set.manifest.encryption, EncryptionSettings::ALGORITHM_1);
+        let set = FlowSet::load(
+            &manifest(r#","encryption":{"temperature":0.5,"cover_classes":true}"#),
+            file,
+            &device,
+        )
+        .unwrap();
+        assert_eq!(set.manifest.encryption.temperature, 0.5);
+        for bad in ["0", "-1", "1.5"] {
+            let err = FlowSet::load(
+                &manifest(&format!(r#","encryption":{{"temperature":{bad}}}"#)),
+                file,
+                &device,
+            )
+            .unwrap_err();
+            assert!(err.to_string().contains("temperature"), "{err}");
+        }
     }
 }

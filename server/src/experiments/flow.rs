@@ -13,7 +13,7 @@ use burn::tensor::activation::softmax;
 use serde_json::json;
 use veil::burn;
 use veil::data::{ImageDataset, ImageShape, digits};
-use veil::flow_rotation::FlowEncryptor;
+use veil::flow_rotation::{EncryptionSettings, FlowEncryptor, cover_permutation};
 use veil::flow_train::{FlowTrainOptions, evaluate_bits_per_dim, flow_latents, train_flow};
 use veil::gaussianity::{GaussianityReport, probe};
 use veil::glow::{Glow, GlowConfig, Preprocess};
@@ -45,7 +45,19 @@ pub struct FlowArgs {
     /// Seed of the split, the initialisations and the experiment key.
     #[arg(long, default_value_t = 7)]
     seed: u64,
+    /// Latent temperature τ of Veil's encryption settings (with cover classes), run beside the
+    /// paper's Algorithm 1 (τ = 1, no cover classes).
+    #[arg(long, default_value_t = DEFAULT_TEMPERATURE)]
+    temperature: f32,
 }
+
+/// The temperature of Veil's settings in this experiment (chosen from the sweep in
+/// docs/RESULTS.md: the largest τ of the sweep whose flows trained on per-class ciphertexts come
+/// within 10 % of the bits/dim of the one trained on originals).
+pub const DEFAULT_TEMPERATURE: f32 = 0.5;
+
+/// The temperatures of the sweep (the run's `--temperature` is added when missing).
+const SWEEP: [f32; 4] = [1.0, 0.8, 0.65, 0.5];
 
 struct Setup {
     train: ImageDataset,
@@ -106,6 +118,88 @@ fn setup(args: &FlowArgs) -> Result<Setup> {
             seed: args.seed,
         },
     })
+}
+
+/// The encryptors of one setting: per class (route a, and c) and class-agnostic (route b).
+struct Encryptors {
+    settings: EncryptionSettings,
+    /// The key's cover permutation `π`.
+    pi: Vec<usize>,
+    per_class: Vec<FlowEncryptor>,
+    agnostic: FlowEncryptor,
+}
+
+impl Encryptors {
+    fn new(
+        s: &Setup,
+        key: &MasterKey,
+        class_flows: &[Glow],
+        agnostic: &Glow,
+        settings: EncryptionSettings,
+    ) -> Self {
+        let device = Device::flex();
+        let pi = cover_permutation(key, class_flows.len());
+        let per_class = class_flows
+            .iter()
+            .enumerate()
+            .map(|(c, g)| {
+                let e = FlowEncryptor::new(
+                    g.clone(),
+                    s.pre,
+                    &key.class_subkey(Scheme::FlowRotation, c as u32),
+                    &device,
+                )
+                .with_temperature(settings.temperature);
+                if settings.cover_classes {
+                    e.with_cover(class_flows[pi[c]].clone())
+                } else {
+                    e
+                }
+            })
+            .collect();
+        let agnostic = FlowEncryptor::new(
+            agnostic.clone(),
+            s.pre,
+            &key.subkey(Scheme::FlowRotation, "agnostic"),
+            &device,
+        )
+        .with_temperature(settings.temperature);
+        Self {
+            settings,
+            pi,
+            per_class,
+            agnostic,
+        }
+    }
+
+    /// Route (a) and route (b) ciphertexts of `data`.
+    fn encrypt(&self, data: &ImageDataset) -> (ImageDataset, ImageDataset) {
+        (
+            encrypt_all(data, |c| self.per_class[c as usize].clone(), None),
+            encrypt_all(data, |_| self.agnostic.clone(), Some(0)),
+        )
+    }
+}
+
+/// The ciphertexts of one setting.
+struct Ciphertexts {
+    train_a: ImageDataset,
+    test_a: ImageDataset,
+    train_b: ImageDataset,
+    test_b: ImageDataset,
+}
+
+impl Ciphertexts {
+    fn of(enc: &Encryptors, s: &Setup) -> Self {
+        let (train_a, train_b) = enc.encrypt(&s.train);
+        let (test_a, test_b) = enc.encrypt(&s.test);
+        Self {
+            train_a,
+            test_a,
+            train_b,
+            test_b,
+        }
+    }
 }
 
 fn fit_flow(s: &Setup, data: &ImageDataset, label: &str) -> Result<(Glow, f32)> {
@@ -244,6 +338,11 @@ pub fn run(args: FlowArgs) -> Result<()> {
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let s = setup(&args)?;
+    let veil_settings = EncryptionSettings {
+        temperature: args.temperature,
+        cover_classes: true,
+    };
+    veil_settings.validate().map_err(anyhow::Error::msg)?;
     let classes = s.train.num_classes();
     eprintln!(
         "flow rotation on {}: {} training and {} test images of {}, {} classes{}",
@@ -264,12 +363,9 @@ pub fn run(args: FlowArgs) -> Result<()> {
     let mut class_flows = Vec::with_capacity(classes);
     let mut class_bpd = Vec::with_capacity(classes);
     for c in 0..classes as u32 {
-        let idx: Vec<usize> = (0..s.train.len())
-            .filter(|&i| s.train.labels[i] == c)
-            .collect();
         let (g, bpd) = fit_flow(
             &s,
-            &s.train.subset(&idx),
+            &s.train.subset(&class_indices(&s.train, c)),
             &format!("flow for class {}", s.train.class_names[c as usize]),
         )?;
         class_flows.push(g);
@@ -278,55 +374,33 @@ pub fn run(args: FlowArgs) -> Result<()> {
     let (agnostic, _) = fit_flow(&s, &s.train, "class-agnostic flow")?;
     let flow_train_s = t.elapsed().as_secs_f64();
 
-    let device = Device::flex();
-    let per_class: Vec<FlowEncryptor> = class_flows
-        .iter()
-        .enumerate()
-        .map(|(c, g)| {
-            FlowEncryptor::new(
-                g.clone(),
-                s.pre,
-                &key.class_subkey(Scheme::FlowRotation, c as u32),
-                &device,
-            )
-        })
-        .collect();
-    let agnostic_enc = FlowEncryptor::new(
-        agnostic.clone(),
-        s.pre,
-        &key.subkey(Scheme::FlowRotation, "agnostic"),
-        &device,
-    );
-
     let t = Instant::now();
-    let enc_train_a = encrypt_all(&s.train, |c| per_class[c as usize].clone(), None);
-    let enc_test_a = encrypt_all(&s.test, |c| per_class[c as usize].clone(), None);
-    let enc_train_b = encrypt_all(&s.train, |_| agnostic_enc.clone(), Some(0));
-    let enc_test_b = encrypt_all(&s.test, |_| agnostic_enc.clone(), Some(0));
+    let paper = Encryptors::new(
+        &s,
+        &key,
+        &class_flows,
+        &agnostic,
+        EncryptionSettings::ALGORITHM_1,
+    );
+    let paper_ct = Ciphertexts::of(&paper, &s);
     let encrypt_s = t.elapsed().as_secs_f64();
     let images_encrypted = 2 * (s.train.len() + s.test.len());
+    let veil = Encryptors::new(&s, &key, &class_flows, &agnostic, veil_settings);
+    let veil_ct = Ciphertexts::of(&veil, &s);
 
-    // Table 1, for both classifiers.
+    // Table 1, for both classifiers and both settings.
     let mut table1 = serde_json::Map::new();
+    let mut table1_veil = serde_json::Map::new();
     let t = Instant::now();
     for arch in ["cnn", "resnet"] {
-        let row = match arch {
+        let (row, row_veil) = match arch {
             "cnn" => {
                 let make = || {
                     let d = Device::flex().autodiff();
                     d.seed(args.seed);
                     SmallCnnConfig::for_shape(s.train.shape, classes).init(&d)
                 };
-                table1_row(
-                    &s,
-                    arch,
-                    make,
-                    &enc_train_a,
-                    &enc_test_a,
-                    &enc_train_b,
-                    &enc_test_b,
-                    &per_class,
-                )?
+                table1_rows(&s, arch, make, [(&paper, &paper_ct), (&veil, &veil_ct)])?
             }
             _ => {
                 let make = || {
@@ -334,41 +408,39 @@ pub fn run(args: FlowArgs) -> Result<()> {
                     d.seed(args.seed);
                     SmallResNetConfig::for_shape(s.train.shape, classes).init(&d)
                 };
-                table1_row(
-                    &s,
-                    arch,
-                    make,
-                    &enc_train_a,
-                    &enc_test_a,
-                    &enc_train_b,
-                    &enc_test_b,
-                    &per_class,
-                )?
+                table1_rows(&s, arch, make, [(&paper, &paper_ct), (&veil, &veil_ct)])?
             }
         };
         table1.insert(arch.into(), row);
+        table1_veil.insert(arch.into(), row_veil);
     }
     let classifiers_s = t.elapsed().as_secs_f64();
 
     // Table 2: held-out bits/dim (the dequantisation noise of each evaluation seeded alike).
     let t = Instant::now();
+    let device = Device::flex();
     let bpd = |g: &Glow, d: &ImageDataset| {
         device.seed(args.seed);
         evaluate_bits_per_dim(g, d, s.pre, &device)
     };
     let bpd_original = bpd(&agnostic, &s.test);
-    let (enc_flow, _) = fit_flow(
-        &s,
-        &quantised(&enc_train_a, s.pre.levels),
-        "flow on encrypted data",
-    )?;
-    let bpd_encrypted = bpd(&enc_flow, &quantised(&enc_test_a, s.pre.levels));
-    let (enc_flow_b, _) = fit_flow(
-        &s,
-        &quantised(&enc_train_b, s.pre.levels),
-        "flow on encrypted data (b)",
-    )?;
-    let bpd_encrypted_b = bpd(&enc_flow_b, &quantised(&enc_test_b, s.pre.levels));
+    let bpd_on_ciphertexts = |ct: &Ciphertexts, what: &str| -> Result<(f32, f32)> {
+        let (flow_a, _) = fit_flow(
+            &s,
+            &quantised(&ct.train_a, s.pre.levels),
+            &format!("flow on {what} (a)"),
+        )?;
+        let (flow_b, _) = fit_flow(
+            &s,
+            &quantised(&ct.train_b, s.pre.levels),
+            &format!("flow on {what} (b)"),
+        )?;
+        Ok((
+            bpd(&flow_a, &quantised(&ct.test_a, s.pre.levels)),
+            bpd(&flow_b, &quantised(&ct.test_b, s.pre.levels)),
+        ))
+    };
+    let (bpd_encrypted, bpd_encrypted_b) = bpd_on_ciphertexts(&paper_ct, "ciphertexts")?;
     let untrained = {
         let (x, _) = s.pre.to_logit(
             s.train.images_tensor(0..s.train.len().min(256), &device),
@@ -377,16 +449,76 @@ pub fn run(args: FlowArgs) -> Result<()> {
         s.glow.init(&device).data_init(x)
     };
     let bpd_untrained = bpd(&untrained, &s.test);
+    let per_class_held_out: Vec<f32> = (0..classes as u32)
+        .map(|c| {
+            bpd(
+                &class_flows[c as usize],
+                &s.test.subset(&class_indices(&s.test, c)),
+            )
+        })
+        .collect();
     let table2_s = t.elapsed().as_secs_f64();
+
+    // The temperature sweep of Veil's settings (cover classes on): Table 2 and the small CNN's
+    // integrity and specificity at each τ.
+    let t = Instant::now();
+    let mut temperatures: Vec<f32> = if args.quick {
+        vec![1.0]
+    } else {
+        SWEEP.to_vec()
+    };
+    if !temperatures.contains(&args.temperature) {
+        temperatures.push(args.temperature);
+    }
+    let mut sweep = Vec::new();
+    let (mut bpd_veil, mut bpd_veil_b) = (f32::NAN, f32::NAN);
+    for &tau in &temperatures {
+        let settings = EncryptionSettings {
+            temperature: tau,
+            cover_classes: true,
+        };
+        let owned;
+        let ct = if tau == args.temperature {
+            &veil_ct
+        } else {
+            owned = Ciphertexts::of(
+                &Encryptors::new(&s, &key, &class_flows, &agnostic, settings),
+                &s,
+            );
+            &owned
+        };
+        let (a, b) = bpd_on_ciphertexts(ct, &format!("τ = {tau} ciphertexts"))?;
+        if tau == args.temperature {
+            (bpd_veil, bpd_veil_b) = (a, b);
+        }
+        let make = || {
+            let d = Device::flex().autodiff();
+            d.seed(args.seed);
+            SmallCnnConfig::for_shape(s.train.shape, classes).init(&d)
+        };
+        let on_enc = fit_classifier(make(), &s, &ct.train_a, &format!("cnn at τ = {tau}"))?;
+        sweep.push(json!({
+            "temperature": (f64::from(tau) * 1e4).round() / 1e4,
+            "bits_per_dim_per_class": a,
+            "bits_per_dim_agnostic": b,
+            "per_class_over_original": a / bpd_original,
+            "agnostic_over_original": b / bpd_original,
+            "cnn_enc_enc_true_class": accuracy(&on_enc, &ct.test_a, &device),
+            "cnn_enc_orig": accuracy(&on_enc, &s.test, &device),
+        }));
+        eprintln!(
+            "sweep: {}",
+            sweep.last().map(|v| v.to_string()).unwrap_or_default()
+        );
+    }
+    let sweep_s = t.elapsed().as_secs_f64();
 
     // Gaussianity of the learned latents on held-out data.
     let (z, dims) = latents(&agnostic, &s.test, s.pre);
     let g_agnostic = probe(&z, dims, 128, args.seed);
     let per_class_probe: Vec<GaussianityReport> = (0..classes as u32)
         .filter_map(|c| {
-            let idx: Vec<usize> = (0..s.test.len())
-                .filter(|&i| s.test.labels[i] == c)
-                .collect();
+            let idx = class_indices(&s.test, c);
             (idx.len() > 1).then(|| {
                 let (z, d) = latents(&class_flows[c as usize], &s.test.subset(&idx), s.pre);
                 probe(&z, d, 128, args.seed)
@@ -405,19 +537,20 @@ pub fn run(args: FlowArgs) -> Result<()> {
         / per_class_probe.len().max(1) as f64;
     eprintln!("{g_agnostic}");
 
-    // Figure 3: one test image per class; originals, per-class encryptions, agnostic encryptions.
+    // Figure 3: one test image per class; originals, Algorithm 1's per-class and agnostic
+    // encryptions, and Veil's per-class encryptions.
     let picks: Vec<usize> = (0..classes as u32)
         .filter_map(|c| (0..s.test.len()).find(|&i| s.test.labels[i] == c))
         .take(10)
         .collect();
     super::image_grid(
         &args.out.join("figure3.png"),
-        &[&s.test, &enc_test_a, &enc_test_b],
+        &[&s.test, &paper_ct.test_a, &paper_ct.test_b, &veil_ct.test_a],
         &picks,
     )?;
 
-    let ratio = |arch: &str| {
-        table1[arch]["enc_enc_true_class"].as_f64().unwrap_or(0.0)
+    let ratio = |t: &serde_json::Map<String, serde_json::Value>, arch: &str| {
+        t[arch]["enc_enc_true_class"].as_f64().unwrap_or(0.0)
             / table1[arch]["orig_orig"].as_f64().unwrap_or(1.0)
     };
     let results = json!({
@@ -434,15 +567,23 @@ pub fn run(args: FlowArgs) -> Result<()> {
             "levels": s.glow.levels, "steps": s.glow.steps, "hidden": s.glow.hidden,
             "epochs": s.flow_options.epochs, "data_levels": s.pre.levels, "alpha": s.pre.alpha,
             "per_class_train_bits_per_dim": class_bpd,
+            "per_class_held_out_bits_per_dim": per_class_held_out,
         },
+        "veil_settings": veil.settings,
+        "cover_permutation": veil.pi,
         "table1": table1,
-        "integrity_ratio": { "cnn": ratio("cnn"), "resnet": ratio("resnet") },
+        "table1_veil": table1_veil,
+        "integrity_ratio": { "cnn": ratio(&table1, "cnn"), "resnet": ratio(&table1, "resnet") },
+        "integrity_ratio_veil": { "cnn": ratio(&table1_veil, "cnn"), "resnet": ratio(&table1_veil, "resnet") },
         "table2_bits_per_dim": {
             "trained_on_original": bpd_original,
             "trained_on_encrypted": bpd_encrypted,
             "trained_on_encrypted_agnostic": bpd_encrypted_b,
+            "trained_on_encrypted_veil": bpd_veil,
+            "trained_on_encrypted_agnostic_veil": bpd_veil_b,
             "untrained": bpd_untrained,
         },
+        "temperature_sweep": sweep,
         "gaussianity": {
             "agnostic_flow": g_agnostic,
             "per_class_mean_sliced_w1": mean_sw,
@@ -454,6 +595,7 @@ pub fn run(args: FlowArgs) -> Result<()> {
             "encryption_images_per_s": images_encrypted as f64 / encrypt_s.max(1e-9),
             "classifiers": classifiers_s,
             "table2": table2_s,
+            "temperature_sweep": sweep_s,
             "total": started.elapsed().as_secs_f64(),
         },
     });
@@ -470,40 +612,109 @@ pub fn run(args: FlowArgs) -> Result<()> {
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn table1_row<M: Classifier>(
+fn class_indices(data: &ImageDataset, class: u32) -> Vec<usize> {
+    (0..data.len())
+        .filter(|&i| data.labels[i] == class)
+        .collect()
+}
+
+/// The cover-class attack: a factory that owns a classifier of the domain (`public`, trained on
+/// original images) reads the labelled ciphertexts it was given, takes for each label the class
+/// the ciphertexts most look like as `π̂(label)`, and relabels its model's outputs. Returns the
+/// fraction of classes whose `π(c)` it recovered and its relabelled model's accuracy on
+/// original test images.
+fn cover_attack<M: Classifier>(
+    public: &M,
+    on_enc: &M,
+    train_ct: &ImageDataset,
+    pi: &[usize],
+    test: &ImageDataset,
+) -> (f32, f32) {
+    let device = Device::flex();
+    let k = pi.len();
+    let predict = |m: &M, d: &ImageDataset| -> Vec<usize> {
+        let mut out = Vec::with_capacity(d.len());
+        for start in (0..d.len()).step_by(256) {
+            let range = start..(start + 256).min(d.len());
+            let logits = m.forward(d.images_tensor(range, &device));
+            let rows: Vec<f32> = logits.into_data().iter::<f32>().collect();
+            out.extend(argmax_rows(&rows, k).into_iter().map(|p| p as usize));
+        }
+        out
+    };
+    let looks = predict(public, train_ct);
+    let mut votes = vec![0usize; k * k];
+    for (label, seen) in train_ct.labels.iter().zip(&looks) {
+        votes[*label as usize * k + seen] += 1;
+    }
+    let guess: Vec<usize> = (0..k)
+        .map(|c| {
+            let row: Vec<f32> = votes[c * k..(c + 1) * k]
+                .iter()
+                .map(|&v| v as f32)
+                .collect();
+            argmax_rows(&row, k)[0] as usize
+        })
+        .collect();
+    let recovered = guess.iter().zip(pi).filter(|(g, p)| g == p).count() as f32 / k as f32;
+    let relabelled = predict(on_enc, test)
+        .iter()
+        .zip(&test.labels)
+        .filter(|(p, l)| guess[**p] == **l as usize)
+        .count() as f32
+        / test.len() as f32;
+    (recovered, relabelled)
+}
+
+/// One architecture's Table 1 rows: one for Algorithm 1 and one for Veil's settings, with the
+/// same model trained on originals.
+fn table1_rows<M: Classifier>(
     s: &Setup,
     arch: &str,
     make: impl Fn() -> M,
-    enc_train_a: &ImageDataset,
-    enc_test_a: &ImageDataset,
-    enc_train_b: &ImageDataset,
-    enc_test_b: &ImageDataset,
-    per_class: &[FlowEncryptor],
-) -> Result<serde_json::Value> {
+    settings: [(&Encryptors, &Ciphertexts); 2],
+) -> Result<(serde_json::Value, serde_json::Value)> {
     let device = Device::flex();
     let on_orig = fit_classifier(make(), s, &s.train, &format!("{arch} on original"))?;
-    let on_enc = fit_classifier(
-        make(),
-        s,
-        enc_train_a,
-        &format!("{arch} on encrypted (per class)"),
-    )?;
-    let on_enc_b = fit_classifier(
-        make(),
-        s,
-        enc_train_b,
-        &format!("{arch} on encrypted (agnostic)"),
-    )?;
-    Ok(json!({
-        "orig_orig": accuracy(&on_orig, &s.test, &device),
-        "orig_enc": accuracy(&on_orig, enc_test_a, &device),
-        "enc_orig": accuracy(&on_enc, &s.test, &device),
-        "enc_enc_true_class": accuracy(&on_enc, enc_test_a, &device),
-        "enc_enc_model_routed": model_routed_accuracy(&on_enc, per_class, &s.test),
-        "agnostic_enc_enc": accuracy(&on_enc_b, enc_test_b, &device),
-        "agnostic_enc_orig": accuracy(&on_enc_b, &s.test, &device),
-    }))
+    let mut rows = Vec::new();
+    for (enc, ct) in settings {
+        let name = if enc.settings == EncryptionSettings::ALGORITHM_1 {
+            "Algorithm 1".to_owned()
+        } else {
+            format!("τ = {}, cover", enc.settings.temperature)
+        };
+        let on_enc = fit_classifier(
+            make(),
+            s,
+            &ct.train_a,
+            &format!("{arch} on per-class, {name}"),
+        )?;
+        let on_enc_b = fit_classifier(
+            make(),
+            s,
+            &ct.train_b,
+            &format!("{arch} on agnostic, {name}"),
+        )?;
+        let mut row = json!({
+            "orig_orig": accuracy(&on_orig, &s.test, &device),
+            "orig_enc": accuracy(&on_orig, &ct.test_a, &device),
+            "enc_orig": accuracy(&on_enc, &s.test, &device),
+            "enc_enc_true_class": accuracy(&on_enc, &ct.test_a, &device),
+            "enc_enc_model_routed": model_routed_accuracy(&on_enc, &enc.per_class, &s.test),
+            "agnostic_enc_enc": accuracy(&on_enc_b, &ct.test_b, &device),
+            "agnostic_enc_orig": accuracy(&on_enc_b, &s.test, &device),
+        });
+        if enc.settings.cover_classes {
+            let (recovered, relabelled) =
+                cover_attack(&on_orig, &on_enc, &ct.train_a, &enc.pi, &s.test);
+            row["cover_attack_classes_recovered"] = json!(recovered);
+            row["cover_attack_enc_orig"] = json!(relabelled);
+        }
+        rows.push(row);
+    }
+    let veil = rows.pop().unwrap_or_default();
+    let paper = rows.pop().unwrap_or_default();
+    Ok((paper, veil))
 }
 
 fn report(r: &serde_json::Value) -> String {
@@ -529,8 +740,12 @@ fn report(r: &serde_json::Value) -> String {
         r["seed"],
     );
     s += "## Table 1: test accuracy\n\nRoutes for encrypting a *test* image: (a) with the flow and key of its true class — the paper's code does this, and it leaks the label an honest user does not have; (b) one class-agnostic flow and key; (c) model-routed: encrypt with every class's flow and key and take the class whose encryption the classifier is most confident about.\n\n";
-    s += "| Trained on | Tested on | Small CNN | Small ResNet |\n|---|---|---|---|\n";
-    let t = &r["table1"];
+    s += &format!(
+        "Two settings: the paper's Algorithm 1 (τ = 1, no cover classes) and Veil's (latent temperature τ = {}, cover classes: class c's latent decoded by class π(c)'s flow, π = {} from the key).\n\n",
+        r["veil_settings"]["temperature"], r["cover_permutation"]
+    );
+    s += "| Trained on | Tested on | CNN, Algorithm 1 | ResNet, Algorithm 1 | CNN, Veil | ResNet, Veil |\n|---|---|---|---|---|---|\n";
+    let (t, v) = (&r["table1"], &r["table1_veil"]);
     for (train, test, key) in [
         ("original", "original", "orig_orig"),
         ("original", "encrypted (a)", "orig_enc"),
@@ -551,28 +766,55 @@ fn report(r: &serde_json::Value) -> String {
             "agnostic_enc_enc",
         ),
         ("encrypted (agnostic)", "original", "agnostic_enc_orig"),
+        (
+            "encrypted (per class)",
+            "original, relabelled by the cover-class attack",
+            "cover_attack_enc_orig",
+        ),
     ] {
         s += &format!(
-            "| {train} | {test} | {} | {} |\n",
+            "| {train} | {test} | {} | {} | {} | {} |\n",
             pct(&t["cnn"][key]),
-            pct(&t["resnet"][key])
+            pct(&t["resnet"][key]),
+            pct(&v["cnn"][key]),
+            pct(&v["resnet"][key])
         );
     }
     s += &format!(
-        "\nIntegrity (encrypted/encrypted over original/original, route a): CNN {:.3}, ResNet {:.3} (the paper's CIFAR-10: 88.5/95.5 = 0.927).\n\n",
+        "\nIntegrity (encrypted/encrypted over original/original, route a): Algorithm 1 CNN {:.3}, ResNet {:.3}; Veil CNN {:.3}, ResNet {:.3} (the paper's CIFAR-10: 88.5/95.5 = 0.927). The cover-class attack (a classifier of original images votes on the labelled ciphertexts) recovered π for {} / {} of the classes (CNN / ResNet).\n\n",
         r["integrity_ratio"]["cnn"].as_f64().unwrap_or(0.0),
-        r["integrity_ratio"]["resnet"].as_f64().unwrap_or(0.0)
+        r["integrity_ratio"]["resnet"].as_f64().unwrap_or(0.0),
+        r["integrity_ratio_veil"]["cnn"].as_f64().unwrap_or(0.0),
+        r["integrity_ratio_veil"]["resnet"].as_f64().unwrap_or(0.0),
+        pct(&v["cnn"]["cover_attack_classes_recovered"]),
+        pct(&v["resnet"]["cover_attack_classes_recovered"]),
     );
     let b = &r["table2_bits_per_dim"];
+    let f = |k: &str| b[k].as_f64().unwrap_or(f64::NAN);
     s += &format!(
-        "## Table 2: held-out bits/dim\n\n| Glow | bits/dim |\n|---|---|\n| trained on original data | {:.3} |\n| trained on encrypted data (per-class ciphertexts) | {:.3} |\n| trained on encrypted data (class-agnostic ciphertexts) | {:.3} |\n| untrained | {:.3} |\n\n",
-        b["trained_on_original"].as_f64().unwrap_or(f64::NAN),
-        b["trained_on_encrypted"].as_f64().unwrap_or(f64::NAN),
-        b["trained_on_encrypted_agnostic"]
-            .as_f64()
-            .unwrap_or(f64::NAN),
-        b["untrained"].as_f64().unwrap_or(f64::NAN)
+        "## Table 2: held-out bits/dim\n\n| Glow | bits/dim |\n|---|---|\n| trained on original data | {:.3} |\n| trained on per-class ciphertexts, Algorithm 1 | {:.3} |\n| trained on class-agnostic ciphertexts, Algorithm 1 | {:.3} |\n| trained on per-class ciphertexts, Veil | {:.3} |\n| trained on class-agnostic ciphertexts, Veil | {:.3} |\n| untrained | {:.3} |\n\n",
+        f("trained_on_original"),
+        f("trained_on_encrypted"),
+        f("trained_on_encrypted_agnostic"),
+        f("trained_on_encrypted_veil"),
+        f("trained_on_encrypted_agnostic_veil"),
+        f("untrained"),
     );
+    s += "## Temperature sweep (cover classes on)\n\n| τ | bits/dim, per-class ciphertexts (÷ original) | bits/dim, agnostic ciphertexts (÷ original) | CNN encrypted/encrypted | CNN encrypted/original |\n|---|---|---|---|---|\n";
+    for p in r["temperature_sweep"].as_array().into_iter().flatten() {
+        let g = |k: &str| p[k].as_f64().unwrap_or(f64::NAN);
+        s += &format!(
+            "| {:.2} | {:.3} ({:.3}) | {:.3} ({:.3}) | {} | {} |\n",
+            g("temperature"),
+            g("bits_per_dim_per_class"),
+            g("per_class_over_original"),
+            g("bits_per_dim_agnostic"),
+            g("agnostic_over_original"),
+            pct(&p["cnn_enc_enc_true_class"]),
+            pct(&p["cnn_enc_orig"]),
+        );
+    }
+    s += "\n";
     let g = &r["gaussianity"];
     s += &format!(
         "## Gaussianity of the latents (held-out data)\n\nClass-agnostic flow: sliced W1 to N(0, I) {:.4} (a true Gaussian sample of the same size: {:.4}); mean |excess kurtosis| {:.3}. Per-class flows: mean sliced W1 {:.4} (floor {:.4}). The closer to the floor, the less Theorem 1's δ term gives an adversary.\n\n",
@@ -590,6 +832,6 @@ fn report(r: &serde_json::Value) -> String {
             .as_f64()
             .unwrap_or(f64::NAN),
     );
-    s += "## Figure 3\n\n![originals, per-class encryptions, agnostic encryptions](figure3.png)\n\nTop: test originals; middle: route (a) encryptions; bottom: route (b) encryptions.\n";
+    s += "## Figure 3\n\n![originals and encryptions](figure3.png)\n\nRows, top to bottom: test originals; Algorithm 1's route (a) encryptions; Algorithm 1's route (b) encryptions; Veil's route (a) encryptions (each looks like class π(c)).\n";
     s
 }
