@@ -104,6 +104,70 @@ fn the_page_path_encrypts_like_the_library_and_round_trips() {
 }
 
 #[test]
+fn the_page_follows_the_manifests_encryption_settings() {
+    // The shipped family with Veil's settings written into its manifest: the page must encrypt
+    // with class π(c)'s flow at τ = 0.5 (as the library does), and still decrypt exactly.
+    let key = MasterKey::from_bytes([23; 32]);
+    let (manifest, files) = shipped_flows();
+    let mut m: serde_json::Value = serde_json::from_str(&manifest).unwrap();
+    m["encryption"] = serde_json::json!({ "temperature": 0.5, "cover_classes": true });
+    let manifest = m.to_string();
+    let session = block_on(Session::start(false)).unwrap();
+    let file = veil::keyfile::KeyFile::plain(&key, "test").to_json();
+    session.import_key(&file, None).unwrap();
+    let info = session.load_flows("digits", &manifest, &files).unwrap();
+    assert_eq!(info.encryption.temperature, 0.5);
+    assert!(info.encryption.cover_classes);
+    let data = digits().subset(&(0..30).collect::<Vec<_>>());
+    let route = FlowRoute::TrueClass(data.labels.clone());
+    let c = block_on(session.flow_apply(&data.images, &route, false)).unwrap();
+    let device = Device::flex();
+    let pi = veil::flow_rotation::cover_permutation(&key, 10);
+    let plain_manifest = shipped_flows().0;
+    let lookup = |n: &str| {
+        files
+            .iter()
+            .find(|(f, _)| f == n)
+            .map(|(_, b)| b.as_slice())
+    };
+    let plain = FlowSet::load(&plain_manifest, lookup, &device).unwrap();
+    let len = data.shape.len();
+    for i in [0, 11, 29] {
+        let k = data.labels[i] as usize;
+        let expected: Vec<f32> = plain
+            .class_encryptor(&key, k, &device)
+            .with_temperature(0.5)
+            .with_cover(plain.per_class[pi[k]].clone())
+            .encrypt(data.images_tensor(i..i + 1, &device))
+            .into_data()
+            .iter::<f32>()
+            .collect();
+        let worst = expected
+            .iter()
+            .zip(&c[i * len..(i + 1) * len])
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(worst < 1e-5, "image {i}: {worst}");
+        // ... and not what Algorithm 1 gives.
+        let algorithm_1: Vec<f32> = plain
+            .class_encryptor(&key, k, &device)
+            .encrypt(data.images_tensor(i..i + 1, &device))
+            .into_data()
+            .iter::<f32>()
+            .collect();
+        let moved = algorithm_1
+            .iter()
+            .zip(&c[i * len..(i + 1) * len])
+            .map(|(a, b)| (a - b).abs())
+            .sum::<f32>()
+            / len as f32;
+        assert!(moved > 0.05, "image {i}: mean difference {moved}");
+    }
+    let back = block_on(session.flow_apply(&c, &route, true)).unwrap();
+    assert_eq!(back, data.images);
+}
+
+#[test]
 fn containers_carry_ciphertexts_and_the_fingerprint_never_the_key() {
     let key = MasterKey::from_bytes([22; 32]);
     let session = session_with_key(&key);
