@@ -9,8 +9,9 @@ use std::path::PathBuf;
 use common::block_on;
 
 use veil::burn::tensor::Device;
+use veil::data::ImageDataset;
 use veil::data::digits;
-use veil::flow_rotation::FlowSet;
+use veil::flow_rotation::{FlowEncryptor, FlowSet};
 use veil::keys::MasterKey;
 use veil_client::{FlowRoute, Session};
 
@@ -28,16 +29,54 @@ fn shipped_flows() -> (String, Vec<(String, Vec<u8>)>) {
     (manifest, files)
 }
 
-fn session_with_key(key: &MasterKey) -> Session {
+/// The shipped flows as the library loads them.
+fn shipped_set(device: &Device) -> FlowSet {
+    let (manifest, files) = shipped_flows();
+    FlowSet::load(
+        &manifest,
+        |n| {
+            files
+                .iter()
+                .find(|(f, _)| f == n)
+                .map(|(_, b)| b.as_slice())
+        },
+        device,
+    )
+    .unwrap()
+}
+
+/// `enc`'s ciphertext of image `i` of `data`.
+fn encrypt_one(enc: &FlowEncryptor, data: &ImageDataset, i: usize, device: &Device) -> Vec<f32> {
+    enc.encrypt(data.images_tensor(i..i + 1, device))
+        .into_data()
+        .iter::<f32>()
+        .collect()
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max)
+}
+
+/// A session holding `key` and the shipped flows under `manifest` (their own by default).
+fn session_with(key: &MasterKey, manifest: Option<&str>) -> Session {
     let session = block_on(Session::start(false)).unwrap();
     let file = veil::keyfile::KeyFile::plain(key, "test").to_json();
     session.import_key(&file, None).unwrap();
-    let (manifest, files) = shipped_flows();
-    let info = session.load_flows("digits", &manifest, &files).unwrap();
+    let (shipped, files) = shipped_flows();
+    let info = session
+        .load_flows("digits", manifest.unwrap_or(&shipped), &files)
+        .unwrap();
     assert_eq!(info.classes.len(), 10);
     assert_eq!((info.shape.height, info.levels), (8, 17));
     assert!(info.agnostic);
     session
+}
+
+fn session_with_key(key: &MasterKey) -> Session {
+    session_with(key, None)
 }
 
 #[test]
@@ -53,31 +92,14 @@ fn the_page_path_encrypts_like_the_library_and_round_trips() {
     ))
     .unwrap();
     let device = Device::flex();
-    let (manifest, files) = shipped_flows();
-    let set = FlowSet::load(
-        &manifest,
-        |n| {
-            files
-                .iter()
-                .find(|(f, _)| f == n)
-                .map(|(_, b)| b.as_slice())
-        },
-        &device,
-    )
-    .unwrap();
+    let set = shipped_set(&device);
     let len = data.shape.len();
     for i in [0, 7, 39] {
         let enc = set.class_encryptor(&key, data.labels[i] as usize, &device);
-        let expected: Vec<f32> = enc
-            .encrypt(data.images_tensor(i..i + 1, &device))
-            .into_data()
-            .iter::<f32>()
-            .collect();
-        let worst = expected
-            .iter()
-            .zip(&c[i * len..(i + 1) * len])
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
+        let worst = max_abs_diff(
+            &encrypt_one(&enc, &data, i, &device),
+            &c[i * len..(i + 1) * len],
+        );
         assert!(worst < 1e-5, "image {i}: {worst}");
     }
     // The ciphertext is not the image, and decryption gives the image back exactly.
@@ -90,11 +112,7 @@ fn the_page_path_encrypts_like_the_library_and_round_trips() {
     assert!(moved > 0.1, "mean |c - x| = {moved}");
     let back =
         block_on(session.flow_apply(&c, &FlowRoute::TrueClass(data.labels.clone()), true)).unwrap();
-    let worst = back
-        .iter()
-        .zip(&data.images)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
+    let worst = max_abs_diff(&back, &data.images);
     assert!(worst < 1e-6, "round trip error {worst}");
     // Route (b) differs from route (a) and also round-trips.
     let b = block_on(session.flow_apply(&data.images, &FlowRoute::Agnostic, false)).unwrap();
@@ -108,14 +126,10 @@ fn the_page_follows_the_manifests_encryption_settings() {
     // The shipped family with Veil's settings written into its manifest: the page must encrypt
     // with class π(c)'s flow at τ = 0.5 (as the library does), and still decrypt exactly.
     let key = MasterKey::from_bytes([23; 32]);
-    let (manifest, files) = shipped_flows();
-    let mut m: serde_json::Value = serde_json::from_str(&manifest).unwrap();
+    let mut m: serde_json::Value = serde_json::from_str(&shipped_flows().0).unwrap();
     m["encryption"] = serde_json::json!({ "temperature": 0.5, "cover_classes": true });
-    let manifest = m.to_string();
-    let session = block_on(Session::start(false)).unwrap();
-    let file = veil::keyfile::KeyFile::plain(&key, "test").to_json();
-    session.import_key(&file, None).unwrap();
-    let info = session.load_flows("digits", &manifest, &files).unwrap();
+    let session = session_with(&key, Some(&m.to_string()));
+    let info = session.flows_info().unwrap();
     assert_eq!(info.encryption.temperature, 0.5);
     assert!(info.encryption.cover_classes);
     let data = digits().subset(&(0..30).collect::<Vec<_>>());
@@ -123,41 +137,22 @@ fn the_page_follows_the_manifests_encryption_settings() {
     let c = block_on(session.flow_apply(&data.images, &route, false)).unwrap();
     let device = Device::flex();
     let pi = veil::flow_rotation::cover_permutation(&key, 10);
-    let plain_manifest = shipped_flows().0;
-    let lookup = |n: &str| {
-        files
-            .iter()
-            .find(|(f, _)| f == n)
-            .map(|(_, b)| b.as_slice())
-    };
-    let plain = FlowSet::load(&plain_manifest, lookup, &device).unwrap();
+    let plain = shipped_set(&device);
     let len = data.shape.len();
     for i in [0, 11, 29] {
         let k = data.labels[i] as usize;
-        let expected: Vec<f32> = plain
-            .class_encryptor(&key, k, &device)
+        let algorithm_1 = plain.class_encryptor(&key, k, &device);
+        let veil = algorithm_1
+            .clone()
             .with_temperature(0.5)
-            .with_cover(plain.per_class[pi[k]].clone())
-            .encrypt(data.images_tensor(i..i + 1, &device))
-            .into_data()
-            .iter::<f32>()
-            .collect();
-        let worst = expected
-            .iter()
-            .zip(&c[i * len..(i + 1) * len])
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
+            .with_cover(plain.per_class[pi[k]].clone());
+        let page = &c[i * len..(i + 1) * len];
+        let worst = max_abs_diff(&encrypt_one(&veil, &data, i, &device), page);
         assert!(worst < 1e-5, "image {i}: {worst}");
         // ... and not what Algorithm 1 gives.
-        let algorithm_1: Vec<f32> = plain
-            .class_encryptor(&key, k, &device)
-            .encrypt(data.images_tensor(i..i + 1, &device))
-            .into_data()
-            .iter::<f32>()
-            .collect();
-        let moved = algorithm_1
+        let moved = encrypt_one(&algorithm_1, &data, i, &device)
             .iter()
-            .zip(&c[i * len..(i + 1) * len])
+            .zip(page)
             .map(|(a, b)| (a - b).abs())
             .sum::<f32>()
             / len as f32;
@@ -245,7 +240,6 @@ fn decoded_files_give_the_dataset_pixels() {
 // --- fine-tuning the flows in the page ---------------------------------------------------------
 
 use veil::burn::module::Module;
-use veil::data::ImageDataset;
 use veil::flow_train::{FlowTrainOptions, train_flow};
 use veil_client::finetune::{FineTuneOptions, FineTuneTarget, Slot};
 
@@ -294,18 +288,8 @@ fn fine_tuning_one_flow_takes_exactly_the_native_trainers_steps() {
     let (manifest, files) = session.export_flows().unwrap();
 
     // The same steps through the native trainer.
-    let (served_manifest, served_files) = shipped_flows();
-    let set = FlowSet::load(
-        &served_manifest,
-        |n| {
-            served_files
-                .iter()
-                .find(|(f, _)| f == n)
-                .map(|(_, b)| b.as_slice())
-        },
-        &Device::flex(),
-    )
-    .unwrap();
+    let (_, served_files) = shipped_flows();
+    let set = shipped_set(&Device::flex());
     let ad = Device::flex().autodiff();
     let glow = set
         .manifest
@@ -430,11 +414,7 @@ fn fine_tuning_on_unseen_data_improves_likelihood_and_gaussianity_and_still_roun
     }
     let c = c.unwrap();
     let back = block_on(session.flow_apply(&c, &FlowRoute::Agnostic, true)).unwrap();
-    let err = back
-        .iter()
-        .zip(&owner.images)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
+    let err = max_abs_diff(&back, &owner.images);
     assert_eq!(err, 0.0, "the fine-tuned flow does not round-trip");
     // Exported and loaded again (as the pages do from IndexedDB), it encrypts the same.
     let (manifest, files) = session.export_flows().unwrap();

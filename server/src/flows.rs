@@ -151,13 +151,7 @@ pub fn train(args: FlowTrainArgs) -> Result<()> {
         vec![("agnostic".into(), train.clone(), test.clone())];
     if !args.agnostic_only {
         for c in 0..data.num_classes() as u32 {
-            let pick = |d: &ImageDataset| {
-                d.subset(
-                    &(0..d.len())
-                        .filter(|&i| d.labels[i] == c)
-                        .collect::<Vec<_>>(),
-                )
-            };
+            let pick = |d: &ImageDataset| d.subset(&d.class_indices(c));
             jobs.push((format!("class-{c}"), pick(&train), pick(&test)));
         }
     }

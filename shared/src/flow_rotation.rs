@@ -308,37 +308,75 @@ impl FlowSet {
         })
     }
 
-    /// Class `class`'s encryptor under `key` (route a): subkey `class/<k>` of the flow-rotation
-    /// scheme, with the manifest's [`EncryptionSettings`].
+    /// Class `class`'s encryptor under `key` (route a), with the manifest's
+    /// [`EncryptionSettings`]: see [`class_encryptor`].
     pub fn class_encryptor(&self, key: &MasterKey, class: usize, device: &Device) -> FlowEncryptor {
-        let settings = self.manifest.encryption;
-        let enc = FlowEncryptor::new(
-            self.per_class[class].clone(),
+        class_encryptor(
+            &self.per_class,
+            class,
             self.manifest.preprocess,
-            &key.class_subkey(Scheme::FlowRotation, class as u32),
+            key,
+            self.manifest.encryption,
             device,
         )
-        .with_temperature(settings.temperature);
-        if settings.cover_classes {
-            let pi = cover_permutation(key, self.per_class.len());
-            enc.with_cover(self.per_class[pi[class]].clone())
-        } else {
-            enc
-        }
     }
 
-    /// The class-agnostic encryptor under `key` (route b): subkey `agnostic`.
+    /// The class-agnostic encryptor under `key` (route b): see [`agnostic_encryptor`].
     pub fn agnostic_encryptor(&self, key: &MasterKey, device: &Device) -> Option<FlowEncryptor> {
         self.agnostic.as_ref().map(|g| {
-            FlowEncryptor::new(
-                g.clone(),
+            agnostic_encryptor(
+                g,
                 self.manifest.preprocess,
-                &key.subkey(Scheme::FlowRotation, "agnostic"),
+                key,
+                self.manifest.encryption,
                 device,
             )
-            .with_temperature(self.manifest.encryption.temperature)
         })
     }
+}
+
+/// Class `class`'s encryptor among the per-class flows `per_class` under `key` (route a): the
+/// rotation of subkey `class/<k>` of the flow-rotation scheme, at `settings`' temperature, and
+/// decoded by class `π(class)`'s flow with cover classes.
+pub fn class_encryptor(
+    per_class: &[Glow],
+    class: usize,
+    pre: Preprocess,
+    key: &MasterKey,
+    settings: EncryptionSettings,
+    device: &Device,
+) -> FlowEncryptor {
+    let enc = FlowEncryptor::new(
+        per_class[class].clone(),
+        pre,
+        &key.class_subkey(Scheme::FlowRotation, class as u32),
+        device,
+    )
+    .with_temperature(settings.temperature);
+    if settings.cover_classes {
+        let pi = cover_permutation(key, per_class.len());
+        enc.with_cover(per_class[pi[class]].clone())
+    } else {
+        enc
+    }
+}
+
+/// The class-agnostic encryptor of `glow` under `key` (route b): subkey `agnostic`, at
+/// `settings`' temperature (cover classes need classes, so they do not apply).
+pub fn agnostic_encryptor(
+    glow: &Glow,
+    pre: Preprocess,
+    key: &MasterKey,
+    settings: EncryptionSettings,
+    device: &Device,
+) -> FlowEncryptor {
+    FlowEncryptor::new(
+        glow.clone(),
+        pre,
+        &key.subkey(Scheme::FlowRotation, "agnostic"),
+        device,
+    )
+    .with_temperature(settings.temperature)
 }
 
 #[cfg(test)]

@@ -13,14 +13,16 @@ use burn::tensor::activation::softmax;
 use serde_json::json;
 use veil::burn;
 use veil::data::{ImageDataset, ImageShape, digits};
-use veil::flow_rotation::{EncryptionSettings, FlowEncryptor, cover_permutation};
+use veil::flow_rotation::{
+    EncryptionSettings, FlowEncryptor, agnostic_encryptor, class_encryptor, cover_permutation,
+};
 use veil::flow_train::{FlowTrainOptions, evaluate_bits_per_dim, flow_latents, train_flow};
 use veil::gaussianity::{GaussianityReport, probe};
 use veil::glow::{Glow, GlowConfig, Preprocess};
-use veil::keys::{MasterKey, Scheme};
+use veil::keys::MasterKey;
 use veil::model::{Classifier, SmallCnnConfig};
 use veil::resnet::SmallResNetConfig;
-use veil::train::{Control, TrainOptions, accuracy, argmax_rows, train_classifier};
+use veil::train::{Control, TrainOptions, accuracy, argmax_rows, predict_logits, train_classifier};
 
 use super::{bar, pct};
 
@@ -138,32 +140,11 @@ impl Encryptors {
         settings: EncryptionSettings,
     ) -> Self {
         let device = Device::flex();
-        let pi = cover_permutation(key, class_flows.len());
-        let per_class = class_flows
-            .iter()
-            .enumerate()
-            .map(|(c, g)| {
-                let e = FlowEncryptor::new(
-                    g.clone(),
-                    s.pre,
-                    &key.class_subkey(Scheme::FlowRotation, c as u32),
-                    &device,
-                )
-                .with_temperature(settings.temperature);
-                if settings.cover_classes {
-                    e.with_cover(class_flows[pi[c]].clone())
-                } else {
-                    e
-                }
-            })
+        let per_class = (0..class_flows.len())
+            .map(|c| class_encryptor(class_flows, c, s.pre, key, settings, &device))
             .collect();
-        let agnostic = FlowEncryptor::new(
-            agnostic.clone(),
-            s.pre,
-            &key.subkey(Scheme::FlowRotation, "agnostic"),
-            &device,
-        )
-        .with_temperature(settings.temperature);
+        let agnostic = agnostic_encryptor(agnostic, s.pre, key, settings, &device);
+        let pi = cover_permutation(key, class_flows.len());
         Self {
             settings,
             pi,
@@ -365,7 +346,7 @@ pub fn run(args: FlowArgs) -> Result<()> {
     for c in 0..classes as u32 {
         let (g, bpd) = fit_flow(
             &s,
-            &s.train.subset(&class_indices(&s.train, c)),
+            &s.train.subset(&s.train.class_indices(c)),
             &format!("flow for class {}", s.train.class_names[c as usize]),
         )?;
         class_flows.push(g);
@@ -392,16 +373,14 @@ pub fn run(args: FlowArgs) -> Result<()> {
     let mut table1 = serde_json::Map::new();
     let mut table1_veil = serde_json::Map::new();
     let t = Instant::now();
+    let make_cnn = || {
+        let d = Device::flex().autodiff();
+        d.seed(args.seed);
+        SmallCnnConfig::for_shape(s.train.shape, classes).init(&d)
+    };
     for arch in ["cnn", "resnet"] {
         let (row, row_veil) = match arch {
-            "cnn" => {
-                let make = || {
-                    let d = Device::flex().autodiff();
-                    d.seed(args.seed);
-                    SmallCnnConfig::for_shape(s.train.shape, classes).init(&d)
-                };
-                table1_rows(&s, arch, make, [(&paper, &paper_ct), (&veil, &veil_ct)])?
-            }
+            "cnn" => table1_rows(&s, arch, make_cnn, [(&paper, &paper_ct), (&veil, &veil_ct)])?,
             _ => {
                 let make = || {
                     let d = Device::flex().autodiff();
@@ -453,7 +432,7 @@ pub fn run(args: FlowArgs) -> Result<()> {
         .map(|c| {
             bpd(
                 &class_flows[c as usize],
-                &s.test.subset(&class_indices(&s.test, c)),
+                &s.test.subset(&s.test.class_indices(c)),
             )
         })
         .collect();
@@ -491,12 +470,7 @@ pub fn run(args: FlowArgs) -> Result<()> {
         if tau == args.temperature {
             (bpd_veil, bpd_veil_b) = (a, b);
         }
-        let make = || {
-            let d = Device::flex().autodiff();
-            d.seed(args.seed);
-            SmallCnnConfig::for_shape(s.train.shape, classes).init(&d)
-        };
-        let on_enc = fit_classifier(make(), &s, &ct.train_a, &format!("cnn at τ = {tau}"))?;
+        let on_enc = fit_classifier(make_cnn(), &s, &ct.train_a, &format!("cnn at τ = {tau}"))?;
         sweep.push(json!({
             "temperature": (f64::from(tau) * 1e4).round() / 1e4,
             "bits_per_dim_per_class": a,
@@ -518,7 +492,7 @@ pub fn run(args: FlowArgs) -> Result<()> {
     let g_agnostic = probe(&z, dims, 128, args.seed);
     let per_class_probe: Vec<GaussianityReport> = (0..classes as u32)
         .filter_map(|c| {
-            let idx = class_indices(&s.test, c);
+            let idx = s.test.class_indices(c);
             (idx.len() > 1).then(|| {
                 let (z, d) = latents(&class_flows[c as usize], &s.test.subset(&idx), s.pre);
                 probe(&z, d, 128, args.seed)
@@ -612,12 +586,6 @@ pub fn run(args: FlowArgs) -> Result<()> {
     Ok(())
 }
 
-fn class_indices(data: &ImageDataset, class: u32) -> Vec<usize> {
-    (0..data.len())
-        .filter(|&i| data.labels[i] == class)
-        .collect()
-}
-
 /// The cover-class attack: a factory that owns a classifier of the domain (`public`, trained on
 /// original images) reads the labelled ciphertexts it was given, takes for each label the class
 /// the ciphertexts most look like as `π̂(label)`, and relabels its model's outputs. Returns the
@@ -633,14 +601,11 @@ fn cover_attack<M: Classifier>(
     let device = Device::flex();
     let k = pi.len();
     let predict = |m: &M, d: &ImageDataset| -> Vec<usize> {
-        let mut out = Vec::with_capacity(d.len());
-        for start in (0..d.len()).step_by(256) {
-            let range = start..(start + 256).min(d.len());
-            let logits = m.forward(d.images_tensor(range, &device));
-            let rows: Vec<f32> = logits.into_data().iter::<f32>().collect();
-            out.extend(argmax_rows(&rows, k).into_iter().map(|p| p as usize));
-        }
-        out
+        let logits = predict_logits(m, d, &device);
+        argmax_rows(&logits, k)
+            .into_iter()
+            .map(|p| p as usize)
+            .collect()
     };
     let looks = predict(public, train_ct);
     let mut votes = vec![0usize; k * k];

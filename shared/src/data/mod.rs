@@ -164,6 +164,13 @@ impl ImageDataset {
         counts
     }
 
+    /// The indices of class `class`'s images, in order.
+    pub fn class_indices(&self, class: u32) -> Vec<usize> {
+        (0..self.len())
+            .filter(|&i| self.labels[i] == class)
+            .collect()
+    }
+
     /// The images at `indices`, in that order.
     pub fn subset(&self, indices: &[usize]) -> Self {
         let n = self.shape.len();
@@ -187,9 +194,7 @@ impl ImageDataset {
         let mut train = Vec::new();
         let mut test = Vec::new();
         for class in 0..self.num_classes() as u32 {
-            let mut idx: Vec<usize> = (0..self.len())
-                .filter(|&i| self.labels[i] == class)
-                .collect();
+            let mut idx = self.class_indices(class);
             idx.shuffle(&mut rng);
             let n_test = (idx.len() as f64 * test_fraction).round() as usize;
             test.extend_from_slice(&idx[..n_test]);
