@@ -155,11 +155,11 @@ export function lastContainer() {
 }
 
 // --- OWSD key usage ---------------------------------------------------------------------------
-// {generation, usage: {used, budget, warn_at}, retired: [{generation, used}]} of a key; a fresh
-// record (generation 0, the paper's 9,000-image budget, a warning at 80 %) for a new key.
-export async function owsdRecord(fingerprint) {
+// {generation, usage: {used, budget, warn_at}, retired: [{generation, used}]} of a key; for a new
+// key, generation 0 with `freshUsage` (the library's policy, from the worker's `owsdUsage`).
+export async function owsdRecord(fingerprint, freshUsage) {
   const r = await tx('readonly', (s) => s.get(fingerprint), OWSD);
-  return r || { generation: 0, usage: { used: 0, budget: 9000, warn_at: 7200 }, retired: [] };
+  return r || { generation: 0, usage: freshUsage, retired: [] };
 }
 
 export function storeOwsdRecord(fingerprint, record) {

@@ -90,7 +90,7 @@ async function chooseCloud() {
     return;
   }
   try {
-    state.record = await owsdRecord(state.key.fingerprint);
+    state.record = await owsdRecord(state.key.fingerprint, await state.call('owsdUsage', {}));
     await begin();
   } catch (err) { say($('key-message'), err.message, 'error'); }
   updateButtons();
@@ -127,8 +127,7 @@ async function keep(usage) {
 $('set-budget').addEventListener('click', async () => {
   const budget = Math.round(Number($('budget').value));
   try {
-    if (!(budget >= 1)) throw new Error('the budget must be at least 1 image');
-    const usage = { ...state.record.usage, budget, warn_at: Math.floor(budget / 5) * 4 };
+    const usage = { ...(await state.call('owsdUsage', { budget })), used: state.record.usage.used };
     state.record = { ...state.record, usage };
     await storeOwsdRecord(state.key.fingerprint, state.record);
     await begin();
@@ -139,10 +138,10 @@ $('set-budget').addEventListener('click', async () => {
 $('rotate').addEventListener('click', async () => {
   if (!confirm('Rotate the key? Images scrambled from now on use a new generator, and the internal network must be trained again.')) return;
   try {
-    const budget = state.record.usage.budget;
+    const usage = await state.call('owsdUsage', { budget: state.record.usage.budget });
     state.record = {
       generation: state.record.generation + 1,
-      usage: { used: 0, budget, warn_at: Math.floor(budget / 5) * 4 },
+      usage,
       retired: [...(state.record.retired || []), { generation: state.record.generation, used: state.record.usage.used }],
     };
     await storeOwsdRecord(state.key.fingerprint, state.record);

@@ -2,7 +2,7 @@
 // Messages are {id, op, args}; answers are {id, ok, result} or {id, ok: false, error}, and long
 // operations also post {id, progress: {done, total, what}}. Typed arrays in answers are
 // transferred, not copied.
-import init, { Veil, modelRouted, sampleDigits } from './pkg/veil_client.js';
+import init, { Veil, modelRouted, owsdUsage, sampleDigits } from './pkg/veil_client.js';
 
 let veil = null;
 let cancelFineTune = false;
@@ -115,6 +115,8 @@ const ops = {
   // usage count comes from and goes back to the page, which keeps it in IndexedDB.
   embed: ({ pixels, encoders }) => veil.embed(pixels, Uint32Array.from(encoders || [0])),
   importEncoder: ({ name, bytes }) => veil.importEncoder(name, new Uint8Array(bytes)),
+  // OWSD's budget policy (the library's): a fresh usage count for `budget` images (default 9,000).
+  owsdUsage: ({ budget }) => owsdUsage(budget ?? undefined),
   scrambleBegin: ({ setup, usage }) => veil.scrambleBegin(JSON.stringify(setup), JSON.stringify(usage)),
   scrambleStatus: () => veil.scrambleStatus() ?? null,
   scramble: ({ embeddings, force }) => veil.scramble(embeddings, !!force),

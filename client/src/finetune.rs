@@ -19,16 +19,16 @@ use std::collections::VecDeque;
 use veil::burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use veil::burn::tensor::{Device, Tensor, TensorData};
 use veil::data::{ImageDataset, ImageShape};
-use veil::flow_rotation::{FlowEncryptor, FlowManifest};
-use veil::flow_train::{
+use veil::flow::gaussianity::{GaussianityReport, probe};
+use veil::flow::glow::{Glow, GlowConfig, Preprocess};
+use veil::flow::train::{
     FlowStepper, FlowTrainOptions, bits_per_dim_with_noise, epoch_order, flow_latents,
     step_noise_seed,
 };
-use veil::gaussianity::{GaussianityReport, probe};
-use veil::glow::{Glow, GlowConfig, Preprocess};
+use veil::schemes::flow_rotation::{FlowEncryptor, FlowManifest};
 
-use crate::session::ClientError;
-use crate::state::read_vec;
+use crate::device::read_vec;
+use crate::error::ClientError;
 
 /// Held-out images per evaluation batch.
 const EVAL_CHUNK: usize = 256;
@@ -176,7 +176,7 @@ pub enum Slot {
 impl Slot {
     /// The seed of this flow's batches and noise in a run seeded with `seed`: each flow's differ
     /// from the others'. With it, fine-tuning one flow takes exactly the steps of
-    /// [`veil::flow_train::train_flow`] over whole epochs of the same images.
+    /// [`veil::flow::train::train_flow`] over whole epochs of the same images.
     pub fn seed(self, seed: u64) -> u64 {
         seed ^ match self {
             Slot::Class(k) => (k as u64 + 1).wrapping_mul(0xa076_1d64_78bd_642f),

@@ -1,6 +1,6 @@
 //! Flow rotation in the page ("Secure Data Sharing With Flow Model", Wu, Du, Yuan, Algorithm 1):
 //! the public flows come from the server (`/api/flows`), the rotations from the owner's key, and
-//! only ciphertexts leave. Plain Rust over `veil::flow_rotation`; `web.rs` converts types.
+//! only ciphertexts leave. Plain Rust over `veil::schemes::flow_rotation`; `web.rs` converts types.
 //!
 //! Routes for a *test* image (see `veil experiment flow`): (a) the flow and key of its true class
 //! — the paper's setting, which needs the label; (b) one class-agnostic flow and key; (c)
@@ -8,13 +8,13 @@
 //! decide ([`FlowRoute::Class`], [`model_routed`]).
 
 use veil::burn::tensor::{Device, Tensor};
-use veil::container::{self, ContainerMeta, PixelType};
+use veil::crypto::keys::MasterKey;
+use veil::data::container::{self, ContainerMeta, PixelType};
 use veil::data::{ImageDataset, ImageShape, images_tensor};
-use veil::flow_rotation::{FlowEncryptor, FlowManifest, FlowSet};
-use veil::keys::MasterKey;
+use veil::schemes::flow_rotation::{FlowEncryptor, FlowManifest, FlowSet};
 
+use crate::error::ClientError;
 use crate::finetune::Slot;
-use crate::session::ClientError;
 
 /// Named files: a family's burnpack flows, by the names its manifest uses.
 pub type NamedFiles = Vec<(String, Vec<u8>)>;
@@ -41,7 +41,7 @@ pub struct FlowsInfo {
     /// What the flows were trained on (the manifest's `data`; fine-tuned flows say so).
     pub data: String,
     /// How they encrypt: Algorithm 1, or with a lower temperature and cover classes.
-    pub encryption: veil::flow_rotation::EncryptionSettings,
+    pub encryption: veil::schemes::flow_rotation::EncryptionSettings,
 }
 
 /// Which flows and keys encrypt a batch.
@@ -393,7 +393,7 @@ pub async fn read_parts(
 ) -> Result<Vec<f32>, ClientError> {
     let mut out = vec![0.0f32; n * len];
     for (idx, t) in parts {
-        let values = crate::state::read_vec(t, backend).await?;
+        let values = crate::device::read_vec(t, backend).await?;
         for (j, &i) in idx.iter().enumerate() {
             out[i * len..(i + 1) * len].copy_from_slice(&values[j * len..(j + 1) * len]);
         }
@@ -419,48 +419,19 @@ pub fn check_batch(pixels: &[f32], shape: ImageShape) -> Result<usize, ClientErr
     Ok(pixels.len() / shape.len())
 }
 
-/// Route (c)'s decision: `probs[k]` is the classifier's probability vector (`[B, K]`, row-major)
-/// on every image encrypted with class `k`'s flow and key; each image gets the class `k` whose
-/// encryption the classifier most believes is of class `k`. Returns the labels and, per image,
-/// those `K` confidences.
+/// Route (c)'s decision ([`veil::schemes::flow_rotation::model_routed`]), with the client's
+/// error.
 pub fn model_routed(
     probs: &[Vec<f32>],
     n: usize,
 ) -> Result<(Vec<u32>, Vec<Vec<f32>>), ClientError> {
-    let k = probs.len();
-    if k == 0 || probs.iter().any(|p| p.len() != n * k) {
-        return Err(ClientError::BadInput(format!(
-            "route (c) needs {k} probability matrices of {n}×{k} values"
-        )));
-    }
-    let mut labels = Vec::with_capacity(n);
-    let mut confidences = Vec::with_capacity(n);
-    for i in 0..n {
-        let conf: Vec<f32> = (0..k).map(|c| probs[c][i * k + c]).collect();
-        labels.push(veil::train::argmax_rows(&conf, k)[0]);
-        confidences.push(conf);
-    }
-    Ok((labels, confidences))
+    veil::schemes::flow_rotation::model_routed(probs, n)
+        .map_err(|e| ClientError::BadInput(e.to_string()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn model_routed_takes_the_most_confident_own_class() {
-        // Two images, three classes; probs[k] = classifier output on Enc_k(images).
-        let probs = vec![
-            vec![0.2, 0.5, 0.3, 0.9, 0.05, 0.05],
-            vec![0.1, 0.8, 0.1, 0.3, 0.3, 0.4],
-            vec![0.3, 0.3, 0.4, 0.0, 0.0, 1.0],
-        ];
-        let (labels, conf) = model_routed(&probs, 2).unwrap();
-        assert_eq!(labels, vec![1, 2]);
-        assert_eq!(conf[0], vec![0.2, 0.8, 0.4]);
-        assert_eq!(conf[1], vec![0.9, 0.3, 1.0]);
-        assert!(model_routed(&probs[..2], 2).is_err());
-    }
 
     #[test]
     fn check_batch_names_the_problem() {

@@ -1,25 +1,25 @@
 //! One-way scrambling by deconvolution in the page (Savransky, Mateless, Katz, §3.2 and §5.4):
 //! the scramble key is a random DCGAN-style generator drawn from the owner's key
-//! ([`veil::owsd::ScrambleConfig::init`]), embeddings become scrambled images here, and only those
+//! ([`veil::schemes::owsd::ScrambleConfig::init`]), embeddings become scrambled images here, and only those
 //! go to the cloud. Every key counts what it has scrambled ([`KeyUsage`]): the page keeps the
 //! count in IndexedDB and hands it back when it sets the scrambler up, the client refuses a batch
 //! that would pass the budget unless told to, and rotating the key means the next *generation*:
 //! a new generator from the same master key (subkey `generator/<g>`), with a fresh count.
 //!
 //! Use case 4 (paper §4): an ensemble of encoders. Each encoder's embedding is scrambled by its
-//! own generator ([`veil::owsd::generator_label`]) and sent on its own; the internal network reads
+//! own generator ([`veil::schemes::owsd::generator_label`]) and sent on its own; the internal network reads
 //! all embeddings and all the cloud's vectors. A key's count is of images per generator.
 
 use veil::burn::tensor::activation::softmax;
 use veil::burn::tensor::{Device, Tensor, TensorData, s};
+use veil::crypto::keys::{MasterKey, Scheme};
 use veil::data::ImageShape;
-use veil::keys::{MasterKey, Scheme};
-use veil::owsd::{
+use veil::schemes::owsd::{
     BudgetStatus, IinReport, IinTrainOptions, InternalInferenceNet, InternalInferenceNetConfig,
     KeyUsage, ScrambleConfig, ScrambleKey, cloud_features, generator_label, train_internal_net,
 };
 
-use crate::session::ClientError;
+use crate::error::ClientError;
 
 /// The most encoders of an ensemble.
 pub const MAX_ENCODERS: usize = 8;
@@ -278,7 +278,7 @@ impl Iin {
             .into_data()
             .iter::<f32>()
             .collect();
-        let labels = veil::train::argmax_rows(&probs, self.classes.len());
+        let labels = veil::nn::train::argmax_rows(&probs, self.classes.len());
         Ok((labels, probs))
     }
 }
@@ -303,11 +303,5 @@ fn widths(embeddings: &[f32], cloud: &[f32], n: usize) -> Result<(usize, usize),
 /// `[embedding ‖ cloud features]` rows: the cloud's probabilities enter as
 /// [`cloud_features`], as in `veil experiment owsd`.
 fn rows(embeddings: &[f32], cloud: &[f32], n: usize, e: usize, k: usize) -> Vec<f32> {
-    let cloud = cloud_features(cloud);
-    let mut out = Vec::with_capacity(n * (e + k));
-    for i in 0..n {
-        out.extend_from_slice(&embeddings[i * e..(i + 1) * e]);
-        out.extend_from_slice(&cloud[i * k..(i + 1) * k]);
-    }
-    out
+    veil::schemes::owsd::iin_rows(embeddings, e, &cloud_features(cloud), k, n)
 }

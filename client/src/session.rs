@@ -4,51 +4,24 @@
 use std::cell::RefCell;
 
 use veil::burn::tensor::{Device, Tensor};
+use veil::crypto::keyfile::{KdfCost, KeyFile};
+use veil::crypto::keys::MasterKey;
 use veil::data::{ImageShape, images_tensor};
-use veil::encoder::EncoderInfo;
-use veil::keyfile::{KdfCost, KeyFile, KeyFileError};
-use veil::keys::{KeyError, MasterKey};
-use veil::model::{Classifier, ModelCard, ModelError, SmallCnn, demo};
+use veil::nn::model::{Classifier, ModelCard, SmallCnn, demo};
+use veil::schemes::owsd::encoder::EncoderInfo;
 
+use crate::device::{Backend, init_device};
+pub use crate::error::ClientError;
 use crate::finetune::{FineTune, FineTuneOptions, FineTunePlan, FineTuneProgress, Slot};
 pub use crate::flows::FlowRoute;
 use crate::flows::{Flows, FlowsInfo, NamedFiles, check_batch, read_all, read_parts};
 use crate::owsd::{Iin, ScrambleSetup, ScrambleStatus, Scrambled, Scrambler};
-use crate::state::{Backend, init_device};
-use veil::owsd::KeyUsage;
-use veil::owsd::{IinReport, IinTrainOptions};
+use veil::schemes::owsd::KeyUsage;
+use veil::schemes::owsd::{IinReport, IinTrainOptions};
 
 /// Ciphertexts per encryption call that WebGPU sessions decrypt again to check them (see
 /// [`Session::flow_apply`]).
 pub const ROUND_TRIP_CHECKS: usize = 16;
-
-/// Errors a page shows to its user.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    /// Key generation failed.
-    #[error(transparent)]
-    Key(#[from] KeyError),
-    /// A key file could not be read or unlocked.
-    #[error(transparent)]
-    KeyFile(#[from] KeyFileError),
-    /// The model could not be loaded.
-    #[error(transparent)]
-    Model(#[from] ModelError),
-    /// No key is loaded.
-    #[error("no key is loaded: generate or import one first")]
-    NoKey,
-    /// The input has the wrong size or values.
-    #[error("{0}")]
-    BadInput(String),
-    /// The device failed while computing or reading a result.
-    #[error("the {backend} device failed: {message}")]
-    Device {
-        /// Which backend.
-        backend: &'static str,
-        /// What it said.
-        message: String,
-    },
-}
 
 /// The demo model's answer for one image.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -249,7 +222,7 @@ impl Session {
         let exp: Vec<f32> = logits.iter().map(|l| (l - max).exp()).collect();
         let total: f32 = exp.iter().sum();
         let probabilities: Vec<f32> = exp.iter().map(|e| e / total).collect();
-        let label = veil::train::argmax_rows(&logits, logits.len())[0];
+        let label = veil::nn::train::argmax_rows(&logits, logits.len())[0];
         Ok(Classification {
             label,
             class_name: self.card.classes[label as usize].clone(),
@@ -422,7 +395,7 @@ impl Session {
     pub fn images_batch(&self, values: &[f32]) -> Result<Vec<u8>, ClientError> {
         let shape = self.flows_shape()?;
         check_batch(values, shape)?;
-        veil::container::encode_images(values, shape, veil::container::PixelType::F32)
+        veil::data::container::encode_images(values, shape, veil::data::container::PixelType::F32)
             .map_err(|e| ClientError::BadInput(e.to_string()))
     }
 
@@ -432,7 +405,8 @@ impl Session {
         &self,
         bytes: &[u8],
     ) -> Result<(ContainerSummary, Vec<f32>, Vec<u32>), ClientError> {
-        let c = veil::container::decode(bytes).map_err(|e| ClientError::BadInput(e.to_string()))?;
+        let c = veil::data::container::decode(bytes)
+            .map_err(|e| ClientError::BadInput(e.to_string()))?;
         let summary = ContainerSummary {
             count: c.dataset.len(),
             shape: c.dataset.shape,
@@ -604,7 +578,7 @@ impl Session {
             let (images, warning) = s.scramble(embeddings, force, &self.device)?;
             (images, warning, s.usage())
         };
-        let pixels = crate::state::read_vec(images, self.backend.label()).await?;
+        let pixels = crate::device::read_vec(images, self.backend.label()).await?;
         Ok(Scrambled {
             pixels,
             usage,
@@ -645,11 +619,12 @@ impl Session {
             .predict(embeddings, cloud)
     }
 
-    /// Imports the owner's encoder from safetensors (see [`veil::encoder::import_encoder`]) for
+    /// Imports the owner's encoder from safetensors (see [`veil::schemes::owsd::encoder::import_encoder`]) for
     /// images of the demo model's shape, and lists it for [`Session::embed`].
     pub fn import_encoder(&self, name: &str, bytes: &[u8]) -> Result<EncoderSummary, ClientError> {
-        let (model, info) = veil::encoder::import_encoder(bytes, self.input_shape(), &self.device)
-            .map_err(|e| {
+        let (model, info) =
+            veil::schemes::owsd::encoder::import_encoder(bytes, self.input_shape(), &self.device)
+                .map_err(|e| {
                 ClientError::BadInput(format!("{name} is not an encoder Veil can use: {e}"))
             })?;
         let mut encoders = self.encoders.borrow_mut();
@@ -694,7 +669,7 @@ impl Session {
             parts.push(embedding);
         }
         let rows = Tensor::cat(parts, 1);
-        crate::state::read_vec(rows, self.backend.label()).await
+        crate::device::read_vec(rows, self.backend.label()).await
     }
 }
 

@@ -13,17 +13,6 @@ fn err(e: impl std::fmt::Display) -> JsError {
     JsError::new(&e.to_string())
 }
 
-/// Whether the global scope (window or worker) offers `navigator.gpu`. Uses `js_sys::Reflect`
-/// rather than web-sys's `Navigator::gpu`, which needs `--cfg web_sys_unstable_apis`.
-pub(crate) fn has_webgpu() -> bool {
-    let global = js_sys::global();
-    js_sys::Reflect::get(&global, &"navigator".into())
-        .ok()
-        .filter(|n| !n.is_undefined())
-        .and_then(|n| js_sys::Reflect::get(&n, &"gpu".into()).ok())
-        .is_some_and(|gpu| !gpu.is_undefined() && !gpu.is_null())
-}
-
 #[wasm_bindgen(start)]
 fn start() {
     console_error_panic_hook::set_once();
@@ -112,10 +101,10 @@ impl Veil {
     /// (or of the public test key when `testKey` is true).
     #[wasm_bindgen(js_name = haarDigest)]
     pub fn haar_digest(&self, dim: usize, class: u32, test_key: bool) -> Result<String, JsError> {
-        use veil::haar::HaarRotation;
-        use veil::keys::Scheme;
+        use veil::crypto::haar::HaarRotation;
+        use veil::crypto::keys::Scheme;
         let key = if test_key {
-            veil::testvectors::test_key()
+            veil::crypto::testvectors::test_key()
         } else {
             self.inner.key().map_err(err)?
         };
@@ -123,7 +112,7 @@ impl Veil {
             return Err(JsError::new("the dimension must be between 1 and 4096"));
         }
         let rot = HaarRotation::from_subkey(&key.class_subkey(Scheme::FlowRotation, class), dim);
-        Ok(veil::keys::to_hex(&rot.digest()))
+        Ok(veil::crypto::keys::to_hex(&rot.digest()))
     }
 }
 
@@ -456,6 +445,23 @@ pub fn sample_digits(n: usize) -> Result<JsValue, JsError> {
     })
     .map_err(|_| JsError::new("internal: cannot build the answer"))?;
     Ok(out.into())
+}
+
+/// OWSD's budget policy, from the library rather than written again in JavaScript: a fresh
+/// key's usage `{used: 0, budget, warn_at}` with `budget` images (the paper's 9,000 when absent)
+/// and the warning at 80 % of it.
+#[wasm_bindgen(js_name = owsdUsage)]
+pub fn owsd_usage(budget: Option<f64>) -> Result<JsValue, JsError> {
+    let budget = match budget {
+        None => veil::schemes::owsd::KeyUsage::DEFAULT_BUDGET,
+        Some(b) if b.is_finite() && b >= 1.0 => b as u64,
+        Some(b) => {
+            return Err(JsError::new(&format!(
+                "the budget must be at least 1 image, not {b}"
+            )));
+        }
+    };
+    serde_wasm(&veil::schemes::owsd::KeyUsage::new(budget))
 }
 
 /// Route (c): `probs[k]` (a `Float32Array`, `[n, K]`) is the factory model's answer on the

@@ -1,5 +1,5 @@
 //! Flow rotation through the client session, natively (flex): the page's code path against
-//! `veil::flow_rotation` used directly.
+//! `veil::schemes::flow_rotation` used directly.
 #![cfg(not(target_arch = "wasm32"))]
 
 mod common;
@@ -9,10 +9,10 @@ use std::path::PathBuf;
 use common::block_on;
 
 use veil::burn::tensor::Device;
+use veil::crypto::keys::MasterKey;
 use veil::data::ImageDataset;
 use veil::data::digits;
-use veil::flow_rotation::{FlowEncryptor, FlowSet};
-use veil::keys::MasterKey;
+use veil::schemes::flow_rotation::{FlowEncryptor, FlowSet};
 use veil_client::{FlowRoute, Session};
 
 fn shipped_flows() -> (String, Vec<(String, Vec<u8>)>) {
@@ -63,7 +63,7 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 /// A session holding `key` and the shipped flows under `manifest` (their own by default).
 fn session_with(key: &MasterKey, manifest: Option<&str>) -> Session {
     let session = block_on(Session::start(false)).unwrap();
-    let file = veil::keyfile::KeyFile::plain(key, "test").to_json();
+    let file = veil::crypto::keyfile::KeyFile::plain(key, "test").to_json();
     session.import_key(&file, None).unwrap();
     let (shipped, files) = shipped_flows();
     let info = session
@@ -136,7 +136,7 @@ fn the_page_follows_the_manifests_encryption_settings() {
     let route = FlowRoute::TrueClass(data.labels.clone());
     let c = block_on(session.flow_apply(&data.images, &route, false)).unwrap();
     let device = Device::flex();
-    let pi = veil::flow_rotation::cover_permutation(&key, 10);
+    let pi = veil::schemes::flow_rotation::cover_permutation(&key, 10);
     let plain = shipped_set(&device);
     let len = data.shape.len();
     for i in [0, 11, 29] {
@@ -185,7 +185,7 @@ fn containers_carry_ciphertexts_and_the_fingerprint_never_the_key() {
     );
     assert_eq!(pixels, c);
     assert_eq!(labels, data.labels);
-    let hex = veil::keys::to_hex(key.as_bytes());
+    let hex = veil::crypto::keys::to_hex(key.as_bytes());
     assert!(!bytes.windows(32).any(|w| w == key.as_bytes()));
     assert!(!String::from_utf8_lossy(&bytes).contains(&hex));
 }
@@ -240,7 +240,7 @@ fn decoded_files_give_the_dataset_pixels() {
 // --- fine-tuning the flows in the page ---------------------------------------------------------
 
 use veil::burn::module::Module;
-use veil::flow_train::{FlowTrainOptions, train_flow};
+use veil::flow::train::{FlowTrainOptions, train_flow};
 use veil_client::finetune::{FineTuneOptions, FineTuneTarget, Slot};
 
 /// Runs a planned fine-tuning to the end in calls of `chunk` steps, as the worker does.
@@ -315,7 +315,7 @@ fn fine_tuning_one_flow_takes_exactly_the_native_trainers_steps() {
             seed: Slot::Class(3).seed(5),
         },
         &ad,
-        |_| veil::train::Control::Continue,
+        |_| veil::nn::train::Control::Continue,
     )
     .unwrap()
     .valid();

@@ -1,5 +1,5 @@
 //! OWSD scrambling through the client session, natively: the page's code path against
-//! `veil::owsd` used directly, and the key budget.
+//! `veil::schemes::owsd` used directly, and the key budget.
 #![cfg(not(target_arch = "wasm32"))]
 
 mod common;
@@ -7,17 +7,20 @@ mod common;
 use common::block_on;
 
 use veil::burn::tensor::{Device, Tensor, TensorData};
+use veil::crypto::keys::{MasterKey, Scheme};
 use veil::data::{ImageShape, digits};
-use veil::keys::{MasterKey, Scheme};
-use veil::owsd::generator_label;
-use veil::owsd::{KeyUsage, ScrambleConfig};
+use veil::schemes::owsd::generator_label;
+use veil::schemes::owsd::{KeyUsage, ScrambleConfig};
 use veil_client::Session;
 use veil_client::owsd::ScrambleSetup;
 
 fn session(key: &MasterKey) -> Session {
     let s = block_on(Session::start(false)).unwrap();
-    s.import_key(&veil::keyfile::KeyFile::plain(key, "test").to_json(), None)
-        .unwrap();
+    s.import_key(
+        &veil::crypto::keyfile::KeyFile::plain(key, "test").to_json(),
+        None,
+    )
+    .unwrap();
     s
 }
 
@@ -157,7 +160,7 @@ fn bad_scramble_input_is_refused_with_a_reason() {
     );
     // Another key loaded: the scrambler of the old one is not used.
     s.import_key(
-        &veil::keyfile::KeyFile::plain(&MasterKey::from_bytes([35; 32]), "other").to_json(),
+        &veil::crypto::keyfile::KeyFile::plain(&MasterKey::from_bytes([35; 32]), "other").to_json(),
         None,
     )
     .unwrap();
@@ -216,8 +219,8 @@ fn the_internal_network_reads_labels_from_embeddings_and_cloud_vectors() {
 /// units), each embedding scrambled by its own generator; the count is of images per generator.
 #[test]
 fn an_ensemble_scrambles_each_encoding_with_its_own_generator() {
-    use veil::encoder::{WeightLayout, export_encoder};
-    use veil::model::SmallCnnConfig;
+    use veil::nn::model::SmallCnnConfig;
+    use veil::schemes::owsd::encoder::{WeightLayout, export_encoder};
     let key = MasterKey::from_bytes([37; 32]);
     let s = session(&key);
     let device = Device::flex();

@@ -6,8 +6,8 @@
 //! the session picked, so a silent fallback cannot pass for a WebGPU run.
 #![cfg(target_arch = "wasm32")]
 
+use veil::crypto::keyfile::KdfCost;
 use veil::data::digits;
-use veil::keyfile::KdfCost;
 use veil_client::{Backend, Session};
 use wasm_bindgen_test::*;
 
@@ -21,10 +21,10 @@ fn expected_backend() -> Option<&'static str> {
 /// digest pinned by the native test `haar::tests::pinned_digest_for_the_test_vector_key`.
 #[wasm_bindgen_test]
 fn haar_rotation_is_bit_identical_to_native() {
-    let rot = veil::testvectors::haar_test_rotation();
+    let rot = veil::crypto::testvectors::haar_test_rotation();
     assert_eq!(
-        veil::keys::to_hex(&rot.digest()),
-        veil::testvectors::HAAR_DIGEST_64
+        veil::crypto::keys::to_hex(&rot.digest()),
+        veil::crypto::testvectors::HAAR_DIGEST_64
     );
 }
 
@@ -53,8 +53,8 @@ async fn check_reference_logits(session: &Session) {
     );
     // And the predictions agree with the labels as often as natively (all 16 are right there).
     let k = card.classes.len();
-    let predicted = veil::train::argmax_rows(&logits, k);
-    let native = veil::train::argmax_rows(&card.reference_logits, k);
+    let predicted = veil::nn::train::argmax_rows(&logits, k);
+    let native = veil::nn::train::argmax_rows(&card.reference_logits, k);
     assert_eq!(predicted, native);
 }
 

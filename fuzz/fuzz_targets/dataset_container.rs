@@ -5,11 +5,11 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|bytes: &[u8]| {
-    let _ = veil::container::decode_images(bytes);
-    if let Ok(c) = veil::container::decode(bytes) {
-        let again = veil::container::encode(&c.dataset, &c.meta, c.pixels)
+    let _ = veil::data::container::decode_images(bytes);
+    if let Ok(c) = veil::data::container::decode(bytes) {
+        let again = veil::data::container::encode(&c.dataset, &c.meta, c.pixels)
             .expect("a decoded container re-encodes");
-        let back = veil::container::decode(&again).expect("a re-encoded container decodes");
+        let back = veil::data::container::decode(&again).expect("a re-encoded container decodes");
         assert_eq!(back.dataset, c.dataset);
     }
 });

@@ -4,8 +4,8 @@
 //! (`assets/models`, trained by `veil train-demo`; see `assets/models/README.md`).
 
 use veil::burn::tensor::Device;
-use veil::flow_rotation::{FlowSet, FlowSetError};
-use veil::model::ModelCard;
+use veil::nn::model::ModelCard;
+use veil::schemes::flow_rotation::{FlowSet, FlowSetError};
 
 macro_rules! flow_files {
     ($($name:literal),* $(,)?) => {
@@ -48,7 +48,10 @@ pub fn digits_flows(device: &Device) -> Result<FlowSet, FlowSetError> {
 /// The built-in classifiers as (card JSON, burnpack weights): the demo CNN (also compiled into
 /// the browser's client) and OWSD's cloud with more labels than the owner's.
 const BUILTIN_MODELS: &[(&str, &[u8])] = &[
-    (veil::model::demo::CARD_JSON, veil::model::demo::WEIGHTS),
+    (
+        veil::nn::model::demo::CARD_JSON,
+        veil::nn::model::demo::WEIGHTS,
+    ),
     (
         include_str!("../../assets/models/digits-shapes-cnn.json"),
         include_bytes!("../../assets/models/digits-shapes-cnn.bpk"),
@@ -123,7 +126,7 @@ mod tests {
         assert_eq!(flows.per_class.len(), 10);
         assert!(flows.agnostic.is_some());
         let data = veil::data::digits();
-        let key = veil::keys::MasterKey::from_bytes([9; 32]);
+        let key = veil::crypto::keys::MasterKey::from_bytes([9; 32]);
         let enc = flows.class_encryptor(&key, data.labels[0] as usize, &device);
         let x = data.images_tensor(0..1, &device);
         let back = enc.decrypt_quantised(enc.encrypt(x.clone()));

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use veil::burn::tensor::Device;
 use veil::data::ImageShape;
-use veil::flow_rotation::{FlowManifest, FlowSet};
+use veil::schemes::flow_rotation::{FlowManifest, FlowSet};
 
 use crate::{AppError, AppState};
 

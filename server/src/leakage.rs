@@ -26,14 +26,14 @@ use axum::{Json, Router};
 use futures_util::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
-use veil::burn::tensor::Device;
-use veil::data::{ImageShape, digits};
-use veil::keys::MasterKey;
-use veil::leakage::metrics::{psnr, ssim};
-use veil::leakage::{
+use veil::attacks::leakage::metrics::{psnr, ssim};
+use veil::attacks::leakage::{
     AttackConfig, AttackedArch, AttackedNet, AttackedNetConfig, GradientAttack, Method,
     analytic_first_layer, victim_gradient,
 };
+use veil::burn::tensor::Device;
+use veil::crypto::keys::MasterKey;
+use veil::data::{ImageShape, digits};
 
 use crate::{AppError, AppState};
 
@@ -576,7 +576,7 @@ impl Plan {
         }
     }
 
-    fn execute(&self, run: &AttackRun) -> Result<(), veil::leakage::LeakageError> {
+    fn execute(&self, run: &AttackRun) -> Result<(), veil::attacks::leakage::LeakageError> {
         let started = Instant::now();
         let device = Device::flex().autodiff();
         let net: AttackedNet = self.net.init(&device);
@@ -587,12 +587,12 @@ impl Plan {
             let image = analytic_first_layer(&net, &grads)
                 .map(|x| x.into_iter().map(|v| v.clamp(0.0, 1.0)).collect())
                 .ok_or_else(|| {
-                    veil::leakage::LeakageError::Invalid(
+                    veil::attacks::leakage::LeakageError::Invalid(
                         "every bias gradient of the first layer vanishes".into(),
                     )
                 })?;
             let last = self.progress(1, 0.0, image);
-            let label = veil::leakage::infer_label(&net, &grads);
+            let label = veil::attacks::leakage::infer_label(&net, &grads);
             run.push(LabEvent::Done(self.result(last, label, 0.0, started)));
             return Ok(());
         };

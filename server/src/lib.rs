@@ -1,9 +1,9 @@
 //! Veil's companion server: the untrusted "ML factory". It serves the pages and the wasm client,
-//! the public models, and the [`factory`]: datasets, training jobs and the untrusted classifier.
-//! It never receives a key or a plaintext image of a data owner.
+//! the public models and flows, the [`factory`] (datasets, training jobs and the untrusted
+//! classifier) and the attack lab ([`leakage`]). Only the untrusted party's code lives here: it
+//! never receives or holds a data owner's key or plaintext image (the owner's side in a
+//! terminal is the `veil-cli` crate).
 
-pub mod client;
-pub mod datasets;
 pub mod embedded;
 pub mod error;
 pub mod factory;
@@ -22,7 +22,7 @@ pub use error::AppError;
 #[derive(Debug, Clone)]
 pub struct ServedModel {
     /// The model card.
-    pub card: veil::model::ModelCard,
+    pub card: veil::nn::model::ModelCard,
     /// Burnpack weights.
     pub weights: Arc<Vec<u8>>,
 }

@@ -12,13 +12,16 @@ fn every_corpus_input_decodes_or_errors_without_panicking() {
     for entry in std::fs::read_dir(&dir).expect("the corpus folder exists") {
         let path = entry.unwrap().path();
         let bytes = std::fs::read(&path).unwrap();
-        let result = veil::container::decode(&bytes);
-        let _ = veil::container::decode_images(&bytes);
+        let result = veil::data::container::decode(&bytes);
+        let _ = veil::data::container::decode_images(&bytes);
         let name = path.file_name().unwrap().to_string_lossy();
         if name.starts_with("valid-") {
             let c = result.unwrap_or_else(|e| panic!("{name}: {e}"));
-            let again = veil::container::encode(&c.dataset, &c.meta, c.pixels).unwrap();
-            assert_eq!(veil::container::decode(&again).unwrap().dataset, c.dataset);
+            let again = veil::data::container::encode(&c.dataset, &c.meta, c.pixels).unwrap();
+            assert_eq!(
+                veil::data::container::decode(&again).unwrap().dataset,
+                c.dataset
+            );
             valid += 1;
         } else if name.starts_with("bad-") || name == "nan" || name == "truncated" {
             assert!(result.is_err(), "{name} should be refused");

@@ -3,8 +3,8 @@
 
 use veil::burn::tensor::Device;
 use veil::data::digits;
-use veil::model::demo;
-use veil::train::{accuracy, predict_logits};
+use veil::nn::model::demo;
+use veil::nn::train::{accuracy, predict_logits};
 
 #[test]
 fn demo_model_reaches_95_percent_on_the_held_out_digits() {
@@ -46,7 +46,7 @@ fn corrupt_or_non_finite_weights_are_refused_with_a_reason() {
         .unwrap_err();
     assert!(err.to_string().contains("cannot be loaded"), "{err}");
     // Weights of another architecture.
-    let other = veil::model::SmallCnnConfig::new(3, 32, 32, 10).with_base_filters(8);
+    let other = veil::nn::model::SmallCnnConfig::new(3, 32, 32, 10).with_base_filters(8);
     assert!(other.load(demo::WEIGHTS, &device).is_err());
     // NaN in the weights: find the float32 bytes of the last parameter and poison them.
     let mut poisoned = demo::WEIGHTS.to_vec();

@@ -6,8 +6,9 @@ use std::collections::HashMap;
 use veil::burn::prelude::*;
 use veil::burn::tensor::TensorData;
 use veil::data::{ImageShape, digits};
-use veil::encoder::{WeightLayout, export_encoder, import_encoder};
-use veil::model::{ModelError, SmallCnn, SmallCnnConfig};
+use veil::nn::model::{SmallCnn, SmallCnnConfig};
+use veil::nn::weights::ModelError;
+use veil::schemes::owsd::encoder::{WeightLayout, export_encoder, import_encoder};
 
 const SHAPE: ImageShape = ImageShape::new(1, 8, 8);
 

@@ -3,9 +3,9 @@
 use veil::burn::module::Module;
 use veil::burn::tensor::Device;
 use veil::data::digits;
-use veil::flow_train::{FlowTrainOptions, evaluate_bits_per_dim, train_flow};
-use veil::glow::{GlowConfig, Preprocess};
-use veil::train::Control;
+use veil::flow::glow::{GlowConfig, Preprocess};
+use veil::flow::train::{FlowTrainOptions, evaluate_bits_per_dim, train_flow};
+use veil::nn::train::Control;
 
 /// The flex device's RNG is global: tests that seed it must not run at the same time.
 static DEVICE_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -64,7 +64,7 @@ fn a_resumed_run_matches_an_uninterrupted_one() {
     let _rng = DEVICE_RNG.lock().unwrap_or_else(|e| e.into_inner());
     use veil::burn::module::{ModuleVisitor, Param};
     use veil::burn::tensor::Tensor;
-    use veil::flow_train::{FlowCheckpoint, train_flow_resumable};
+    use veil::flow::train::{FlowCheckpoint, train_flow_resumable};
     let (train, test) = digits().split(0.2, 7);
     let train = train.subset(&(0..96).collect::<Vec<_>>());
     let test = test.subset(&(0..64).collect::<Vec<_>>());
@@ -137,7 +137,7 @@ fn a_resumed_run_matches_an_uninterrupted_one() {
     let from_memory = finish(at_checkpoint.clone());
     let from_bytes = finish(reloaded);
     let eval = Device::flex();
-    let bpd = |g: &veil::glow::Glow| {
+    let bpd = |g: &veil::flow::glow::Glow| {
         eval.seed(1);
         evaluate_bits_per_dim(&g.valid(), &test, pre, &eval)
     };

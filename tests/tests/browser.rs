@@ -61,7 +61,7 @@ async fn journey(b: &Browser, url: &str, mode: GpuMode) -> Result<()> {
     c.find(Locator::Id("export")).await?.click().await?;
     let path = b.wait_for_download(LONG).await?;
     let text = std::fs::read_to_string(&path)?;
-    let file = veil::keyfile::KeyFile::from_json(&text)?;
+    let file = veil::crypto::keyfile::KeyFile::from_json(&text)?;
     assert!(
         file.is_wrapped(),
         "the exported file must be passphrase-wrapped"
@@ -116,9 +116,9 @@ async fn journey(b: &Browser, url: &str, mode: GpuMode) -> Result<()> {
     // Classify the model card's reference digits, dropped into the page as PNG files: the page
     // must give the native model's answer for every one (right or wrong), and so be right as
     // often as it is natively.
-    let card = veil::model::demo::card();
+    let card = veil::nn::model::demo::card();
     let (_, test) = digits().split(card.split.0, card.split.1);
-    let native = veil::train::argmax_rows(&card.reference_logits, card.classes.len());
+    let native = veil::nn::train::argmax_rows(&card.reference_logits, card.classes.len());
     let dir = tempfile::tempdir()?;
     let mut correct = 0;
     for (r, &i) in card.reference_indices.iter().enumerate() {

@@ -24,8 +24,8 @@ use base64::Engine;
 use fantoccini::Locator;
 use serde_json::Value;
 use veil::burn::tensor::Device;
+use veil::crypto::keys::MasterKey;
 use veil::data::{ImageDataset, digits};
-use veil::keys::MasterKey;
 use veil_tests::{Browser, GpuMode, Recorded, Recording, digit_png, start_recording_server};
 
 const LONG: Duration = Duration::from_secs(600);
@@ -470,7 +470,7 @@ async fn journey(b: &Browser, base: &str, mode: GpuMode, rec: &Recording) -> Res
         .filter(|r| r.method == "POST" && r.uri.starts_with("/api/datasets"))
         .collect();
     ensure!(uploads.len() == 1, "{} dataset uploads", uploads.len());
-    let container = veil::container::decode(&uploads[0].body)?;
+    let container = veil::data::container::decode(&uploads[0].body)?;
     ensure!(container.meta.scheme == "flow-rotation");
     ensure!(container.meta.key_fingerprint.as_deref() == Some(fp.as_str()));
     // The page reads the folder in path order: class folder, then zero-padded index.
@@ -554,13 +554,13 @@ async fn import_key(
 ) -> Result<String> {
     let c = &b.client;
     let fp = key.fingerprint().to_string();
-    let cost = veil::keyfile::KdfCost {
+    let cost = veil::crypto::keyfile::KdfCost {
         m_cost_kib: 1024,
         t_cost: 1,
         p_cost: 1,
     };
     let key_text =
-        veil::keyfile::KeyFile::wrap(key, "journey", "journey passphrase", cost)?.to_json();
+        veil::crypto::keyfile::KeyFile::wrap(key, "journey", "journey passphrase", cost)?.to_json();
     let key_path = dir.join("journey-key.json");
     std::fs::write(&key_path, &key_text)?;
     c.goto(&format!("{base}/keys.html")).await?;
@@ -682,7 +682,7 @@ async fn accuracy(
 ) -> Result<f64> {
     let probs = probabilities(http, base, model, cipher, len).await?;
     let k = probs.len() / labels.len();
-    let predicted = veil::train::argmax_rows(&probs, k);
+    let predicted = veil::nn::train::argmax_rows(&probs, k);
     Ok(predicted.iter().zip(labels).filter(|(p, l)| p == l).count() as f64 / labels.len() as f64)
 }
 
@@ -695,7 +695,7 @@ fn assert_nothing_secret(
     min_requests: usize,
 ) -> Result<()> {
     let raw = key.as_bytes().to_vec();
-    let hex = veil::keys::to_hex(key.as_bytes()).into_bytes();
+    let hex = veil::crypto::keys::to_hex(key.as_bytes()).into_bytes();
     let b64 = base64::engine::general_purpose::STANDARD
         .encode(key.as_bytes())
         .into_bytes();
@@ -815,12 +815,14 @@ async fn owsd(b: &Browser, base: &str, mode: GpuMode, rec: &Recording) -> Result
     let theirs = {
         let device = Device::flex();
         device.seed(21);
-        veil::model::SmallCnnConfig::for_shape(veil::data::ImageShape::new(1, 8, 8), 10)
+        veil::nn::model::SmallCnnConfig::for_shape(veil::data::ImageShape::new(1, 8, 8), 10)
             .with_hidden(32)
             .init(&device)
     };
-    let encoder_file =
-        veil::encoder::export_encoder(&theirs, veil::encoder::WeightLayout::PyTorch)?;
+    let encoder_file = veil::schemes::owsd::encoder::export_encoder(
+        &theirs,
+        veil::schemes::owsd::encoder::WeightLayout::PyTorch,
+    )?;
     let encoder_path = dir.path().join("theirs.safetensors");
     std::fs::write(&encoder_path, &encoder_file)?;
     choose(b, "encoder-file", &encoder_path).await?;
@@ -958,7 +960,7 @@ async fn owsd(b: &Browser, base: &str, mode: GpuMode, rec: &Recording) -> Result
             output: veil::data::ImageShape::new(1, 8, 8),
             generation: 0,
         },
-        veil::owsd::KeyUsage::new(10_000),
+        veil::schemes::owsd::KeyUsage::new(10_000),
     )?;
     let mut expected = Vec::new();
     for d in [in_path_order(&sample), in_path_order(&new)] {

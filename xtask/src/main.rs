@@ -181,7 +181,7 @@ fn serve(root: &Path, rest: &[String]) -> Result<()> {
             "run",
             "--release",
             "-p",
-            "veil-server",
+            "veil-cli",
             "--bin",
             "veil",
             "--",

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::broadcast;
-use veil::container::{self, ContainerError};
+use veil::data::container::{self, ContainerError};
 
 use super::inference::{self, Arch, LoadedModel, Ready};
 use super::store::{self, DatasetRow, JobRow, JobSpec, ModelRow};
@@ -750,7 +750,7 @@ async fn classify(
     Ok(Json(Classification {
         model: name,
         classes,
-        predictions: veil::train::argmax_rows(&probs, k),
+        predictions: veil::nn::train::argmax_rows(&probs, k),
         probabilities,
         elapsed_ms: started.elapsed().as_secs_f64() * 1e3,
     })

@@ -5,15 +5,15 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Context, Result, bail};
 use burn::prelude::*;
 use veil::data::ImageShape;
-use veil::model::{Classifier, SmallCnn, SmallCnnConfig};
-use veil::resnet::{SmallResNet, SmallResNetConfig};
+use veil::nn::model::{Classifier, SmallCnn, SmallCnnConfig};
+use veil::nn::resnet::{SmallResNet, SmallResNetConfig};
 
 /// The architectures the factory trains (the menu of issue #4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Arch {
-    /// [`veil::model::SmallCnn`].
+    /// [`veil::nn::model::SmallCnn`].
     SmallCnn,
-    /// [`veil::resnet::SmallResNet`].
+    /// [`veil::nn::resnet::SmallResNet`].
     SmallResnet,
 }
 
@@ -72,46 +72,25 @@ impl LoadedModel {
         device: &Device,
     ) -> Result<Self> {
         let cpu = Device::flex();
-        let record = burn::store::ModuleRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(
-            bytes.to_vec(),
-        ))
-        .map_err(|e| anyhow::anyhow!("the weights are not a burnpack record: {e}"))?;
-        let model = match Self::init(arch, shape, classes, &cpu) {
-            LoadedModel::Cnn(m) => LoadedModel::Cnn(
-                m.try_load_record(record)
-                    .map_err(|e| anyhow::anyhow!("the weights do not fit {}: {e}", arch.name()))?,
-            ),
-            LoadedModel::ResNet(m) => LoadedModel::ResNet(
-                m.try_load_record(record)
-                    .map_err(|e| anyhow::anyhow!("the weights do not fit {}: {e}", arch.name()))?,
-            ),
+        let fit = |e: veil::nn::weights::ModelError| {
+            anyhow::anyhow!("the weights do not fit {}: {e}", arch.name())
         };
-        match &model {
-            LoadedModel::Cnn(m) => veil::model::check_finite(m)?,
-            LoadedModel::ResNet(m) => veil::model::check_finite(m)?,
-        }
-        // On an autodiff device (resuming training) the parameters must track gradients again.
-        let train = device.is_autodiff();
-        Ok(match model {
+        Ok(match Self::init(arch, shape, classes, &cpu) {
             LoadedModel::Cnn(m) => {
-                let m = m.to_device(device);
-                LoadedModel::Cnn(if train { m.train() } else { m })
+                LoadedModel::Cnn(veil::nn::weights::load(m, bytes, device).map_err(fit)?)
             }
             LoadedModel::ResNet(m) => {
-                let m = m.to_device(device);
-                LoadedModel::ResNet(if train { m.train() } else { m })
+                LoadedModel::ResNet(veil::nn::weights::load(m, bytes, device).map_err(fit)?)
             }
         })
     }
 
     /// The weights as burnpack bytes.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
-        let bytes = match self {
-            LoadedModel::Cnn(m) => m.clone().into_record().into_bytes(),
-            LoadedModel::ResNet(m) => m.clone().into_record().into_bytes(),
-        }
-        .map_err(|e| anyhow::anyhow!("cannot serialise the weights: {e}"))?;
-        Ok(bytes.to_vec())
+        Ok(match self {
+            LoadedModel::Cnn(m) => veil::nn::weights::to_bytes(m)?,
+            LoadedModel::ResNet(m) => veil::nn::weights::to_bytes(m)?,
+        })
     }
 
     /// Class probabilities `[N, K]` (row-major) of `n` images of `shape`, in batches of 256.

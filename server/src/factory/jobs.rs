@@ -4,7 +4,7 @@
 //! training position, the model weights and Adam's state together, so a crash can never leave
 //! the three from different steps. It is written after every epoch, and at the current step when
 //! the server shuts down; a restarted server resumes from it, taking exactly the steps an
-//! uninterrupted run would have taken (`veil::train::train_classifier_resumable`).
+//! uninterrupted run would have taken (`veil::nn::train::train_classifier_resumable`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use burn::prelude::*;
 use veil::data::ImageDataset;
-use veil::train::{Control, TrainCheckpoint, TrainOptions, train_classifier_resumable};
+use veil::nn::train::{Control, TrainCheckpoint, TrainOptions, train_classifier_resumable};
 
 use super::inference::{Arch, LoadedModel};
 use super::store::{self, EpochRecord, JobRow, JobState, ModelRow};
@@ -185,7 +185,7 @@ fn train(f: &Factory, job: &JobRow, cancel: &AtomicBool) -> Result<Outcome> {
         .with_context(|| format!("the dataset {} was deleted", spec.dataset))?;
     let bytes = std::fs::read(f.store.dataset_path(&dataset.id))
         .with_context(|| format!("reading the dataset {}", dataset.id))?;
-    let container = veil::container::decode(&bytes).context("the stored dataset")?;
+    let container = veil::data::container::decode(&bytes).context("the stored dataset")?;
     let data = container.dataset;
     let (train_part, val_part) = split(&data, spec.validation_split, spec.seed);
     let device = Device::flex().autodiff();
@@ -266,7 +266,7 @@ fn train(f: &Factory, job: &JobRow, cancel: &AtomicBool) -> Result<Outcome> {
                 |end, model, position| {
                     let val_accuracy = val_part.as_ref().map(|v| {
                         let m = model.valid().to_device(&eval_device);
-                        veil::train::accuracy(&m, v, &eval_device)
+                        veil::nn::train::accuracy(&m, v, &eval_device)
                     });
                     let record = EpochRecord {
                         epoch: end.epoch,

@@ -1,6 +1,6 @@
 //! The ML factory: the untrusted service that keeps the datasets it is given, trains classifiers
 //! on them, and classifies what it is sent. It never needs a key: datasets arrive encrypted or
-//! scrambled (or public, for demos) in the [`veil::container`] format, labelled with a key
+//! scrambled (or public, for demos) in the [`veil::data::container`] format, labelled with a key
 //! *fingerprint* at most.
 //!
 //! - [`store`]: the SQLite database and the blobs, written atomically.

@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! veil.sqlite                 the database
-//! datasets/<id>.safetensors   uploaded dataset containers (veil::container)
+//! datasets/<id>.safetensors   uploaded dataset containers (veil::data::container)
 //! models/<id>.bpk             trained weights (burnpack)
 //! checkpoints/<job>.ckpt      the last checkpoint of an unfinished job
 //! tmp/                        partial uploads and writes (emptied at start)

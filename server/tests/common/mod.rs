@@ -12,8 +12,8 @@ use axum::http::{Request, StatusCode, header};
 use http_body_util::BodyExt;
 use serde_json::Value;
 use tower::ServiceExt;
-use veil::container::{self, ContainerMeta, PixelType};
 use veil::data::ImageDataset;
+use veil::data::container::{self, ContainerMeta, PixelType};
 use veil_server::factory::{Factory, FactoryConfig};
 use veil_server::{AppState, app};
 

@@ -5,6 +5,10 @@
 use super::{DataError, ImageDataset, ImageShape, maybe_gunzip};
 
 /// The vendored file (see `assets/data/README.md` for the attribution).
+/// The digits' quantisation: 17 grey levels (0..=16 in the CSV). A flow dequantises with this
+/// many bins, where 8-bit images use 256.
+pub const DIGITS_LEVELS: usize = 17;
+
 pub const DIGITS_CSV_GZ: &[u8] = include_bytes!("../../../assets/data/digits.csv.gz");
 
 /// The embedded digits, decoded.

@@ -9,8 +9,10 @@ mod folder;
 mod idx;
 mod synthetic;
 
+pub mod container;
+
 pub use cifar::{CIFAR10_CLASSES, decode_cifar10};
-pub use digits::{DIGITS_CSV_GZ, decode_digits_csv, digits};
+pub use digits::{DIGITS_CSV_GZ, DIGITS_LEVELS, decode_digits_csv, digits};
 pub use folder::{FolderEntry, decode_image, decode_image_folder};
 pub use idx::{decode_mnist_idx, encode_mnist_idx};
 pub use synthetic::{SyntheticConfig, synthetic};
@@ -132,6 +134,24 @@ impl ImageDataset {
             shape,
             class_names,
         })
+    }
+
+    /// The images of `self` followed by those of `other`, which must have the same shape and the
+    /// same class names (two splits of one dataset, for example).
+    pub fn concat(&self, other: &Self) -> Result<Self, DataError> {
+        if self.shape != other.shape || self.class_names != other.class_names {
+            return Err(DataError::Inconsistent(format!(
+                "cannot join images of {} in {} classes with images of {} in {} classes",
+                self.shape,
+                self.num_classes(),
+                other.shape,
+                other.num_classes()
+            )));
+        }
+        let mut joined = self.clone();
+        joined.images.extend_from_slice(&other.images);
+        joined.labels.extend_from_slice(&other.labels);
+        Ok(joined)
     }
 
     /// Number of images.

@@ -10,9 +10,9 @@ use anyhow::{Context, Result};
 use fantoccini::Locator;
 use serde_json::{Value, json};
 use veil::burn::tensor::Device;
+use veil::crypto::haar::HaarRotation;
 use veil::data::digits;
-use veil::haar::HaarRotation;
-use veil::model::{Classifier, demo};
+use veil::nn::model::{Classifier, demo};
 use veil_tests::{Browser, GpuMode, repo_root, start_server};
 
 fn main() -> Result<()> {
@@ -86,12 +86,12 @@ fn main() -> Result<()> {
 }
 
 fn native() -> Result<Value> {
-    let key = veil::testvectors::test_key();
-    let sub = key.class_subkey(veil::keys::Scheme::FlowRotation, 0);
+    let key = veil::crypto::testvectors::test_key();
+    let sub = key.class_subkey(veil::crypto::keys::Scheme::FlowRotation, 0);
     let t = Instant::now();
     let rot = HaarRotation::from_subkey(&sub, 3072);
     let haar_ms = t.elapsed().as_secs_f64() * 1000.0;
-    let digest = veil::keys::to_hex(&rot.digest());
+    let digest = veil::crypto::keys::to_hex(&rot.digest());
     drop(rot);
 
     let card = demo::card();
@@ -146,7 +146,7 @@ fn scramble_native(channels: usize, side: usize, reps: usize) -> Result<f64> {
             output: veil::data::ImageShape::new(channels, side, side),
             generation: 0,
         },
-        veil::owsd::KeyUsage::new(u64::MAX / 2),
+        veil::schemes::owsd::KeyUsage::new(u64::MAX / 2),
     )?;
     let batch = 256;
     let emb: Vec<f32> = (0..batch * 64)
@@ -195,9 +195,10 @@ fn encrypt_digits_native() -> Result<f64> {
 fn owsd() -> Result<Value> {
     use veil::burn::tensor::Distribution;
     use veil::data::ImageShape;
-    use veil::owsd::ScrambleConfig;
+    use veil::schemes::owsd::ScrambleConfig;
     let device = Device::flex();
-    let key = veil::testvectors::test_key().subkey(veil::keys::Scheme::Owsd, "generator");
+    let key =
+        veil::crypto::testvectors::test_key().subkey(veil::crypto::keys::Scheme::Owsd, "generator");
     let mut out = json!({});
     for (c, side) in [(1usize, 8usize), (3, 32)] {
         let g = ScrambleConfig::new(64, ImageShape::new(c, side, side)).init(&key, &device)?;
@@ -221,7 +222,7 @@ fn owsd() -> Result<Value> {
 /// Gradient-matching iterations per second against the lab's networks (one attack, one thread),
 /// and the analytic attack's time.
 fn leakage() -> Value {
-    use veil::leakage::{
+    use veil::attacks::leakage::{
         AttackConfig, AttackedArch, AttackedNetConfig, GradientAttack, Method,
         analytic_first_layer, victim_gradient,
     };
@@ -264,11 +265,11 @@ fn leakage() -> Value {
 
 fn flow_rotation() -> Result<Value> {
     use veil::burn::tensor::Distribution;
-    use veil::flow_rotation::FlowEncryptor;
-    use veil::flow_train::{FlowTrainOptions, train_flow};
-    use veil::glow::{GlowConfig, Preprocess};
+    use veil::flow::glow::{GlowConfig, Preprocess};
+    use veil::flow::train::{FlowTrainOptions, train_flow};
+    use veil::schemes::flow_rotation::FlowEncryptor;
     let device = Device::flex();
-    let key = veil::testvectors::test_key();
+    let key = veil::crypto::testvectors::test_key();
     let mut out = json!({});
     for (c, side) in [(1usize, 16usize), (3, 32)] {
         let config = GlowConfig::new(c, side, side).with_steps(4).with_hidden(48);
@@ -283,7 +284,7 @@ fn flow_rotation() -> Result<Value> {
         let enc = FlowEncryptor::new(
             glow,
             pre,
-            &key.class_subkey(veil::keys::Scheme::FlowRotation, 0),
+            &key.class_subkey(veil::crypto::keys::Scheme::FlowRotation, 0),
             &device,
         );
         let _ = enc.encrypt(x.clone()).into_data();
@@ -312,7 +313,7 @@ fn flow_rotation() -> Result<Value> {
     };
     let t = Instant::now();
     let _ = train_flow(glow, &train, pre, options, &ad, |_| {
-        veil::train::Control::Continue
+        veil::nn::train::Control::Continue
     })?;
     out["flow_train_epoch_digits_s"] = json!(t.elapsed().as_secs_f64());
     out["flow_train_images"] = json!(train.len());
@@ -413,13 +414,13 @@ fn machine() -> Value {
 /// The ML factory: small-CNN training throughput on the digits, and the classify route under a
 /// local load generator (concurrent HTTP clients on loopback).
 async fn factory() -> Result<Value> {
-    use veil::train::{Control, TrainOptions, train_classifier};
+    use veil::nn::train::{Control, TrainOptions, train_classifier};
     let data = digits();
     let (train, test) = data.split(0.2, 0);
     let epochs = 3;
     let t = Instant::now();
     let device = Device::flex().autodiff();
-    let model = veil::model::SmallCnnConfig::for_shape(train.shape, 10).init(&device);
+    let model = veil::nn::model::SmallCnnConfig::for_shape(train.shape, 10).init(&device);
     let options = TrainOptions {
         epochs,
         batch_size: 64,

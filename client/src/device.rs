@@ -1,0 +1,105 @@
+//! Device choice (WebGPU when the browser has it, the flex CPU backend otherwise) and reading
+//! tensors back. At the bottom of the crate with `error`: it imports no other module.
+
+use veil::burn::tensor::{Device, Tensor};
+
+use crate::error::ClientError;
+
+/// Which backend runs the tensors.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Backend {
+    /// WebGPU through burn-wgpu.
+    Webgpu,
+    /// burn's flex CPU backend (WebAssembly in the page, native elsewhere).
+    Cpu {
+        /// Why the GPU is not used (no WebGPU in this browser, no adapter, or not asked for).
+        reason: String,
+    },
+}
+
+impl Backend {
+    /// A short label for the page (`webgpu` or `cpu`).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Backend::Webgpu => "webgpu",
+            Backend::Cpu { .. } => "cpu",
+        }
+    }
+}
+
+/// Picks the device: WebGPU when `prefer_gpu` and the browser offers an adapter, else the CPU.
+///
+/// In the browser the WebGPU runtime must be initialised asynchronously before any tensor exists
+/// (`init_async`); when there is no adapter it returns an error and we fall back to flex.
+pub async fn init_device(prefer_gpu: bool) -> (Device, Backend) {
+    if !prefer_gpu {
+        return (
+            Device::flex(),
+            Backend::Cpu {
+                reason: "the CPU was requested".into(),
+            },
+        );
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        use veil::burn::tensor::wgpu::WgpuBackend;
+        if !has_webgpu() {
+            return (
+                Device::flex(),
+                Backend::Cpu {
+                    reason: "this browser does not offer WebGPU".into(),
+                },
+            );
+        }
+        match Device::wgpu_options()
+            .graphics_api(WgpuBackend::WebGpu)
+            .init_async()
+            .await
+        {
+            Ok(device) => (device, Backend::Webgpu),
+            Err(e) => {
+                let detail = e.to_string();
+                let reason = if detail.contains("No adapter") || detail.contains("no adapters") {
+                    "this browser has WebGPU but no usable GPU adapter".to_owned()
+                } else {
+                    format!("WebGPU could not start: {detail}")
+                };
+                (Device::flex(), Backend::Cpu { reason })
+            }
+        }
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        (
+            Device::flex(),
+            Backend::Cpu {
+                reason: "native builds of the client use the CPU".into(),
+            },
+        )
+    }
+}
+
+/// Reads a tensor back asynchronously (the only way WebGPU allows).
+pub async fn read_vec<const D: usize>(
+    t: Tensor<D>,
+    backend: &'static str,
+) -> Result<Vec<f32>, ClientError> {
+    let data = t.into_data_async().await.map_err(|e| ClientError::Device {
+        backend,
+        message: format!("{e:?}"),
+    })?;
+    Ok(data.iter::<f32>().collect())
+}
+
+/// Whether the global scope (window or worker) offers `navigator.gpu`. Uses `js_sys::Reflect`
+/// rather than web-sys's `Navigator::gpu`, which needs `--cfg web_sys_unstable_apis`.
+#[cfg(target_arch = "wasm32")]
+fn has_webgpu() -> bool {
+    let global = js_sys::global();
+    js_sys::Reflect::get(&global, &"navigator".into())
+        .ok()
+        .filter(|n| !n.is_undefined())
+        .and_then(|n| js_sys::Reflect::get(&n, &"gpu".into()).ok())
+        .is_some_and(|gpu| !gpu.is_undefined() && !gpu.is_null())
+}

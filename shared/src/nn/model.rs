@@ -1,0 +1,170 @@
+//! The small CNN classifier: defined once, trained natively by `veil train-demo` and by the ML
+//! factory, and run in the browser with the same weights.
+
+use burn::module::Module;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig, MaxPool2d, MaxPool2dConfig};
+use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig, PaddingConfig2d};
+use burn::prelude::*;
+use burn::tensor::activation::{relu, softmax};
+
+use crate::data::ImageShape;
+use crate::nn::weights::{self, ModelError};
+
+/// A model that maps a batch of images `[B, C, H, W]` to class logits `[B, K]`.
+pub trait Classifier: Module + Clone {
+    /// Class logits.
+    fn forward(&self, images: Tensor<4>) -> Tensor<2>;
+
+    /// Class probabilities (softmax of the logits).
+    fn probabilities(&self, images: Tensor<4>) -> Tensor<2> {
+        softmax(self.forward(images), 1)
+    }
+}
+
+/// Configuration of [`SmallCnn`].
+#[derive(Config, Debug, PartialEq)]
+pub struct SmallCnnConfig {
+    /// Input channels.
+    pub channels: usize,
+    /// Input height.
+    pub height: usize,
+    /// Input width.
+    pub width: usize,
+    /// Number of classes.
+    pub num_classes: usize,
+    /// Filters of the first convolution; later ones have 2× and 4× as many.
+    #[config(default = 16)]
+    pub base_filters: usize,
+    /// Units of the hidden dense layer.
+    #[config(default = 64)]
+    pub hidden: usize,
+    /// Dropout before the output layer.
+    #[config(default = 0.25)]
+    pub dropout: f64,
+}
+
+/// Three 3×3 convolutions (f, 2f, 4f filters) with ReLU, a 2×2 max-pool after the second, an
+/// adaptive average pool to 2×2, a hidden dense layer and the output layer. Works for any input of
+/// at least 4×4 pixels (8×8 digits, 28×28 MNIST, 32×32 CIFAR).
+#[derive(Module, Debug)]
+pub struct SmallCnn {
+    conv1: Conv2d,
+    conv2: Conv2d,
+    conv3: Conv2d,
+    pool: MaxPool2d,
+    squeeze: AdaptiveAvgPool2d,
+    hidden: Linear,
+    dropout: Dropout,
+    output: Linear,
+}
+
+impl SmallCnnConfig {
+    /// The configuration for images of `shape` and `num_classes` classes, other fields default.
+    pub fn for_shape(shape: ImageShape, num_classes: usize) -> Self {
+        Self::new(shape.channels, shape.height, shape.width, num_classes)
+    }
+
+    /// The input shape.
+    pub fn input_shape(&self) -> ImageShape {
+        ImageShape::new(self.channels, self.height, self.width)
+    }
+
+    /// A freshly initialised model on `device`.
+    pub fn init(&self, device: &Device) -> SmallCnn {
+        let f = self.base_filters;
+        let conv = |i, o| {
+            Conv2dConfig::new([i, o], [3, 3])
+                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                .init(device)
+        };
+        SmallCnn {
+            conv1: conv(self.channels, f),
+            conv2: conv(f, 2 * f),
+            conv3: conv(2 * f, 4 * f),
+            pool: MaxPool2dConfig::new([2, 2]).with_strides([2, 2]).init(),
+            squeeze: AdaptiveAvgPool2dConfig::new([2, 2]).init(),
+            hidden: LinearConfig::new(4 * f * 4, self.hidden).init(device),
+            dropout: DropoutConfig::new(self.dropout).init(),
+            output: LinearConfig::new(self.hidden, self.num_classes).init(device),
+        }
+    }
+
+    /// The model with the weights of a burnpack record (as written by [`SmallCnn::to_bytes`]),
+    /// refused when they do not fit or hold NaN or infinity.
+    pub fn load(&self, bytes: &[u8], device: &Device) -> Result<SmallCnn, ModelError> {
+        weights::load(self.init(&Device::flex()), bytes, device)
+    }
+}
+
+impl SmallCnn {
+    /// The weights as a burnpack byte buffer.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, ModelError> {
+        weights::to_bytes(self)
+    }
+}
+
+impl SmallCnn {
+    /// The width of [`SmallCnn::embed`]'s rows: the hidden layer's units.
+    pub fn embedding_width(&self) -> usize {
+        self.hidden.weight.val().dims()[1]
+    }
+
+    /// The hidden layer's activations `[B, hidden]`: the embedding OWSD's owner uses when this
+    /// network is its encoder.
+    pub fn embed(&self, images: Tensor<4>) -> Tensor<2> {
+        let x = relu(self.conv1.forward(images));
+        let x = self.pool.forward(relu(self.conv2.forward(x)));
+        let x = relu(self.conv3.forward(x));
+        let x = self.squeeze.forward(x).flatten::<2>(1, 3);
+        relu(self.hidden.forward(x))
+    }
+}
+
+impl Classifier for SmallCnn {
+    fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+        self.output
+            .forward(self.dropout.forward(self.embed(images)))
+    }
+}
+
+/// What a shipped model is: its architecture, the data it was trained on, its measured accuracy,
+/// and reference outputs that every host must reproduce (`assets/models/<name>.json`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ModelCard {
+    /// Model name (also the weights' file stem).
+    pub name: String,
+    /// The architecture.
+    pub config: SmallCnnConfig,
+    /// Class names, by label.
+    pub classes: Vec<String>,
+    /// The data it was trained on.
+    pub dataset: String,
+    /// The deterministic split: test fraction and seed.
+    pub split: (f64, u64),
+    /// Training hyper-parameters.
+    pub train: crate::nn::train::TrainOptions,
+    /// Top-1 accuracy on the held-out test split, measured natively after training.
+    pub test_accuracy: f32,
+    /// Indices (into the test split) of the reference images.
+    pub reference_indices: Vec<usize>,
+    /// Native logits of the reference images, row-major `[R, K]`: every host must reproduce them.
+    pub reference_logits: Vec<f32>,
+}
+
+/// The demo model shipped with Veil: the small CNN trained on the embedded digits by
+/// `veil train-demo`.
+pub mod demo {
+    use super::ModelCard;
+
+    /// The model card (JSON).
+    pub const CARD_JSON: &str = include_str!("../../../assets/models/digits-cnn.json");
+    /// The weights (burnpack).
+    pub const WEIGHTS: &[u8] = include_bytes!("../../../assets/models/digits-cnn.bpk");
+
+    /// The parsed model card.
+    pub fn card() -> ModelCard {
+        serde_json::from_str(CARD_JSON)
+            .unwrap_or_else(|e| unreachable!("the shipped model card parses: {e}"))
+    }
+}
