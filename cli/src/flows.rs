@@ -96,9 +96,8 @@ fn load_data(args: &FlowTrainArgs) -> Result<(ImageDataset, usize)> {
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {}", tmp.display()))
+    veil_server::fsutil::write_atomic(path, bytes)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 pub fn train(args: FlowTrainArgs) -> Result<()> {

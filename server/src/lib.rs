@@ -8,6 +8,7 @@ pub mod embedded;
 pub mod error;
 pub mod factory;
 pub mod flowsets;
+pub mod fsutil;
 pub mod leakage;
 pub mod routes;
 

@@ -119,6 +119,14 @@ fn describe(cmd: &Command) -> String {
     )
 }
 
+/// Cargo's target folder: `CARGO_TARGET_DIR` when set (relative to `root`), else `root/target`.
+pub(crate) fn target_dir(root: &Path) -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => root.join(dir),
+        _ => root.join("target"),
+    }
+}
+
 pub(crate) fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
@@ -140,8 +148,7 @@ pub(crate) fn build_wasm(root: &Path, size: bool) -> Result<PathBuf> {
         "veil-client",
         "--lib",
     ]))?;
-    let wasm = root
-        .join("target")
+    let wasm = target_dir(root)
         .join(WASM_TARGET)
         .join(profile)
         .join("veil_client.wasm");
@@ -300,7 +307,7 @@ fn test(root: &Path) -> Result<()> {
         eprintln!("{secs:8.1} s  {name}");
     }
     eprintln!("{:8.1} s  total", started.elapsed().as_secs_f64());
-    let record = root.join("target").join("xtask-test-times.json");
+    let record = target_dir(root).join("xtask-test-times.json");
     let json = serde_json::json!({
         "total_s": started.elapsed().as_secs_f64(),
         "steps": steps.iter().map(|(n, s)| serde_json::json!({"step": n, "seconds": s})).collect::<Vec<_>>(),

@@ -103,7 +103,7 @@ pub fn ensure_chromium() -> Result<()> {
 /// A WebDriver capabilities file for wasm-bindgen-test-runner: headless Chromium with a fresh
 /// profile, with or without the software WebGPU adapter.
 pub fn webdriver_json(root: &Path, webgpu: bool) -> Result<PathBuf> {
-    let dir = root.join("target").join("webdriver");
+    let dir = crate::target_dir(root).join("webdriver");
     std::fs::create_dir_all(&dir)?;
     let profile = dir.join(format!(
         "profile-{}-{}",
@@ -135,7 +135,7 @@ pub fn webdriver_json(root: &Path, webgpu: bool) -> Result<PathBuf> {
 /// `wasm-opt` from npm's `binaryen` (Debian's is too old: it breaks wasm-bindgen's externref
 /// table), installed under `target/npm` on first use.
 pub fn wasm_opt(root: &Path) -> Result<PathBuf> {
-    let prefix = root.join("target").join("npm");
+    let prefix = crate::target_dir(root).join("npm");
     let bin = prefix.join("node_modules").join(".bin").join("wasm-opt");
     if !bin.exists() {
         std::fs::create_dir_all(&prefix)?;

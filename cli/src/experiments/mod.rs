@@ -9,21 +9,15 @@ use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use veil::data::ImageDataset;
 
-/// A figure of a results.json as a number (NaN when missing).
-pub fn num(v: &serde_json::Value) -> f64 {
-    v.as_f64().unwrap_or(f64::NAN)
-}
-
-/// A share of a results.json as a percentage with one decimal ("—" when missing).
-pub fn pct(v: &serde_json::Value) -> String {
-    v.as_f64()
-        .map_or("—".into(), |x| format!("{:.1} %", 100.0 * x))
+/// A share as a percentage with one decimal, for reports.
+pub fn pct(x: f64) -> String {
+    format!("{:.1} %", 100.0 * x)
 }
 
 /// Writes `results.json` and `report.md` into `out` and says so.
-pub fn write_outputs(
+pub fn write_outputs<R: serde::Serialize>(
     out: &std::path::Path,
-    results: &serde_json::Value,
+    results: &R,
     report: String,
     started: std::time::Instant,
 ) -> Result<()> {

@@ -19,6 +19,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::broadcast;
 use veil::data::container::{self, ContainerError};
 
+use super::ids::{DatasetId, IdPath, JobId, TypedId};
 use super::inference::{self, Arch, LoadedModel, Ready};
 use super::store::{self, DatasetRow, JobRow, JobSpec, ModelRow};
 use super::{Factory, JobEvent, LiveProgress};
@@ -68,14 +69,6 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| AppError::Internal(anyhow::anyhow!("a blocking task failed: {e}")))?
-}
-
-fn checked_id(id: &str, prefix: &str, what: &str) -> Result<(), AppError> {
-    if store::valid_id(id, prefix) {
-        Ok(())
-    } else {
-        Err(AppError::NotFound(format!("{what} {id:?}")))
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -236,9 +229,8 @@ struct DatasetDetail {
 
 async fn get_dataset(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    IdPath(id): IdPath<DatasetId>,
 ) -> Result<Json<DatasetDetail>, AppError> {
-    checked_id(&id, "ds", "dataset")?;
     let f = factory(&state).clone();
     blocking(move || {
         let row = f
@@ -333,9 +325,8 @@ fn thumbnails(data: &veil::data::ImageDataset, max: usize) -> anyhow::Result<Vec
 
 async fn download_dataset(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    IdPath(id): IdPath<DatasetId>,
 ) -> Result<Response, AppError> {
-    checked_id(&id, "ds", "dataset")?;
     let f = factory(&state).clone();
     if f.store().dataset(&id)?.is_none() {
         return Err(AppError::NotFound(format!("dataset {id:?}")));
@@ -358,9 +349,8 @@ async fn download_dataset(
 
 async fn delete_dataset(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    IdPath(id): IdPath<DatasetId>,
 ) -> Result<StatusCode, AppError> {
-    checked_id(&id, "ds", "dataset")?;
     let f = factory(&state).clone();
     blocking(move || match f.store().delete_dataset(&id)? {
         Err(job) => Err(AppError::Conflict(format!(
@@ -465,10 +455,10 @@ async fn create_job(
             "validation_split must be in [0, 0.5]".into(),
         ));
     }
-    checked_id(&req.dataset, "ds", "dataset")?;
+    let dataset = DatasetId::parse(&req.dataset)?;
     let f = factory(&state).clone();
     blocking(move || {
-        if f.store().dataset(&req.dataset)?.is_none() {
+        if f.store().dataset(&dataset)?.is_none() {
             return Err(AppError::NotFound(format!("dataset {:?}", req.dataset)));
         }
         let spec = JobSpec {
@@ -501,9 +491,8 @@ async fn list_jobs(State(state): State<AppState>) -> Result<Json<Vec<JobView>>, 
 
 async fn get_job(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    IdPath(id): IdPath<JobId>,
 ) -> Result<Json<JobView>, AppError> {
-    checked_id(&id, "job", "job")?;
     let f = factory(&state).clone();
     blocking(move || {
         let row = job_or_404(&f, &id)?;
@@ -514,9 +503,8 @@ async fn get_job(
 
 async fn cancel_job(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    IdPath(id): IdPath<JobId>,
 ) -> Result<Json<JobView>, AppError> {
-    checked_id(&id, "job", "job")?;
     let f = factory(&state).clone();
     blocking(move || {
         let row = job_or_404(&f, &id)?;
@@ -536,9 +524,8 @@ async fn cancel_job(
 /// it), then `progress`, `epoch` and `state` events until the job ends.
 async fn job_events(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    IdPath(id): IdPath<JobId>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, AppError> {
-    checked_id(&id, "job", "job")?;
     let f = factory(&state).clone();
     // Subscribe before reading the snapshot, so that nothing falls between the two.
     let rx = f.subscribe();
@@ -561,7 +548,7 @@ async fn job_events(
             }
             loop {
                 match rx.recv().await {
-                    Ok(ev) if ev.job() == id => {
+                    Ok(ev) if ev.job() == id.as_str() => {
                         let (name, terminal) = match &ev {
                             JobEvent::Progress { .. } => ("progress", false),
                             JobEvent::Epoch { .. } => ("epoch", false),

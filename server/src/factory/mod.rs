@@ -3,12 +3,14 @@
 //! scrambled (or public, for demos) in the [`veil::data::container`] format, labelled with a key
 //! *fingerprint* at most.
 //!
+//! - [`ids`]: typed ids, checked where they enter.
 //! - [`store`]: the SQLite database and the blobs, written atomically.
 //! - [`jobs`]: the training queue, its workers, checkpoints and resumption after a restart.
 //! - [`inference`]: loaded models and the classify path.
 //! - [`api`]: the HTTP routes.
 
 pub mod api;
+pub mod ids;
 pub mod inference;
 pub mod jobs;
 pub mod store;

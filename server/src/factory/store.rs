@@ -14,7 +14,6 @@
 //! Every id is generated here (`ds-`, `job-`, `mdl-` and 16 hex digits) and checked against that
 //! form before it is used in a path, so no client string ever becomes a file name.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
@@ -84,26 +83,7 @@ pub fn now() -> i64 {
         .unwrap_or(0)
 }
 
-/// A fresh id: `prefix` and 16 random hex digits.
-pub fn new_id(prefix: &str) -> String {
-    let mut bytes = [0u8; 8];
-    // getrandom fails only where the OS has no randomness source; ids then still differ by time.
-    if getrandom::fill(&mut bytes).is_err() {
-        bytes = (std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0))
-        .to_le_bytes();
-    }
-    format!("{prefix}-{}", hex::encode(bytes))
-}
-
-/// Whether `id` has the form [`new_id`] gives with `prefix`.
-pub fn valid_id(id: &str, prefix: &str) -> bool {
-    id.strip_prefix(prefix)
-        .and_then(|r| r.strip_prefix('-'))
-        .is_some_and(|h| h.len() == 16 && h.bytes().all(|b| b.is_ascii_hexdigit()))
-}
+pub use super::ids::{new_id, valid_id};
 
 /// A stored dataset.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -342,27 +322,11 @@ impl Store {
         self.dir.join("tmp").join(new_id("part"))
     }
 
-    /// Writes `bytes` to `path` atomically: a reader sees the old file or the new one, never a
-    /// part, even if the process dies mid-write.
+    /// Writes `bytes` to `path` atomically, through this store's temporary folder (see
+    /// [`crate::fsutil::write_atomic_via`]).
     pub fn write_atomic(&self, path: &Path, bytes: &[u8]) -> Result<()> {
-        let tmp = self.temp_path();
-        let result = (|| -> Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(bytes)?;
-            f.sync_all()?;
-            drop(f);
-            std::fs::rename(&tmp, path)?;
-            if let Some(parent) = path.parent()
-                && let Ok(d) = std::fs::File::open(parent)
-            {
-                let _ = d.sync_all();
-            }
-            Ok(())
-        })();
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result.with_context(|| format!("writing {}", path.display()))
+        crate::fsutil::write_atomic_via(&self.temp_path(), path, bytes)
+            .with_context(|| format!("writing {}", path.display()))
     }
 
     /// Records a dataset whose container is already at [`Store::dataset_path`].

@@ -15,8 +15,9 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
 use burn::tensor::Device;
-use serde::Serialize;
-use serde_json::json;
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
 use veil::attacks::leakage::metrics::{psnr, ssim};
 use veil::attacks::leakage::{
     AttackConfig, AttackedArch, AttackedNet, AttackedNetConfig, Method, analytic_first_layer,
@@ -31,6 +32,9 @@ use veil::schemes::flow_rotation::FlowSet;
 
 use super::bar;
 use crate::datasets::{CommonArgs, DataSource, SourceDefaults};
+
+mod results;
+pub use results::*;
 
 /// Options of `veil experiment leakage`.
 #[derive(clap::Args, Debug)]
@@ -61,21 +65,21 @@ pub struct LeakageArgs {
 }
 
 /// Leak figures for one case.
-#[derive(Debug, Clone, Serialize)]
-struct CaseSummary {
-    images: usize,
-    mean_psnr_vs_input: f64,
-    median_psnr_vs_input: f64,
-    mean_psnr_vs_plaintext: f64,
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CaseSummary {
+    pub images: usize,
+    pub mean_psnr_vs_input: f64,
+    pub median_psnr_vs_input: f64,
+    pub mean_psnr_vs_plaintext: f64,
     /// The training inputs' own PSNR against the plaintexts (100 for plain training).
-    mean_input_psnr_vs_plaintext: f64,
-    mean_ssim_vs_input: f64,
-    mean_ssim_vs_plaintext: f64,
-    label_accuracy: f64,
+    pub mean_input_psnr_vs_plaintext: f64,
+    pub mean_ssim_vs_input: f64,
+    pub mean_ssim_vs_plaintext: f64,
+    pub label_accuracy: f64,
     /// Share of images leaked at PSNR ≥ 25 dB against the training input.
-    share_recovered_25db: f64,
-    converged: f64,
-    mean_attempts: f64,
+    pub share_recovered_25db: f64,
+    pub converged: f64,
+    pub mean_attempts: f64,
 }
 
 struct Leaked {
@@ -311,7 +315,7 @@ pub fn run(args: LeakageArgs) -> Result<()> {
     // Method comparison on the first images of the plain case: one run each, no retries.
     let t = Instant::now();
     let head = subset.subset(&(0..compare.min(subset.len())).collect::<Vec<_>>());
-    let mut methods = serde_json::Map::new();
+    let mut methods = BTreeMap::new();
     for method in Method::ALL {
         let mut c = AttackConfig::new(method);
         c.iterations = iterations;
@@ -324,7 +328,7 @@ pub fn run(args: LeakageArgs) -> Result<()> {
             0,
             &format!("compare: {}", method.name()),
         )?;
-        methods.insert(method.name().into(), serde_json::to_value(&r.summary)?);
+        methods.insert(method.name().to_owned(), r.summary);
     }
     let mlp = AttackedNetConfig::new(
         AttackedArch::MLP,
@@ -359,7 +363,7 @@ pub fn run(args: LeakageArgs) -> Result<()> {
         ..subset.clone()
     };
     let tests = [&test, &test_a, &test_b];
-    let mut table = serde_json::Map::new();
+    let mut table = BTreeMap::new();
     for (key_name, train_set, label) in [
         ("true_plaintext", subset.clone(), "train: true plaintexts"),
         ("leaked_plain", as_dataset(&plain), "train: leaked (plain)"),
@@ -386,8 +390,12 @@ pub fn run(args: LeakageArgs) -> Result<()> {
     ] {
         let acc = train_and_test(&train_set, &tests, options, label)?;
         table.insert(
-            key_name.into(),
-            json!({"test_original": acc[0], "test_encrypted_a": acc[1], "test_encrypted_b": acc[2]}),
+            key_name.to_owned(),
+            TestAccuracies {
+                test_original: f64::from(acc[0]),
+                test_encrypted_a: f64::from(acc[1]),
+                test_encrypted_b: f64::from(acc[2]),
+            },
         );
     }
     let classify_s = t.elapsed().as_secs_f64();
@@ -409,32 +417,46 @@ pub fn run(args: LeakageArgs) -> Result<()> {
         &picks,
     )?;
 
-    let results = json!({
-        "setup": {
-            "data": args.common.data.to_string(), "images": subset.len(), "test_images": test.len(),
-            "arch": arch, "attacked_params": net.config().num_params(),
-            "method": "idlg", "iterations": iterations, "restarts": args.restarts,
-            "learning_rate": config.learning_rate, "seed": args.common.seed, "quick": args.common.quick,
-            "flows": flows_name, "key_fingerprint": key.fingerprint().to_string(),
-            "classifier": "small-cnn", "classifier_epochs": options.epochs,
+    let results = LeakageResults {
+        setup: LeakageSetup {
+            data: args.common.data.to_string(),
+            images: subset.len(),
+            test_images: test.len(),
+            arch,
+            attacked_params: net.config().num_params(),
+            method: "idlg".into(),
+            iterations,
+            restarts: args.restarts,
+            learning_rate: config.learning_rate,
+            seed: args.common.seed,
+            quick: args.common.quick,
+            flows: flows_name,
+            key_fingerprint: key.fingerprint().to_string(),
+            classifier: "small-cnn".into(),
+            classifier_epochs: options.epochs,
         },
-        "leak": {
-            "plain": plain.summary,
-            "encrypted_a": per_class.summary,
-            "encrypted_b": agnostic.summary,
+        leak: LeakCases {
+            plain: plain.summary,
+            encrypted_a: per_class.summary,
+            encrypted_b: agnostic.summary,
         },
-        "methods": methods,
-        "analytic_mlp": {
-            "images": subset.len(), "mean_psnr": mean(&analytic_psnr), "min_psnr": analytic_psnr.iter().copied().fold(f64::INFINITY, f64::min),
-            "label_accuracy": analytic_labels as f64 / subset.len() as f64,
+        methods,
+        analytic_mlp: AnalyticSummary {
+            images: subset.len(),
+            mean_psnr: mean(&analytic_psnr),
+            min_psnr: analytic_psnr.iter().copied().fold(f64::INFINITY, f64::min),
+            label_accuracy: analytic_labels as f64 / subset.len() as f64,
         },
-        "classifiers": table,
-        "timing_s": {
-            "encrypt": encrypt_s, "leak": leak_s, "compare": compare_s, "classifiers": classify_s,
-            "total": started.elapsed().as_secs_f64(),
-            "idlg_images_per_s": (3 * subset.len()) as f64 / leak_s,
+        classifiers: table,
+        timing_s: LeakageTiming {
+            encrypt: encrypt_s,
+            leak: leak_s,
+            compare: compare_s,
+            classifiers: classify_s,
+            total: started.elapsed().as_secs_f64(),
+            idlg_images_per_s: (3 * subset.len()) as f64 / leak_s,
         },
-    });
+    };
     super::write_outputs(&args.common.out, &results, report(&results, &args), started)
 }
 
@@ -464,7 +486,7 @@ fn load_data_and_flows(args: &LeakageArgs) -> Result<(ImageDataset, FlowSet, Str
     let manifest_path = dir.join("flows.json");
     let manifest = std::fs::read_to_string(&manifest_path)
         .with_context(|| format!("reading {}", manifest_path.display()))?;
-    let mut files = std::collections::BTreeMap::new();
+    let mut files = BTreeMap::new();
     for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
         let path = entry?.path();
         if path.extension().is_some_and(|e| e == "bpk") {
@@ -504,95 +526,4 @@ fn load_data_and_flows(args: &LeakageArgs) -> Result<(ImageDataset, FlowSet, Str
         );
     }
     Ok((data, flows, dir.display().to_string()))
-}
-
-fn report(r: &serde_json::Value, args: &LeakageArgs) -> String {
-    let f = super::num;
-    let pct = super::pct;
-    let setup = &r["setup"];
-    let mut s = format!(
-        "# Gradient leakage on {}\n\nCommand: `veil experiment leakage --data {} --out {}{}`\n\n\
-         {} training images leaked per case from single-image gradients of {} ({} parameters, sigmoid, \
-         no strides, weights uniform in ±0.5) with iDLG, {} iterations, up to {} retries (each doubling \
-         the iterations); encrypted cases use the flows {} and the experiment key {}.\n\n",
-        setup["data"].as_str().unwrap_or("?"),
-        args.common.data,
-        args.common.out.display(),
-        if args.common.quick { " --quick" } else { "" },
-        setup["images"],
-        setup["arch"]["kind"].as_str().unwrap_or("?"),
-        setup["attacked_params"],
-        setup["iterations"],
-        setup["restarts"],
-        setup["flows"].as_str().unwrap_or("?"),
-        setup["key_fingerprint"].as_str().unwrap_or("?"),
-    );
-    s += "## What the gradients leak\n\n| Client trained on | PSNR vs training input | PSNR vs plaintext | input's own PSNR vs plaintext | SSIM vs input | label accuracy | ≥ 25 dB |\n|---|---|---|---|---|---|---|\n";
-    for (k, name) in [
-        ("plain", "plaintext images"),
-        ("encrypted_a", "per-class ciphertexts (route a)"),
-        ("encrypted_b", "class-agnostic ciphertexts (route b)"),
-    ] {
-        let c = &r["leak"][k];
-        s += &format!(
-            "| {name} | {:.1} dB | {:.1} dB | {} | {:.3} | {} | {} |\n",
-            f(&c["mean_psnr_vs_input"]),
-            f(&c["mean_psnr_vs_plaintext"]),
-            if k == "plain" {
-                "—".to_owned()
-            } else {
-                format!("{:.1} dB", f(&c["mean_input_psnr_vs_plaintext"]))
-            },
-            f(&c["mean_ssim_vs_input"]),
-            pct(&c["label_accuracy"]),
-            pct(&c["share_recovered_25db"]),
-        );
-    }
-    s += "\nPSNR is capped at 100 dB for exact recoveries, so means above about 50 dB mostly say \"exact\".\n\n";
-    s += "## Classifiers trained on leaked images (Tables 3-4 in kind)\n\n| Trained on | original test | encrypted test, route (a) | encrypted test, route (b) |\n|---|---|---|---|\n";
-    for (k, name) in [
-        ("true_plaintext", "the true plaintexts (reference)"),
-        ("leaked_plain", "images leaked from plain training"),
-        ("true_ciphertext_a", "the true ciphertexts (a) (reference)"),
-        (
-            "leaked_encrypted_a",
-            "images leaked from encrypted training (a)",
-        ),
-        ("true_ciphertext_b", "the true ciphertexts (b) (reference)"),
-        (
-            "leaked_encrypted_b",
-            "images leaked from encrypted training (b)",
-        ),
-    ] {
-        let c = &r["classifiers"][k];
-        s += &format!(
-            "| {name} | {} | {} | {} |\n",
-            pct(&c["test_original"]),
-            pct(&c["test_encrypted_a"]),
-            pct(&c["test_encrypted_b"])
-        );
-    }
-    s += "\n## Methods (plain training, first images, one run each, no retries)\n\n| Method | mean PSNR | median PSNR | SSIM | label accuracy | converged |\n|---|---|---|---|---|---|\n";
-    for m in Method::ALL {
-        let c = &r["methods"][m.name()];
-        s += &format!(
-            "| {} | {:.1} dB | {:.1} dB | {:.3} | {} | {} |\n",
-            m.name(),
-            f(&c["mean_psnr_vs_input"]),
-            f(&c["median_psnr_vs_input"]),
-            f(&c["mean_ssim_vs_input"]),
-            pct(&c["label_accuracy"]),
-            pct(&c["converged"])
-        );
-    }
-    let a = &r["analytic_mlp"];
-    s += &format!(
-        "| analytic, MLP first layer (all {} images) | {:.1} dB | min {:.1} dB | — | {} | — |\n\n",
-        a["images"],
-        f(&a["mean_psnr"]),
-        f(&a["min_psnr"]),
-        pct(&a["label_accuracy"])
-    );
-    s += "## Figure\n\n![leaked images](figure.png)\n\nRows: plaintexts; leaked from plain training; per-class ciphertexts (a); leaked from them; class-agnostic ciphertexts (b); leaked from them.\n";
-    s
 }

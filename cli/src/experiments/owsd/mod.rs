@@ -22,7 +22,8 @@ use burn::module::Module;
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use burn::tensor::activation::softmax;
-use serde_json::{Value, json};
+use std::collections::BTreeMap;
+
 use veil::attacks::leakage::metrics::psnr;
 use veil::attacks::owsd_inverter::inversion_attack;
 use veil::burn;
@@ -42,6 +43,9 @@ use veil::schemes::owsd::{
 use veil_server::embedded::union_classes;
 
 use super::bar;
+
+mod results;
+pub use results::*;
 
 /// Options of `veil experiment owsd`.
 #[derive(clap::Args, Debug)]
@@ -382,7 +386,7 @@ pub fn run(args: OwsdArgs) -> Result<()> {
 
     // Table 1 + ablation, for each cloud.
     let t = Instant::now();
-    let mut table1 = serde_json::Map::new();
+    let mut table1 = BTreeMap::new();
     let clouds = [
         ("matching", &cloud_match, classes),
         ("more", &cloud_more, more.num_classes()),
@@ -393,14 +397,20 @@ pub fn run(args: OwsdArgs) -> Result<()> {
         let we = width(&encoder);
         let ftr = Features::new(&emb_pool, we, &sc_pool, cloud, k, shape);
         let fte = Features::new(&emb_test, we, &sc_test, cloud, k, shape);
-        let mut row = serde_json::Map::new();
-        for which in ["both", "embedding", "cloud"] {
-            let (t1, t5) = iin(&ftr, &pool.labels, &fte, &test.labels, classes, which, seed);
-            row.insert(which.into(), json!({"top1": t1, "top5": t5}));
-        }
-        row.insert("cloud_labels".into(), json!(k));
-        eprintln!("  {name}: {}", Value::Object(row.clone()));
-        table1.insert(name.into(), Value::Object(row));
+        let score = |which| {
+            let (top1, top5) = iin(&ftr, &pool.labels, &fte, &test.labels, classes, which, seed);
+            TopK { top1, top5 }
+        };
+        let row = IinRow {
+            both: score("both"),
+            embedding: Some(score("embedding")),
+            cloud: score("cloud"),
+            cloud_labels: Some(k),
+            keys: None,
+            encoders: None,
+        };
+        eprintln!("  {name}: {row:?}");
+        table1.insert(name.to_owned(), row);
         feats.push((name, ftr, fte, k));
     }
     // Beside use case 4, for contrast: one encoder and three scramble keys (generators), each
@@ -442,13 +452,18 @@ pub fn run(args: OwsdArgs) -> Result<()> {
             })
         };
         let (ftr, fte) = (build(&emb_pool, pool.len())?, build(&emb_test, test.len())?);
-        let mut row = serde_json::Map::new();
-        for which in ["both", "cloud"] {
-            let (t1, t5) = iin(&ftr, &pool.labels, &fte, &test.labels, classes, which, seed);
-            row.insert(which.into(), json!({"top1": t1, "top5": t5}));
+        let score = |which| {
+            let (top1, top5) = iin(&ftr, &pool.labels, &fte, &test.labels, classes, which, seed);
+            TopK { top1, top5 }
+        };
+        IinRow {
+            both: score("both"),
+            embedding: None,
+            cloud: score("cloud"),
+            cloud_labels: None,
+            keys: Some(keys.len()),
+            encoders: None,
         }
-        row.insert("keys".into(), json!(keys.len()));
-        Value::Object(row)
     };
     // Use case 4: an ensemble of encoders. Each encoding is scrambled by its own generator and
     // sent on its own; the IIN sees all embeddings and all the cloud's vectors.
@@ -472,18 +487,20 @@ pub fn run(args: OwsdArgs) -> Result<()> {
             }
         }
         let (ftr, fte) = (Features::join(&parts_train), Features::join(&parts_test));
-        let mut row = serde_json::Map::new();
-        for which in ["both", "embedding", "cloud"] {
-            let (t1, t5) = iin(&ftr, &pool.labels, &fte, &test.labels, classes, which, seed);
-            row.insert(which.into(), json!({"top1": t1, "top5": t5}));
-        }
-        row.insert("encoders".into(), json!(encoders.len()));
-        eprintln!(
-            "  matching, {} encoders: {}",
-            encoders.len(),
-            Value::Object(row.clone())
-        );
-        Value::Object(row)
+        let score = |which| {
+            let (top1, top5) = iin(&ftr, &pool.labels, &fte, &test.labels, classes, which, seed);
+            TopK { top1, top5 }
+        };
+        let row = IinRow {
+            both: score("both"),
+            embedding: Some(score("embedding")),
+            cloud: score("cloud"),
+            cloud_labels: None,
+            keys: None,
+            encoders: Some(encoders.len()),
+        };
+        eprintln!("  matching, {} encoders: {row:?}", encoders.len());
+        row
     };
     let (cloud_t1, cloud_t5) = {
         let v = cloud_vectors(&cloud_match, &test.images, shape);
@@ -508,7 +525,12 @@ pub fn run(args: OwsdArgs) -> Result<()> {
         let both = iin(&a, &lt, &b, &le, k, "both", seed).0;
         let cloud_only = iin(&a, &lt, &b, &le, k, "cloud", seed).0;
         let ratio = k as f64 / more.num_classes() as f64;
-        table2.push(json!({"owner_labels": k, "labels_ratio": ratio, "iin": both, "iin_cloud_only": cloud_only}));
+        table2.push(FewerLabelsRow {
+            owner_labels: k,
+            labels_ratio: ratio,
+            iin: both,
+            iin_cloud_only: cloud_only,
+        });
     }
 
     // Use case 5: labelled images per class.
@@ -529,7 +551,16 @@ pub fn run(args: OwsdArgs) -> Result<()> {
             seed,
         )
         .0;
-        uc5.push(json!({"per_class": if n == usize::MAX { json!("all") } else { json!(n) }, "images": sub.len(), "iin": both, "iin_embedding_only": emb_only}));
+        uc5.push(PerClassRow {
+            per_class: if n == usize::MAX {
+                PerClass::All("all".into())
+            } else {
+                PerClass::Count(n)
+            },
+            images: sub.len(),
+            iin: both,
+            iin_embedding_only: emb_only,
+        });
         if sub.len() == pool.len() {
             break;
         }
@@ -552,14 +583,14 @@ pub fn run(args: OwsdArgs) -> Result<()> {
         let ta = top(a, 5);
         inter5 += usize::from(top(b, 5).iter().any(|c| ta.contains(c)));
     }
-    let table5 = json!({
-        "cloud_labels": k,
-        "top1_same": same1 as f64 / test.len() as f64,
-        "top5_intersect": inter5 as f64 / test.len() as f64,
-        "entropy_bits_original": mean_entropy_bits(&v_orig, k),
-        "entropy_bits_scrambled": mean_entropy_bits(&v_scr, k),
-        "entropy_bits_uniform": (k as f64).log2(),
-    });
+    let table5 = CloudView {
+        cloud_labels: k,
+        top1_same: same1 as f64 / test.len() as f64,
+        top5_intersect: inter5 as f64 / test.len() as f64,
+        entropy_bits_original: mean_entropy_bits(&v_orig, k),
+        entropy_bits_scrambled: mean_entropy_bits(&v_scr, k),
+        entropy_bits_uniform: (k as f64).log2(),
+    };
 
     // The attack: an inverter trained on N (scrambled, original) pairs the attacker collected
     // (the cloud's own images scrambled with the owner's key stand in for them).
@@ -610,7 +641,13 @@ pub fn run(args: OwsdArgs) -> Result<()> {
             (steps, seed),
         );
         pb.inc(1);
-        attack_rows.push(json!({"pairs": n, "psnr": p, "mse": m, "baseline_original_psnr": pb_, "baseline_original_mse": mb}));
+        attack_rows.push(AttackRow {
+            pairs: n,
+            psnr: p,
+            mse: m,
+            baseline_original_psnr: pb_,
+            baseline_original_mse: mb,
+        });
     }
     pb.finish();
     let attack_s = t.elapsed().as_secs_f64();
@@ -629,149 +666,57 @@ pub fn run(args: OwsdArgs) -> Result<()> {
         &picks,
     )?;
 
-    let results = json!({
-        "setup": {
-            "data": args.common.data.to_string(), "quick": q, "seed": seed, "owner_classes": classes,
-            "cloud_own_images": cloud_part.len(), "owner_pool": pool.len(), "owner_test": test.len(),
-            "other_images": other.len(), "other_classes": other.num_classes(),
-            "encoder": if args.encoder_files.is_empty() { "small-cnn trained on the other data (64-d hidden layer)".to_string() } else { format!("imported: {}", args.encoder_files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")) },
-            "encoders_in_ensemble": encoders.len(),
-            "scramble": scrambler.config(), "key_fingerprint": key.fingerprint().to_string(),
-            "classifier_epochs": epochs,
+    let results = OwsdResults {
+        setup: OwsdSetup {
+            data: args.common.data.to_string(),
+            quick: q,
+            seed,
+            owner_classes: classes,
+            cloud_own_images: cloud_part.len(),
+            owner_pool: pool.len(),
+            owner_test: test.len(),
+            other_images: other.len(),
+            other_classes: other.num_classes(),
+            encoder: if args.encoder_files.is_empty() {
+                "small-cnn trained on the other data (64-d hidden layer)".to_string()
+            } else {
+                format!(
+                    "imported: {}",
+                    args.encoder_files
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            },
+            encoders_in_ensemble: encoders.len(),
+            scramble: *scrambler.config(),
+            key_fingerprint: key.fingerprint().to_string(),
+            classifier_epochs: epochs,
         },
-        "cloud_on_unscrambled": {"top1": cloud_t1, "top5": cloud_t5, "accuracy": cloud_plain_acc},
-        "table1": table1,
-        "ensemble_matching_3_keys": ensemble,
-        "ensemble_matching_encoders": encoder_ensemble,
-        "iin_over_cloud": table1_ratio(&table1, cloud_t1),
-        "iin_over_cloud_encoder_ensemble": encoder_ensemble["both"]["top1"].as_f64().unwrap_or(f64::NAN) / cloud_t1,
-        "table2_fewer_owner_labels": table2,
-        "use_case_5_per_class": uc5,
-        "table5": table5,
-        "attack": attack_rows,
-        "attack_mean_image_psnr": mean_image_psnr,
-        "timing_s": {"models": models_s, "iin": iin_s, "attack": attack_s, "total": started.elapsed().as_secs_f64(), "scramble_images_per_s": scramble_ips},
-    });
+        cloud_on_unscrambled: CloudOnPlain {
+            top1: cloud_t1,
+            top5: cloud_t5,
+            accuracy: f64::from(cloud_plain_acc),
+        },
+        iin_over_cloud: table1["matching"].both.top1 / cloud_t1,
+        iin_over_cloud_encoder_ensemble: encoder_ensemble.both.top1 / cloud_t1,
+        table1,
+        ensemble_matching_3_keys: ensemble,
+        ensemble_matching_encoders: encoder_ensemble,
+        table2_fewer_owner_labels: table2,
+        use_case_5_per_class: uc5,
+        table5,
+        attack: attack_rows,
+        attack_mean_image_psnr: mean_image_psnr,
+        timing_s: OwsdTiming {
+            models: models_s,
+            iin: iin_s,
+            attack: attack_s,
+            total: started.elapsed().as_secs_f64(),
+            scramble_images_per_s: scramble_ips,
+        },
+    };
+
     super::write_outputs(&args.common.out, &results, report(&results, &args), started)
-}
-
-fn table1_ratio(table1: &serde_json::Map<String, Value>, cloud_t1: f64) -> f64 {
-    table1["matching"]["both"]["top1"]
-        .as_f64()
-        .unwrap_or(f64::NAN)
-        / cloud_t1
-}
-
-fn report(r: &Value, args: &OwsdArgs) -> String {
-    let f = super::num;
-    let pct = super::pct;
-    let s0 = &r["setup"];
-    let mut s = format!(
-        "# OWSD on {}\n\nCommand: `veil experiment owsd --data {} --out {}{}`\n\n\
-         The cloud's own labelled data: {} images; the owner's labelled pool: {}; the owner's test set: {}. \
-         The owner's encoder is a small CNN trained on the other data ({} images, {} classes); the \
-         scramble key is a random DCGAN-style generator (64-d embedding → 1×8×8), key {}.\n\n",
-        s0["data"].as_str().unwrap_or("?"),
-        args.common.data,
-        args.common.out.display(),
-        if args.common.quick { " --quick" } else { "" },
-        s0["cloud_own_images"],
-        s0["owner_pool"],
-        s0["owner_test"],
-        s0["other_images"],
-        s0["other_classes"],
-        s0["key_fingerprint"].as_str().unwrap_or("?"),
-    );
-    let c = &r["cloud_on_unscrambled"];
-    s += &format!(
-        "## Table 1: the IIN against the cloud on unscrambled images\n\nThe matching-labels cloud on the owner's *unscrambled* test images: top-1 {}, top-5 {}.\nIIN top-1 / cloud top-1 = **{:.3}** with one encoder, **{:.3}** with the ensemble of encoders (the paper's CIFAR-10: 86.5/93.3 = 0.927).\n\n| Cloud | cloud labels | IIN (embedding ‖ cloud vector) | embedding alone | cloud vector alone |\n|---|---|---|---|---|\n",
-        pct(&c["top1"]),
-        pct(&c["top5"]),
-        f(&r["iin_over_cloud"]),
-        f(&r["iin_over_cloud_encoder_ensemble"]),
-    );
-    for (k, name) in [
-        ("matching", "matching labels"),
-        ("more", "more labels"),
-        ("disjoint", "owner labels absent (use case 3)"),
-    ] {
-        let row = &r["table1"][k];
-        let cell = |w: &str| format!("{} / {}", pct(&row[w]["top1"]), pct(&row[w]["top5"]));
-        s += &format!(
-            "| {name} | {} | {} | {} | {} |\n",
-            row["cloud_labels"],
-            cell("both"),
-            cell("embedding"),
-            cell("cloud")
-        );
-    }
-    let e = &r["ensemble_matching_encoders"];
-    let cell = |w: &str| format!("{} / {}", pct(&e[w]["top1"]), pct(&e[w]["top5"]));
-    s += &format!(
-        "| matching labels, {} encoders (use case 4) | {} | {} | {} | {} |\n",
-        e["encoders"],
-        r["table1"]["matching"]["cloud_labels"],
-        cell("both"),
-        cell("embedding"),
-        cell("cloud")
-    );
-    let e = &r["ensemble_matching_3_keys"];
-    s += &format!(
-        "| matching labels, one encoder, 3 scramble keys | {} | {} / {} | — | {} / {} |\n",
-        r["table1"]["matching"]["cloud_labels"],
-        pct(&e["both"]["top1"]),
-        pct(&e["both"]["top5"]),
-        pct(&e["cloud"]["top1"]),
-        pct(&e["cloud"]["top5"])
-    );
-    s += "\nCells: top-1 / top-5 on the owner's test images.\n\n## Table 2: fewer owner labels (the more-labels cloud)\n\n| owner labels | owner/cloud labels | IIN | IIN on the cloud vector alone |\n|---|---|---|---|\n";
-    for row in r["table2_fewer_owner_labels"]
-        .as_array()
-        .into_iter()
-        .flatten()
-    {
-        s += &format!(
-            "| {} | {:.2} | {} | {} |\n",
-            row["owner_labels"],
-            f(&row["labels_ratio"]),
-            pct(&row["iin"]),
-            pct(&row["iin_cloud_only"])
-        );
-    }
-    s += "\n## Use case 5: labelled images per class\n\n| per class | images | IIN | embedding alone |\n|---|---|---|---|\n";
-    for row in r["use_case_5_per_class"].as_array().into_iter().flatten() {
-        s += &format!(
-            "| {} | {} | {} | {} |\n",
-            row["per_class"],
-            row["images"],
-            pct(&row["iin"]),
-            pct(&row["iin_embedding_only"])
-        );
-    }
-    let t5 = &r["table5"];
-    s += &format!(
-        "\n## Table 5: what the cloud sees (the more-labels cloud, {} labels)\n\n| measure | value |\n|---|---|\n| scrambled top-1 = original top-1 | {} |\n| scrambled top-5 ∩ original top-5 ≠ ∅ | {} |\n| mean entropy of the cloud's vector, original images | {:.2} bits |\n| same, scrambled images | {:.2} bits |\n| uniform vector | {:.2} bits |\n\n",
-        t5["cloud_labels"],
-        pct(&t5["top1_same"]),
-        pct(&t5["top5_intersect"]),
-        f(&t5["entropy_bits_original"]),
-        f(&t5["entropy_bits_scrambled"]),
-        f(&t5["entropy_bits_uniform"]),
-    );
-    s += "## The autoencoder attack (§5.3–5.4)\n\nAn MLP autoencoder trained on N (scrambled, original) pairs under the owner's key, tested on the owner's scrambled test images; beside it the same network trained on (original, original) pairs.\n\n| pairs N | PSNR of the reconstruction | MSE | baseline (original → original) PSNR |\n|---|---|---|---|\n";
-    for row in r["attack"].as_array().into_iter().flatten() {
-        s += &format!(
-            "| {} | {:.2} dB | {:.4} | {:.2} dB |\n",
-            row["pairs"],
-            f(&row["psnr"]),
-            f(&row["mse"]),
-            f(&row["baseline_original_psnr"])
-        );
-    }
-    s += &format!(
-        "\nGuessing the average image scores {:.2} dB: a reconstruction must beat that to show anything of the image.\n",
-        f(&r["attack_mean_image_psnr"])
-    );
-    s += "\n## Figure\n\n![originals above their scrambled images](figure.png)\n";
-    s
 }
