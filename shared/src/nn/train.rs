@@ -61,9 +61,10 @@ pub enum Control {
 /// Why training failed.
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
-    /// The loss became NaN or infinite (learning rate too high, or bad data).
+    /// The loss became NaN or infinite on finite inputs (the inputs are checked first): the
+    /// learning rate is too high for this model and data.
     #[error(
-        "the training loss became {loss} at epoch {epoch}, step {step}; lower the learning rate or check the data for NaN"
+        "the training loss became {loss} at epoch {epoch}, step {step} although every input is finite; lower the learning rate"
     )]
     NonFiniteLoss {
         /// The loss value.
@@ -73,9 +74,34 @@ pub enum TrainError {
         /// Step.
         step: usize,
     },
+    /// Some training images hold NaN or infinite pixels: the data is at fault, not the
+    /// training. (A flow that cannot encrypt an image gives a non-finite ciphertext.)
+    #[error(
+        "{bad} of {total} training images hold NaN or infinite values (the first is image {first}); \
+         drop or repair them before training"
+    )]
+    NonFiniteInput {
+        /// Images with a non-finite value.
+        bad: usize,
+        /// Images in the set.
+        total: usize,
+        /// The first one's index.
+        first: usize,
+    },
     /// The dataset and model disagree, or the dataset is empty.
     #[error("{0}")]
     Invalid(String),
+}
+
+/// Indices of the images of `data` that hold a NaN or infinite value.
+pub fn non_finite_images(data: &ImageDataset) -> Vec<usize> {
+    let len = data.shape.len().max(1);
+    data.images
+        .chunks_exact(len)
+        .enumerate()
+        .filter(|(_, px)| px.iter().any(|v| !v.is_finite()))
+        .map(|(i, _)| i)
+        .collect()
 }
 
 /// Where a training run stands: enough to resume it exactly (same shuffles, same optimizer
@@ -152,6 +178,14 @@ pub fn train_classifier_resumable<M: Classifier>(
         return Err(TrainError::Invalid(
             "epochs and batch size must be positive".into(),
         ));
+    }
+    let bad = non_finite_images(data);
+    if let Some(&first) = bad.first() {
+        return Err(TrainError::NonFiniteInput {
+            bad: bad.len(),
+            total: data.len(),
+            first,
+        });
     }
     let steps_per_epoch = data.len().div_ceil(options.batch_size);
     let mut optimizer = AdamConfig::new().init();
@@ -352,4 +386,53 @@ pub fn mean_entropy_bits(rows: &[f32], k: usize) -> f64 {
         })
         .sum::<f64>()
         / n.max(1) as f64
+}
+
+#[cfg(test)]
+mod non_finite_tests {
+    use super::*;
+    use crate::data::ImageShape;
+    use crate::nn::model::SmallCnnConfig;
+
+    #[test]
+    fn non_finite_training_images_are_named_not_blamed_on_the_learning_rate() {
+        let shape = ImageShape::new(1, 8, 8);
+        let mut images = vec![0.5f32; 4 * shape.len()];
+        images[shape.len() + 3] = f32::NAN;
+        images[3 * shape.len()] = f32::INFINITY;
+        let data = ImageDataset::new(
+            images,
+            vec![0, 1, 0, 1],
+            shape,
+            vec!["a".into(), "b".into()],
+        )
+        .unwrap();
+        assert_eq!(non_finite_images(&data), vec![1, 3]);
+        let device = Device::flex().autodiff();
+        let model = SmallCnnConfig::for_shape(shape, 2).init(&device);
+        let options = TrainOptions {
+            epochs: 1,
+            batch_size: 2,
+            learning_rate: 1e-3,
+            seed: 0,
+        };
+        let err = train_classifier(model, &data, options, &device, |_| Control::Continue)
+            .expect_err("refused");
+        assert!(
+            matches!(
+                err,
+                TrainError::NonFiniteInput {
+                    bad: 2,
+                    total: 4,
+                    first: 1
+                }
+            ),
+            "{err}"
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.contains("2 of 4") && !msg.contains("learning rate"),
+            "{msg}"
+        );
+    }
 }

@@ -256,7 +256,8 @@ fn fit_classifier<M: Classifier>(
         pb.inc(1);
         pb.set_message(format!("loss {:.3} acc {:.3}", r.loss, r.accuracy));
         Control::Continue
-    })?;
+    })
+    .with_context(|| format!("training the {label}"))?;
     pb.finish();
     Ok(model.valid())
 }

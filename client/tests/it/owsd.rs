@@ -2,9 +2,7 @@
 //! `veil::schemes::owsd` used directly, and the key budget.
 #![cfg(not(target_arch = "wasm32"))]
 
-mod common;
-
-use common::block_on;
+use crate::common::block_on;
 
 use veil::burn::tensor::{Device, Tensor, TensorData};
 use veil::crypto::keys::{MasterKey, Scheme};

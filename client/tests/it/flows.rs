@@ -2,11 +2,9 @@
 //! `veil::schemes::flow_rotation` used directly.
 #![cfg(not(target_arch = "wasm32"))]
 
-mod common;
-
 use std::path::PathBuf;
 
-use common::block_on;
+use crate::common::block_on;
 
 use veil::burn::tensor::Device;
 use veil::crypto::keys::MasterKey;

@@ -1,0 +1,6 @@
+//! The client's native integration tests, one binary (a module per scheme). `tests/web.rs` runs
+//! in headless Chromium on wasm32.
+
+mod common;
+mod flows;
+mod owsd;

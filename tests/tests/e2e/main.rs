@@ -1,0 +1,6 @@
+//! The end-to-end journeys in headless Chromium, one binary (a module per journey). Every test is
+//! `#[ignore]`d: `cargo xtask test` runs them with `--ignored --test-threads=1` on WebGPU and on
+//! the CPU fallback (`VEIL_E2E_GPU`).
+
+mod browser;
+mod flow_journey;
