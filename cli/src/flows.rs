@@ -243,7 +243,8 @@ fn train_one(
     let pb = bar(
         (options.epochs.saturating_sub(done) * steps_per_epoch) as u64,
         &format!("flow {name}"),
-    );
+    )
+    .per_epoch(steps_per_epoch as u64, done as u64);
     let mut save_error = None;
     let glow = train_flow_resumable(
         glow,

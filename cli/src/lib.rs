@@ -9,9 +9,11 @@
 //! - [`flows`]: `veil flow train`, flow rotation's public flows.
 //! - [`demo`]: `veil train-demo`, the built-in models.
 //! - [`factory`]: `veil factory …`, the factory's client over HTTP.
+//! - [`progress`]: progress of long work, as a bar on a terminal and as lines elsewhere.
 
 pub mod datasets;
 pub mod demo;
 pub mod experiments;
 pub mod factory;
 pub mod flows;
+pub mod progress;

@@ -6,7 +6,6 @@ pub mod leakage;
 pub mod owsd;
 
 use anyhow::{Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
 use veil::data::ImageDataset;
 
 /// A share as a percentage with one decimal, for reports.
@@ -34,14 +33,9 @@ pub fn write_outputs<R: serde::Serialize>(
     Ok(())
 }
 
-/// A progress bar in Veil's style.
-pub fn bar(len: u64, prefix: &str) -> ProgressBar {
-    let b = ProgressBar::new(len).with_style(
-        ProgressStyle::with_template("{prefix:>28} {bar:30} {pos}/{len} {msg} [{elapsed}]")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    b.set_prefix(prefix.to_owned());
-    b
+/// Progress of `len` steps labelled `prefix`: a bar on a terminal, lines elsewhere.
+pub fn bar(len: u64, prefix: &str) -> crate::progress::Progress {
+    crate::progress::Progress::new(len, prefix)
 }
 
 /// A PNG grid: one row per dataset, the images `picks` of each, scaled up to about 64 pixels.

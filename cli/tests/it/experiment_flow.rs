@@ -124,6 +124,13 @@ fn flow_train_writes_flows_and_refuses_to_overwrite_without_resume() {
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("flows.json")).unwrap())
             .unwrap();
     assert_eq!(manifest["flows"][0]["name"], "agnostic");
+    // Off a terminal (stderr is a pipe here) progress comes as a line per epoch, with time left.
+    let log = String::from_utf8_lossy(&first.stderr);
+    assert!(
+        log.contains("flow agnostic: epoch 1/2") && log.contains("left"),
+        "{log}"
+    );
+    assert!(log.contains("flow agnostic: epoch 2/2"), "{log}");
     // Algorithm 1 unless told otherwise.
     assert_eq!(manifest["encryption"]["temperature"], 1.0);
     assert_eq!(manifest["encryption"]["cover_classes"], false);

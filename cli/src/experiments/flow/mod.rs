@@ -179,8 +179,8 @@ fn fit_flow(s: &Setup, data: &ImageDataset, label: &str) -> Result<(Glow, f32)> 
     let init_n = data.len().min(256);
     let (x, _) = s.pre.to_logit(data.images_tensor(0..init_n, &device), true);
     let glow = s.glow.init(&device).data_init(x);
-    let steps = s.flow_options.epochs * data.len().div_ceil(s.flow_options.batch_size);
-    let pb = bar(steps as u64, label);
+    let per_epoch = data.len().div_ceil(s.flow_options.batch_size);
+    let pb = bar((s.flow_options.epochs * per_epoch) as u64, label).per_epoch(per_epoch as u64, 0);
     let mut last = f32::NAN;
     let glow = train_flow(glow, data, s.pre, s.flow_options, &device, |r| {
         pb.inc(1);
@@ -250,8 +250,8 @@ fn fit_classifier<M: Classifier>(
     label: &str,
 ) -> Result<M> {
     let device = Device::flex().autodiff();
-    let steps = s.clf_options.epochs * data.len().div_ceil(s.clf_options.batch_size);
-    let pb = bar(steps as u64, label);
+    let per_epoch = data.len().div_ceil(s.clf_options.batch_size);
+    let pb = bar((s.clf_options.epochs * per_epoch) as u64, label).per_epoch(per_epoch as u64, 0);
     let model = train_classifier(model, data, s.clf_options, &device, |r| {
         pb.inc(1);
         pb.set_message(format!("loss {:.3} acc {:.3}", r.loss, r.accuracy));
