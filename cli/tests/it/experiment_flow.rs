@@ -90,6 +90,81 @@ fn quick_flow_experiment_writes_a_consistent_report() {
     // Four rows (originals, Algorithm 1's route a and b, Veil's route a) of ten 64-pixel tiles
     // with 4-pixel gaps.
     assert_eq!((fig.width(), fig.height()), (10 * 68 + 4, 4 * 68 + 4));
+
+    // The same run killed (SIGKILL) once a few flows are trained, then run again: it reads the
+    // trained flows from its checkpoints, resumes the rest, and reports the same figures.
+    let killed = tempfile::tempdir().unwrap();
+    let run = || {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_veil"));
+        cmd.args(["experiment", "flow", "--quick", "--out"])
+            .arg(killed.path())
+            .stdout(std::process::Stdio::null());
+        cmd
+    };
+    // Nobody reads the first run's log: it must not fill a pipe and block.
+    let mut child = run().stderr(std::process::Stdio::null()).spawn().unwrap();
+    let done_flows = || -> usize {
+        std::fs::read_dir(killed.path().join("checkpoints"))
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| {
+                        std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains("\"done\":true"))
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while done_flows() < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no flow was checkpointed"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it was killed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!killed.path().join("results.json").exists());
+    let resumed = run().output().unwrap();
+    let log = String::from_utf8_lossy(&resumed.stderr);
+    assert!(resumed.status.success(), "{log}");
+    assert!(
+        log.contains("resuming: flows trained earlier are read from"),
+        "{log}"
+    );
+    assert!(
+        log.matches("trained earlier, read from its checkpoint")
+            .count()
+            >= 3,
+        "{log}"
+    );
+    let mut again: Value =
+        serde_json::from_str(&std::fs::read_to_string(killed.path().join("results.json")).unwrap())
+            .unwrap();
+    let mut reference = r.clone();
+    for v in [&mut again, &mut reference] {
+        let o = v.as_object_mut().unwrap();
+        o.remove("timing_s");
+        o.remove("command");
+    }
+    assert_eq!(
+        again, reference,
+        "a resumed run reports what an uninterrupted one does"
+    );
+
+    // A folder holding another run's checkpoints is refused, not mixed in.
+    let other = Command::new(env!("CARGO_BIN_EXE_veil"))
+        .args(["experiment", "flow", "--quick", "--seed", "8", "--out"])
+        .arg(killed.path())
+        .output()
+        .unwrap();
+    assert!(!other.status.success());
+    let err = String::from_utf8_lossy(&other.stderr);
+    assert!(err.contains("holds the flows of another run"), "{err}");
 }
 
 #[test]

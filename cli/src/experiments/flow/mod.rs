@@ -16,7 +16,9 @@ use veil::crypto::keys::MasterKey;
 use veil::data::ImageDataset;
 use veil::flow::gaussianity::{GaussianityReport, probe};
 use veil::flow::glow::{Glow, GlowConfig, Preprocess};
-use veil::flow::train::{FlowTrainOptions, evaluate_bits_per_dim, flow_latents, train_flow};
+use veil::flow::train::{
+    FlowTrainOptions, evaluate_bits_per_dim, flow_latents, train_flow_resumable,
+};
 use veil::nn::model::{Classifier, SmallCnnConfig};
 use veil::nn::resnet::SmallResNetConfig;
 use veil::nn::train::{
@@ -30,7 +32,9 @@ use veil::schemes::flow_rotation::{
 use super::bar;
 use crate::datasets::{CommonArgs, SourceDefaults};
 
+mod checkpoints;
 mod results;
+use checkpoints::{FlowCheckpoints, Saved};
 pub use results::*;
 
 /// Options of `veil experiment flow`.
@@ -54,6 +58,7 @@ pub const DEFAULT_TEMPERATURE: f32 = 0.5;
 const SWEEP: [f32; 4] = [1.0, 0.8, 0.65, 0.5];
 
 struct Setup {
+    checkpoints: FlowCheckpoints,
     train: ImageDataset,
     test: ImageDataset,
     pre: Preprocess,
@@ -87,22 +92,25 @@ fn setup(args: &FlowArgs) -> Result<Setup> {
         .with_hidden(hidden)
         .with_seed(args.common.seed);
     glow.validate().map_err(anyhow::Error::msg)?;
+    let pre = Preprocess {
+        levels,
+        alpha: 0.05,
+    };
+    let flow_options = FlowTrainOptions {
+        epochs: if args.common.quick { 10 } else { 40 },
+        batch_size: 32,
+        learning_rate: 1e-3,
+        warmup_steps: 50,
+        max_grad_norm: 50.0,
+        seed: args.common.seed,
+    };
     Ok(Setup {
+        checkpoints: FlowCheckpoints::open(&args.common.out, &train, &glow, pre, flow_options)?,
         train,
         test,
-        pre: Preprocess {
-            levels,
-            alpha: 0.05,
-        },
+        pre,
         glow,
-        flow_options: FlowTrainOptions {
-            epochs: if args.common.quick { 10 } else { 40 },
-            batch_size: 32,
-            learning_rate: 1e-3,
-            warmup_steps: 50,
-            max_grad_norm: 50.0,
-            seed: args.common.seed,
-        },
+        flow_options,
         clf_options: TrainOptions {
             epochs: if args.common.quick { 10 } else { 30 },
             batch_size: 32,
@@ -173,24 +181,71 @@ impl Ciphertexts {
     }
 }
 
+/// Trains a flow on `data`, or reads it from the run's checkpoints: a flow trained earlier is
+/// loaded, one stopped mid-training resumes after its last finished epoch, and every epoch is
+/// saved. Returns the flow and its last step's training bits/dim.
 fn fit_flow(s: &Setup, data: &ImageDataset, label: &str) -> Result<(Glow, f32)> {
     let device = Device::flex().autodiff();
     device.seed(s.flow_options.seed);
-    let init_n = data.len().min(256);
-    let (x, _) = s.pre.to_logit(data.images_tensor(0..init_n, &device), true);
-    let glow = s.glow.init(&device).data_init(x);
+    let (glow, resume) = match s.checkpoints.load(label, &s.glow, &device)? {
+        Saved::Done(glow, last) => {
+            eprintln!("{label}: trained earlier, read from its checkpoint");
+            return Ok((glow.valid(), last));
+        }
+        Saved::Partial(glow, c) => {
+            eprintln!("{label}: resuming after epoch {}", c.epoch);
+            (glow, Some(c))
+        }
+        Saved::None => {
+            let init_n = data.len().min(256);
+            let (x, _) = s.pre.to_logit(data.images_tensor(0..init_n, &device), true);
+            (s.glow.init(&device).data_init(x), None)
+        }
+    };
     let per_epoch = data.len().div_ceil(s.flow_options.batch_size);
-    let pb = bar((s.flow_options.epochs * per_epoch) as u64, label).per_epoch(per_epoch as u64, 0);
-    let mut last = f32::NAN;
-    let glow = train_flow(glow, data, s.pre, s.flow_options, &device, |r| {
-        pb.inc(1);
-        last = r.bits_per_dim;
-        pb.set_message(format!("{:.3} bits/dim", r.bits_per_dim));
-        Control::Continue
-    })
+    let done = resume.as_ref().map_or(0, |c| c.epoch);
+    let pb = bar(
+        (s.flow_options.epochs.saturating_sub(done) * per_epoch) as u64,
+        label,
+    )
+    .per_epoch(per_epoch as u64, done as u64);
+    let last = std::cell::Cell::new(f32::NAN);
+    let mut save_error = None;
+    let glow = train_flow_resumable(
+        glow,
+        data,
+        s.pre,
+        s.flow_options,
+        &device,
+        resume.as_ref(),
+        |r| {
+            pb.inc(1);
+            last.set(r.bits_per_dim);
+            pb.set_message(format!("{:.3} bits/dim", r.bits_per_dim));
+            Control::Continue
+        },
+        |c, g| {
+            let finished = c.epoch == s.flow_options.epochs;
+            // A finished flow keeps its last step's bits/dim (the figure the run reports).
+            let mut c = c.clone();
+            if finished {
+                c.bits_per_dim = last.get();
+            }
+            match s.checkpoints.save(label, g, &c, finished) {
+                Ok(()) => Control::Continue,
+                Err(e) => {
+                    save_error = Some(e);
+                    Control::Stop
+                }
+            }
+        },
+    )
     .with_context(|| format!("training {label}"))?;
     pb.finish();
-    Ok((glow.valid(), last))
+    if let Some(e) = save_error {
+        return Err(e.context(format!("saving the checkpoint of {label}")));
+    }
+    Ok((glow.valid(), last.get()))
 }
 
 pub(crate) fn encrypt_all(
