@@ -229,6 +229,33 @@ impl Features {
     }
 }
 
+/// A Table 1 row: the IIN on `[embedding ‖ cloud]`, on the cloud's vector alone and, with
+/// `with_embedding`, on the embedding alone (in that order: each call seeds the same way).
+fn iin_row(
+    train: &Features,
+    train_labels: &[u32],
+    test: &Features,
+    test_labels: &[u32],
+    classes: usize,
+    seed: u64,
+    with_embedding: bool,
+) -> IinRow {
+    let score = |which| {
+        let (top1, top5) = iin(train, train_labels, test, test_labels, classes, which, seed);
+        TopK { top1, top5 }
+    };
+    let both = score("both");
+    let embedding = with_embedding.then(|| score("embedding"));
+    IinRow {
+        both,
+        embedding,
+        cloud: score("cloud"),
+        cloud_labels: None,
+        keys: None,
+        encoders: None,
+    }
+}
+
 /// Trains an IIN on `train` and scores `test`: (top-1, top-5).
 fn iin(
     train: &Features,
@@ -397,17 +424,9 @@ pub fn run(args: OwsdArgs) -> Result<()> {
         let we = width(&encoder);
         let ftr = Features::new(&emb_pool, we, &sc_pool, cloud, k, shape);
         let fte = Features::new(&emb_test, we, &sc_test, cloud, k, shape);
-        let score = |which| {
-            let (top1, top5) = iin(&ftr, &pool.labels, &fte, &test.labels, classes, which, seed);
-            TopK { top1, top5 }
-        };
         let row = IinRow {
-            both: score("both"),
-            embedding: Some(score("embedding")),
-            cloud: score("cloud"),
             cloud_labels: Some(k),
-            keys: None,
-            encoders: None,
+            ..iin_row(&ftr, &pool.labels, &fte, &test.labels, classes, seed, true)
         };
         eprintln!("  {name}: {row:?}");
         table1.insert(name.to_owned(), row);
@@ -452,17 +471,9 @@ pub fn run(args: OwsdArgs) -> Result<()> {
             })
         };
         let (ftr, fte) = (build(&emb_pool, pool.len())?, build(&emb_test, test.len())?);
-        let score = |which| {
-            let (top1, top5) = iin(&ftr, &pool.labels, &fte, &test.labels, classes, which, seed);
-            TopK { top1, top5 }
-        };
         IinRow {
-            both: score("both"),
-            embedding: None,
-            cloud: score("cloud"),
-            cloud_labels: None,
             keys: Some(keys.len()),
-            encoders: None,
+            ..iin_row(&ftr, &pool.labels, &fte, &test.labels, classes, seed, false)
         }
     };
     // Use case 4: an ensemble of encoders. Each encoding is scrambled by its own generator and
@@ -487,17 +498,9 @@ pub fn run(args: OwsdArgs) -> Result<()> {
             }
         }
         let (ftr, fte) = (Features::join(&parts_train), Features::join(&parts_test));
-        let score = |which| {
-            let (top1, top5) = iin(&ftr, &pool.labels, &fte, &test.labels, classes, which, seed);
-            TopK { top1, top5 }
-        };
         let row = IinRow {
-            both: score("both"),
-            embedding: Some(score("embedding")),
-            cloud: score("cloud"),
-            cloud_labels: None,
-            keys: None,
             encoders: Some(encoders.len()),
+            ..iin_row(&ftr, &pool.labels, &fte, &test.labels, classes, seed, true)
         };
         eprintln!("  matching, {} encoders: {row:?}", encoders.len());
         row
