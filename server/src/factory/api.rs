@@ -21,7 +21,7 @@ use veil::data::container::{self, ContainerError};
 
 use super::ids::{DatasetId, IdPath, JobId, TypedId};
 use super::inference::{self, Arch, LoadedModel, Ready};
-use super::store::{self, DatasetRow, JobRow, JobSpec, ModelRow};
+use super::store::{self, DatasetDeletion, DatasetRow, JobRow, JobSpec, ModelRow};
 use super::{Factory, JobEvent, LiveProgress};
 use crate::{AppError, AppState};
 
@@ -353,11 +353,11 @@ async fn delete_dataset(
 ) -> Result<StatusCode, AppError> {
     let f = factory(&state).clone();
     blocking(move || match f.store().delete_dataset(&id)? {
-        Err(job) => Err(AppError::Conflict(format!(
+        DatasetDeletion::InUse { job } => Err(AppError::Conflict(format!(
             "dataset {id} is used by job {job}, which has not finished: cancel it first"
         ))),
-        Ok(false) => Err(AppError::NotFound(format!("dataset {id:?}"))),
-        Ok(true) => {
+        DatasetDeletion::NotFound => Err(AppError::NotFound(format!("dataset {id:?}"))),
+        DatasetDeletion::Deleted => {
             let _ = std::fs::remove_file(f.store().dataset_path(&id));
             let _ = std::fs::remove_file(f.store().thumbnails_path(&id));
             tracing::info!(dataset = %id, "dataset deleted");

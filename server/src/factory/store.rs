@@ -85,6 +85,20 @@ pub fn now() -> i64 {
 
 pub use super::ids::{new_id, valid_id};
 
+/// What [`Store::delete_dataset`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatasetDeletion {
+    /// The row is gone.
+    Deleted,
+    /// There was no such dataset.
+    NotFound,
+    /// A queued or running job uses it.
+    InUse {
+        /// That job's id.
+        job: String,
+    },
+}
+
 /// A stored dataset.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DatasetRow {
@@ -380,8 +394,8 @@ impl Store {
     }
 
     /// Deletes a dataset's row (the caller removes the blob). Refused while a queued or running
-    /// job uses it: returns the id of such a job.
-    pub fn delete_dataset(&self, id: &str) -> Result<Result<bool, String>> {
+    /// job uses it.
+    pub fn delete_dataset(&self, id: &str) -> Result<DatasetDeletion> {
         let mut db = self.db();
         let tx = db.transaction()?;
         let busy: Option<String> = tx
@@ -393,11 +407,15 @@ impl Store {
             )
             .optional()?;
         if let Some(job) = busy {
-            return Ok(Err(job));
+            return Ok(DatasetDeletion::InUse { job });
         }
         let n = tx.execute("DELETE FROM datasets WHERE id = ?1", [id])?;
         tx.commit()?;
-        Ok(Ok(n > 0))
+        Ok(if n > 0 {
+            DatasetDeletion::Deleted
+        } else {
+            DatasetDeletion::NotFound
+        })
     }
 
     /// Records a new queued job.
