@@ -381,8 +381,6 @@ pub struct Loaded {
     pub data: ImageDataset,
     /// Quantisation bins of the pixels (17 for the digits, 256 for 8-bit images).
     pub bins: usize,
-    /// A short description for reports ("digits", "synthetic 10×180 of 1×16×16", a path).
-    pub name: String,
 }
 
 impl CommonArgs {
@@ -417,7 +415,6 @@ pub fn load_source(source: &DataSource, split: Split, defaults: SourceDefaults) 
         DataSource::Digits => Loaded {
             data: digits(),
             bins: DIGITS_LEVELS,
-            name: "digits".into(),
         },
         DataSource::Synthetic => {
             let data = synthetic(SyntheticConfig {
@@ -427,14 +424,7 @@ pub fn load_source(source: &DataSource, split: Split, defaults: SourceDefaults) 
                 noise: 0.05,
                 seed: defaults.seed,
             })?;
-            Loaded {
-                name: format!(
-                    "synthetic ({} classes × {} of {shape})",
-                    defaults.classes, defaults.per_class
-                ),
-                data,
-                bins: 256,
-            }
+            Loaded { data, bins: 256 }
         }
         DataSource::Path(path) => {
             if !path.exists() {
@@ -452,11 +442,7 @@ pub fn load_source(source: &DataSource, split: Split, defaults: SourceDefaults) 
             } else {
                 256
             };
-            Loaded {
-                name: display_name(path),
-                data,
-                bins,
-            }
+            Loaded { data, bins }
         }
     })
 }
