@@ -16,20 +16,7 @@ fn get(r: &Value, path: &[&str]) -> f64 {
 
 #[test]
 fn quick_flow_experiment_writes_a_consistent_report() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_veil"))
-        .args(["experiment", "flow", "--quick", "--out"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("results.json")).unwrap())
-            .unwrap();
+    let (dir, r) = crate::run(&["experiment", "flow", "--quick"]);
     let keys = [
         "orig_orig",
         "orig_enc",

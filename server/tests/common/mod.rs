@@ -39,10 +39,12 @@ pub async fn call(
     if let Some(ct) = content_type {
         req = req.header(header::CONTENT_TYPE, ct);
     }
-    let resp = app(state(f))
-        .oneshot(req.body(Body::from(body)).unwrap())
-        .await
-        .unwrap();
+    send(&state(f), req.body(Body::from(body)).unwrap()).await
+}
+
+/// Sends `req` to the app of `state` (no socket): the status and the whole body.
+pub async fn send(state: &AppState, req: Request<Body>) -> (StatusCode, Vec<u8>) {
+    let resp = app(state.clone()).oneshot(req).await.unwrap();
     let status = resp.status();
     (
         status,

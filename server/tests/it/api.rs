@@ -17,19 +17,7 @@ fn state() -> AppState {
 }
 
 async fn get(uri: &str) -> (StatusCode, Vec<u8>) {
-    let response = app(state())
-        .oneshot(Request::get(uri).body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    let status = response.status();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .unwrap()
-        .to_bytes()
-        .to_vec();
-    (status, body)
+    crate::common::send(&state(), Request::get(uri).body(Body::empty()).unwrap()).await
 }
 
 #[tokio::test]

@@ -5,10 +5,8 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use tower::ServiceExt;
-use veil_server::{AppState, app};
+use veil_server::AppState;
 
 fn state() -> AppState {
     // Each test gets its own lab (and an empty factory).
@@ -27,19 +25,7 @@ async fn call(
         req = req.header("content-type", "application/json");
     }
     let body = body.map_or(Body::empty(), |b| Body::from(b.to_string()));
-    let resp = app(state.clone())
-        .oneshot(req.body(body).unwrap())
-        .await
-        .unwrap();
-    let status = resp.status();
-    let bytes = resp
-        .into_body()
-        .collect()
-        .await
-        .unwrap()
-        .to_bytes()
-        .to_vec();
-    (status, bytes)
+    crate::common::send(state, req.body(body).unwrap()).await
 }
 
 async fn json(
