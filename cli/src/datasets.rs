@@ -343,11 +343,12 @@ pub struct CommonArgs {
     /// A small, fast run (fewer images, epochs and iterations) to check the pipeline.
     #[arg(long)]
     pub quick: bool,
-    /// Image folders and the synthetic set: side length (the experiment's default when absent).
+    /// Side length of image folders and of the synthetic set (the experiment's default when
+    /// absent); given with `--data digits`, the 8×8 digits are resampled to it.
     #[arg(long)]
     pub size: Option<usize>,
-    /// Image folders and the synthetic set: channels, 1 or 3 (the experiment's default when
-    /// absent).
+    /// Channels, 1 or 3, of image folders and of the synthetic set (the experiment's default
+    /// when absent); given with `--data digits`, the digits are converted to it.
     #[arg(long)]
     pub channels: Option<usize>,
     /// MNIST folders: which IDX pairs to read (all joins `train` and `t10k`).
@@ -384,6 +385,31 @@ pub struct Loaded {
 }
 
 impl CommonArgs {
+    /// The options as they would be typed after `veil experiment NAME` (for reports).
+    pub fn command_line(&self, experiment: &str) -> String {
+        let mut line = format!(
+            "veil experiment {experiment} --data {} --out {}",
+            self.data,
+            self.out.display()
+        );
+        if let Some(size) = self.size {
+            line += &format!(" --size {size}");
+        }
+        if let Some(channels) = self.channels {
+            line += &format!(" --channels {channels}");
+        }
+        if self.split != Split::All {
+            line += &format!(" --split {}", format!("{:?}", self.split).to_lowercase());
+        }
+        if self.seed != 7 {
+            line += &format!(" --seed {}", self.seed);
+        }
+        if self.quick {
+            line += " --quick";
+        }
+        line
+    }
+
     /// The image shape of folders and of the synthetic set.
     pub fn shape(&self, defaults: SourceDefaults) -> ImageShape {
         let side = self.size.unwrap_or(defaults.size);
@@ -391,9 +417,12 @@ impl CommonArgs {
     }
 
     /// Loads `--data`, with `defaults` for what the command line leaves open.
+    ///
+    /// The digits are 8×8 grey; an explicit `--size` or `--channels` resamples them (the digits
+    /// upsampled to 28×28, quantised to 8 bits as a folder of PNGs would be).
     pub fn load(&self, defaults: SourceDefaults) -> Result<Loaded> {
         let shape = self.shape(defaults);
-        load_source(
+        let loaded = load_source(
             &self.data,
             self.split,
             SourceDefaults {
@@ -401,7 +430,14 @@ impl CommonArgs {
                 channels: shape.channels,
                 ..defaults
             },
-        )
+        )?;
+        let explicit = self.size.is_some() || self.channels.is_some();
+        if matches!(self.data, DataSource::Digits) && explicit && loaded.data.shape != shape {
+            let data = veil::data::resize_dataset(&loaded.data, shape)
+                .with_context(|| format!("resampling the digits to {shape}"))?;
+            return Ok(Loaded { data, bins: 256 });
+        }
+        Ok(loaded)
     }
 }
 

@@ -79,6 +79,64 @@ pub fn decode_image(name: &str, bytes: &[u8], target: ImageShape) -> Result<Vec<
     })
 }
 
+/// `data` resized to `target` with the filters of [`decode_image`] (Lanczos3 when shrinking,
+/// triangle when enlarging; one channel is repeated to three, three are averaged to luminance)
+/// and quantised to 8 bits, as if its images had been written to a folder and read back: the
+/// digits upsampled to 28×28, for example.
+pub fn resize_dataset(data: &ImageDataset, target: ImageShape) -> Result<ImageDataset, DataError> {
+    use image::{ImageBuffer, Luma};
+    if target.channels != 1 && target.channels != 3 {
+        return Err(DataError::Inconsistent(format!(
+            "images can have 1 or 3 channels, not {}",
+            target.channels
+        )));
+    }
+    let s = data.shape;
+    let (w, h) = (target.width as u32, target.height as u32);
+    let filter = if s.width > target.width || s.height > target.height {
+        FilterType::Lanczos3
+    } else {
+        FilterType::Triangle
+    };
+    let plane = s.height * s.width;
+    let mut images = Vec::with_capacity(data.len() * target.len());
+    for i in 0..data.len() {
+        let img = data.image(i);
+        let planes: Vec<Vec<f32>> = (0..s.channels)
+            .map(|c| {
+                let buf: ImageBuffer<Luma<f32>, Vec<f32>> = ImageBuffer::from_raw(
+                    s.width as u32,
+                    s.height as u32,
+                    img[c * plane..(c + 1) * plane].to_vec(),
+                )
+                .unwrap_or_else(|| unreachable!("a plane holds height × width values"));
+                image::imageops::resize(&buf, w, h, filter).into_raw()
+            })
+            .collect();
+        let byte = |p: f32| (p.clamp(0.0, 1.0) * 255.0).round() / 255.0;
+        match (s.channels, target.channels) {
+            (a, b) if a == b => images.extend(planes.iter().flatten().map(|&p| byte(p))),
+            (1, 3) => (0..3).for_each(|_| images.extend(planes[0].iter().map(|&p| byte(p)))),
+            (3, 1) => {
+                images.extend((0..planes[0].len()).map(|k| {
+                    byte(0.299 * planes[0][k] + 0.587 * planes[1][k] + 0.114 * planes[2][k])
+                }))
+            }
+            (a, b) => {
+                return Err(DataError::Inconsistent(format!(
+                    "cannot convert {a} channels to {b}"
+                )));
+            }
+        }
+    }
+    ImageDataset::new(
+        images,
+        data.labels.clone(),
+        target,
+        data.class_names.clone(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,5 +194,37 @@ mod tests {
             "{err}"
         );
         assert!(decode_image_folder(&[], ImageShape::new(1, 4, 4)).is_err());
+    }
+
+    #[test]
+    fn resizing_keeps_where_the_ink_is_and_converts_channels() {
+        // An 8×8 image, white in its top-left quadrant only, twice (labels 0 and 1).
+        let one: Vec<f32> = (0..64)
+            .map(|k| if k / 8 < 4 && k % 8 < 4 { 1.0 } else { 0.0 })
+            .collect();
+        let data = ImageDataset::new(
+            [one.clone(), one].concat(),
+            vec![0, 1],
+            ImageShape::new(1, 8, 8),
+            vec!["a".into(), "b".into()],
+        )
+        .unwrap();
+        let big = resize_dataset(&data, ImageShape::new(3, 28, 28)).unwrap();
+        assert_eq!((big.len(), big.shape), (2, ImageShape::new(3, 28, 28)));
+        assert_eq!(big.labels, vec![0, 1]);
+        let px = |c: usize, y: usize, x: usize| big.image(1)[c * 784 + y * 28 + x];
+        for c in 0..3 {
+            assert_eq!(px(c, 3, 3), 1.0);
+            assert_eq!(px(c, 24, 24), 0.0);
+            assert_eq!(px(c, 3, 24), 0.0);
+        }
+        // 8-bit values, as if read from a PNG.
+        assert!(
+            big.images
+                .iter()
+                .all(|p| (p * 255.0 - (p * 255.0).round()).abs() < 1e-4)
+        );
+        let grey = resize_dataset(&big, ImageShape::new(1, 8, 8)).unwrap();
+        assert!((grey.image(0)[0] - 1.0).abs() < 0.01 && grey.image(0)[63] < 0.01);
     }
 }
