@@ -71,7 +71,29 @@ fn quick_flow_experiment_writes_a_consistent_report() {
         "trained {trained}, untrained {untrained}"
     );
     assert!(get(&r, &["gaussianity", "agnostic_flow", "sliced_wasserstein"]) > 0.0);
+    // Every ciphertext is checked: on the digits every image round-trips, and the (empty) list
+    // of failures is written.
+    for setting in ["algorithm_1", "veil"] {
+        for set in ["per_class_train", "per_class_test", "agnostic_train", "agnostic_test"] {
+            assert_eq!(
+                get(&r, &["encryption", setting, set, "encryptable_fraction"]),
+                1.0
+            );
+        }
+        // Route (d), label-free: the perceptron on g(c) reads the ciphertexts about as well as
+        // on the original latents, and not the original latents (the secret rotation).
+        let ceiling = get(&r, &["route_d", setting, "orig_orig"]);
+        let d = get(&r, &["route_d", setting, "enc_enc"]);
+        assert!(ceiling > 0.85 && d > ceiling - 0.06, "{setting}: {d} vs {ceiling}");
+        assert!(get(&r, &["route_d", setting, "enc_orig"]) < 0.3);
+    }
+    let failures: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("encryption-failures.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(failures, serde_json::json!([]));
     let report = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+    assert!(report.contains("## Route (d)") && report.contains("## Encryption"));
     assert!(report.contains("## Table 1") && report.contains("## Table 2"));
     let fig = image::open(dir.path().join("figure3.png")).unwrap();
     // Four rows (originals, Algorithm 1's route a and b, Veil's route a) of ten 64-pixel tiles
@@ -193,6 +215,10 @@ fn flow_train_writes_flows_and_refuses_to_overwrite_without_resume() {
         "{log}"
     );
     assert!(log.contains("flow agnostic: epoch 2/2"), "{log}");
+    // The held-out images were encrypted and decrypted back under a throwaway key.
+    let encryptable = manifest["flows"][0]["held_out_encryptable"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&encryptable), "{encryptable}");
+    assert!(log.contains("held-out images"), "{log}");
     // Algorithm 1 unless told otherwise.
     assert_eq!(manifest["encryption"]["temperature"], 1.0);
     assert_eq!(manifest["encryption"]["cover_classes"], false);

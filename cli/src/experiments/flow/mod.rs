@@ -14,19 +14,21 @@ use std::collections::BTreeMap;
 use veil::burn;
 use veil::crypto::keys::MasterKey;
 use veil::data::ImageDataset;
+use veil::data::ImageShape;
 use veil::flow::gaussianity::{GaussianityReport, probe};
 use veil::flow::glow::{Glow, GlowConfig, Preprocess};
 use veil::flow::train::{
     FlowTrainOptions, evaluate_bits_per_dim, flow_latents, train_flow_resumable,
 };
+use veil::nn::latent::LatentMlpConfig;
 use veil::nn::model::{Classifier, SmallCnnConfig};
 use veil::nn::resnet::SmallResNetConfig;
 use veil::nn::train::{
     Control, TrainOptions, accuracy, argmax_rows, predict_logits, train_classifier,
 };
 use veil::schemes::flow_rotation::{
-    EncryptionSettings, FlowEncryptor, agnostic_encryptor, class_encryptor, cover_permutation,
-    model_routed,
+    EncryptFailure, EncryptionSettings, FlowEncryptor, agnostic_encryptor, class_encryptor,
+    cover_permutation, model_routed, public_latents,
 };
 
 use super::bar;
@@ -152,7 +154,7 @@ impl Encryptors {
     }
 
     /// Route (a) and route (b) ciphertexts of `data`.
-    fn encrypt(&self, data: &ImageDataset) -> (ImageDataset, ImageDataset) {
+    fn encrypt(&self, data: &ImageDataset) -> (Encrypted, Encrypted) {
         (
             encrypt_all(data, |c| self.per_class[c as usize].clone(), None),
             encrypt_all(data, |_| self.agnostic.clone(), Some(0)),
@@ -160,12 +162,12 @@ impl Encryptors {
     }
 }
 
-/// The ciphertexts of one setting.
+/// The verified ciphertexts of one setting.
 struct Ciphertexts {
-    train_a: ImageDataset,
-    test_a: ImageDataset,
-    train_b: ImageDataset,
-    test_b: ImageDataset,
+    train_a: Encrypted,
+    test_a: Encrypted,
+    train_b: Encrypted,
+    test_b: Encrypted,
 }
 
 impl Ciphertexts {
@@ -177,6 +179,72 @@ impl Ciphertexts {
             test_a,
             train_b,
             test_b,
+        }
+    }
+
+    /// The counts of `results.json`.
+    fn report(&self) -> EncryptionReport {
+        let counts = |e: &Encrypted| EncryptionCounts {
+            images: e.of(),
+            encryptable_fraction: e.kept.len() as f64 / e.of().max(1) as f64,
+            non_finite: e
+                .failures
+                .iter()
+                .filter(|(_, f)| *f == EncryptFailure::NonFinite)
+                .count(),
+            no_round_trip: e
+                .failures
+                .iter()
+                .filter(|(_, f)| *f != EncryptFailure::NonFinite)
+                .count(),
+        };
+        EncryptionReport {
+            per_class_train: counts(&self.train_a),
+            per_class_test: counts(&self.test_a),
+            agnostic_train: counts(&self.train_b),
+            agnostic_test: counts(&self.test_b),
+        }
+    }
+
+    /// Every image left out, for `encryption-failures.json`.
+    fn failure_rows(&self, setting: &str, s: &Setup) -> Vec<EncryptionFailureRow> {
+        let sets = [
+            ("per_class", "train", &self.train_a, &s.train),
+            ("per_class", "test", &self.test_a, &s.test),
+            ("agnostic", "train", &self.train_b, &s.train),
+            ("agnostic", "test", &self.test_b, &s.test),
+        ];
+        sets.iter()
+            .flat_map(|(route, split, e, data)| {
+                e.failures
+                    .iter()
+                    .map(move |&(index, failure)| EncryptionFailureRow {
+                        setting: setting.to_owned(),
+                        route: (*route).to_owned(),
+                        split: (*split).to_owned(),
+                        index,
+                        label: data.labels[index],
+                        failure,
+                    })
+            })
+            .collect()
+    }
+
+    /// Warns on the terminal when images could not be encrypted.
+    fn warn(&self, setting: &str) {
+        for (what, e) in [
+            ("per-class training", &self.train_a),
+            ("per-class test", &self.test_a),
+            ("agnostic training", &self.train_b),
+            ("agnostic test", &self.test_b),
+        ] {
+            if let Some((i, why)) = e.failures.first() {
+                eprintln!(
+                    "{setting}: {} of {} {what} images cannot be encrypted and are left out (first: image {i}, {why})",
+                    e.failures.len(),
+                    e.of()
+                );
+            }
         }
     }
 }
@@ -248,15 +316,50 @@ fn fit_flow(s: &Setup, data: &ImageDataset, label: &str) -> Result<(Glow, f32)> 
     Ok((glow.valid(), last.get()))
 }
 
+/// The ciphertexts of a dataset, verified: the images that do not round-trip are left out and
+/// named.
+pub(crate) struct Encrypted {
+    /// The ciphertexts of the images that round-trip, in input order, with their labels.
+    pub data: ImageDataset,
+    /// The input index of each ciphertext in `data`.
+    pub kept: Vec<usize>,
+    /// The input index of each image left out, and why.
+    pub failures: Vec<(usize, EncryptFailure)>,
+}
+
+impl Encrypted {
+    /// Images encrypted (round-tripping or not).
+    pub fn of(&self) -> usize {
+        self.kept.len() + self.failures.len()
+    }
+
+    /// The error that names the first image that could not be encrypted, for callers that need
+    /// every image (`what` names the data).
+    pub fn require_all(self, what: &str) -> Result<ImageDataset> {
+        match self.failures.first() {
+            None => Ok(self.data),
+            Some((i, why)) => anyhow::bail!(
+                "{} of the {} images of {what} cannot be encrypted with these flows, the first \
+                 image {i}: {why}",
+                self.failures.len(),
+                self.of()
+            ),
+        }
+    }
+}
+
+/// Encrypts `data` image by image with `encryptor_of(class)` (`route_label`: one encryptor for
+/// every image, route b) and checks that each ciphertext decrypts to its image
+/// ([`FlowEncryptor::encrypt_verified`]).
 pub(crate) fn encrypt_all(
     data: &ImageDataset,
     encryptor_of: impl Fn(u32) -> FlowEncryptor,
     route_label: Option<u32>,
-) -> ImageDataset {
-    // Encrypt class by class (route a needs each image's class; route b one encryptor).
+) -> Encrypted {
     let device = Device::flex();
     let n = data.shape.len();
     let mut images = vec![0.0f32; data.images.len()];
+    let mut failed: Vec<Option<EncryptFailure>> = vec![None; data.len()];
     let groups: Vec<u32> = match route_label {
         Some(l) => vec![l],
         None => (0..data.num_classes() as u32).collect(),
@@ -271,16 +374,28 @@ pub(crate) fn encrypt_all(
         let enc = encryptor_of(g);
         for chunk in idx.chunks(256) {
             let part = data.subset(chunk);
-            let c = enc.encrypt(part.images_tensor(0..part.len(), &device));
+            let (c, why) = enc.encrypt_verified(part.images_tensor(0..part.len(), &device));
             let values: Vec<f32> = c.into_data().iter::<f32>().collect();
             for (k, &i) in chunk.iter().enumerate() {
                 images[i * n..(i + 1) * n].copy_from_slice(&values[k * n..(k + 1) * n]);
+                failed[i] = why[k];
             }
         }
     }
-    ImageDataset {
+    let all = ImageDataset {
         images,
         ..data.clone()
+    };
+    let kept: Vec<usize> = (0..data.len()).filter(|&i| failed[i].is_none()).collect();
+    let failures = failed
+        .iter()
+        .enumerate()
+        .filter_map(|(i, f)| f.map(|f| (i, f)))
+        .collect();
+    Encrypted {
+        data: all.subset(&kept),
+        kept,
+        failures,
     }
 }
 
@@ -419,6 +534,10 @@ pub fn run(args: FlowArgs) -> Result<()> {
     let images_encrypted = 2 * (s.train.len() + s.test.len());
     let veil = Encryptors::new(&s, &key, &class_flows, &agnostic, veil_settings);
     let veil_ct = Ciphertexts::of(&veil, &s);
+    paper_ct.warn("Algorithm 1");
+    veil_ct.warn("Veil's settings");
+    let mut failure_rows = paper_ct.failure_rows("algorithm_1", &s);
+    failure_rows.extend(veil_ct.failure_rows("veil", &s));
 
     // Table 1, for both classifiers and both settings.
     let mut table1 = BTreeMap::new();
@@ -444,6 +563,13 @@ pub fn run(args: FlowArgs) -> Result<()> {
         table1.insert(arch.into(), row);
         table1_veil.insert(arch.into(), row_veil);
     }
+    let latent_orig = latent_baseline(&s, &agnostic, args.common.seed)?;
+    let mut route_d = BTreeMap::new();
+    for (name, ct) in [("algorithm_1", &paper_ct), ("veil", &veil_ct)] {
+        let row = latent_route(&s, &agnostic, ct, latent_orig, args.common.seed, name)?;
+        eprintln!("route (d), {name}: {row:?}");
+        route_d.insert(name.to_owned(), row);
+    }
     let classifiers_s = t.elapsed().as_secs_f64();
 
     // Table 2: held-out bits/dim (the dequantisation noise of each evaluation seeded alike).
@@ -457,17 +583,17 @@ pub fn run(args: FlowArgs) -> Result<()> {
     let bpd_on_ciphertexts = |ct: &Ciphertexts, what: &str| -> Result<(f32, f32)> {
         let (flow_a, _) = fit_flow(
             &s,
-            &quantised(&ct.train_a, s.pre.levels),
+            &quantised(&ct.train_a.data, s.pre.levels),
             &format!("flow on {what} (a)"),
         )?;
         let (flow_b, _) = fit_flow(
             &s,
-            &quantised(&ct.train_b, s.pre.levels),
+            &quantised(&ct.train_b.data, s.pre.levels),
             &format!("flow on {what} (b)"),
         )?;
         Ok((
-            bpd(&flow_a, &quantised(&ct.test_a, s.pre.levels)),
-            bpd(&flow_b, &quantised(&ct.test_b, s.pre.levels)),
+            bpd(&flow_a, &quantised(&ct.test_a.data, s.pre.levels)),
+            bpd(&flow_b, &quantised(&ct.test_b.data, s.pre.levels)),
         ))
     };
     let (bpd_encrypted, bpd_encrypted_b) = bpd_on_ciphertexts(&paper_ct, "ciphertexts")?;
@@ -521,14 +647,23 @@ pub fn run(args: FlowArgs) -> Result<()> {
         if tau == args.temperature {
             (bpd_veil, bpd_veil_b) = (a, b);
         }
-        let on_enc = fit_classifier(make_cnn(), &s, &ct.train_a, &format!("cnn at τ = {tau}"))?;
+        if tau != args.temperature {
+            ct.warn(&format!("τ = {tau}"));
+            failure_rows.extend(ct.failure_rows(&format!("tau_{tau}"), &s));
+        }
+        let on_enc = fit_classifier(
+            make_cnn(),
+            &s,
+            &ct.train_a.data,
+            &format!("cnn at τ = {tau}"),
+        )?;
         sweep.push(SweepRow {
             temperature: (f64::from(tau) * 1e4).round() / 1e4,
             bits_per_dim_per_class: f64::from(a),
             bits_per_dim_agnostic: f64::from(b),
             per_class_over_original: f64::from(a / bpd_original),
             agnostic_over_original: f64::from(b / bpd_original),
-            cnn_enc_enc_true_class: f64::from(accuracy(&on_enc, &ct.test_a, &device)),
+            cnn_enc_enc_true_class: f64::from(accuracy(&on_enc, &ct.test_a.data, &device)),
             cnn_enc_orig: f64::from(accuracy(&on_enc, &s.test, &device)),
         });
         eprintln!("sweep: {:?}", sweep.last());
@@ -561,14 +696,33 @@ pub fn run(args: FlowArgs) -> Result<()> {
 
     // Figure 3: one test image per class; originals, Algorithm 1's per-class and agnostic
     // encryptions, and Veil's per-class encryptions.
+    // Only images that every shown row could encrypt.
+    let rows = [&paper_ct.test_a, &paper_ct.test_b, &veil_ct.test_a];
     let picks: Vec<usize> = (0..classes as u32)
-        .filter_map(|c| (0..s.test.len()).find(|&i| s.test.labels[i] == c))
+        .filter_map(|c| {
+            (0..s.test.len()).find(|&i| {
+                s.test.labels[i] == c && rows.iter().all(|e| e.kept.binary_search(&i).is_ok())
+            })
+        })
         .take(10)
         .collect();
+    let shown = |e: &Encrypted| {
+        let at: Vec<usize> = picks
+            .iter()
+            .filter_map(|i| e.kept.binary_search(i).ok())
+            .collect();
+        e.data.subset(&at)
+    };
+    let figure_rows = [
+        s.test.subset(&picks),
+        shown(rows[0]),
+        shown(rows[1]),
+        shown(rows[2]),
+    ];
     super::image_grid(
         &args.common.out.join("figure3.png"),
-        &[&s.test, &paper_ct.test_a, &paper_ct.test_b, &veil_ct.test_a],
-        &picks,
+        &figure_rows.iter().collect::<Vec<_>>(),
+        &(0..picks.len()).collect::<Vec<_>>(),
     )?;
 
     let ratios = |t: &BTreeMap<String, Table1Row>| -> BTreeMap<String, Option<f64>> {
@@ -583,10 +737,13 @@ pub fn run(args: FlowArgs) -> Result<()> {
     let results = FlowResults {
         experiment: "flow-rotation".into(),
         command: format!(
-            "veil experiment flow --data {} --out {}{}",
-            args.common.data,
-            args.common.out.display(),
-            if args.common.quick { " --quick" } else { "" }
+            "{}{}",
+            args.common.command_line("flow"),
+            if args.temperature == DEFAULT_TEMPERATURE {
+                String::new()
+            } else {
+                format!(" --temperature {}", args.temperature)
+            }
         ),
         data: args.common.data.to_string(),
         shape: [
@@ -614,6 +771,11 @@ pub fn run(args: FlowArgs) -> Result<()> {
         },
         veil_settings: veil.settings,
         cover_permutation: veil.pi.clone(),
+        encryption: BTreeMap::from([
+            ("algorithm_1".to_owned(), paper_ct.report()),
+            ("veil".to_owned(), veil_ct.report()),
+        ]),
+        route_d,
         integrity_ratio: ratios(&table1),
         integrity_ratio_veil: ratios(&table1_veil),
         table1,
@@ -647,12 +809,90 @@ pub fn run(args: FlowArgs) -> Result<()> {
         serde_json::to_string_pretty(&results)? + "\n",
     )?;
     std::fs::write(args.common.out.join("report.md"), report(&results))?;
+    std::fs::write(
+        args.common.out.join("encryption-failures.json"),
+        serde_json::to_string_pretty(&failure_rows)? + "\n",
+    )?;
     eprintln!(
         "wrote {}/report.md, results.json and figure3.png in {:.0} s",
         args.common.out.display(),
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// `data` as feature vectors (`1×1×dims` "images") for the latent perceptron: the public flow's
+/// latents of ciphertexts (`ciphertexts`) or of original images.
+fn latent_features(
+    glow: &Glow,
+    pre: Preprocess,
+    data: &ImageDataset,
+    ciphertexts: bool,
+) -> ImageDataset {
+    let device = Device::flex();
+    let mut images = Vec::with_capacity(data.images.len());
+    for start in (0..data.len()).step_by(256) {
+        let range = start..(start + 256).min(data.len());
+        let x = data.images_tensor(range, &device);
+        let flat = if ciphertexts {
+            public_latents(glow, pre, x)
+        } else {
+            flow_latents(glow, x, pre)
+        };
+        images.extend(flat.into_data().iter::<f32>());
+    }
+    ImageDataset {
+        images,
+        shape: ImageShape::new(1, 1, data.shape.len()),
+        ..data.clone()
+    }
+}
+
+/// Route (d) for one setting's class-agnostic ciphertexts (see [`LatentRoute`]); `originals`
+/// are the perceptron's results on the original latents, shared by both settings.
+fn latent_route(
+    s: &Setup,
+    agnostic: &Glow,
+    ct: &Ciphertexts,
+    orig_orig: f64,
+    seed: u64,
+    what: &str,
+) -> Result<LatentRoute> {
+    let device = Device::flex().autodiff();
+    device.seed(seed);
+    let mlp = LatentMlpConfig::new(s.train.shape.len(), s.train.num_classes()).init(&device);
+    let train = latent_features(agnostic, s.pre, &ct.train_b.data, true);
+    let on_enc = fit_classifier(
+        mlp,
+        s,
+        &train,
+        &format!("latent perceptron on g(c), {what}"),
+    )?;
+    let flex = Device::flex();
+    Ok(LatentRoute {
+        orig_orig,
+        enc_enc: f64::from(accuracy(
+            &on_enc,
+            &latent_features(agnostic, s.pre, &ct.test_b.data, true),
+            &flex,
+        )),
+        enc_orig: f64::from(accuracy(
+            &on_enc,
+            &latent_features(agnostic, s.pre, &s.test, false),
+            &flex,
+        )),
+    })
+}
+
+/// The latent perceptron trained and tested on the original images' latents `g(s)`.
+fn latent_baseline(s: &Setup, agnostic: &Glow, seed: u64) -> Result<f64> {
+    let device = Device::flex().autodiff();
+    device.seed(seed);
+    let mlp = LatentMlpConfig::new(s.train.shape.len(), s.train.num_classes()).init(&device);
+    let train = latent_features(agnostic, s.pre, &s.train, false);
+    let on_orig = fit_classifier(mlp, s, &train, "latent perceptron on g(s)")?;
+    let test = latent_features(agnostic, s.pre, &s.test, false);
+    Ok(f64::from(accuracy(&on_orig, &test, &Device::flex())))
 }
 
 /// The cover-class attack: a factory that owns a classifier of the domain (`public`, trained on
@@ -720,34 +960,34 @@ fn table1_rows<M: Classifier>(
         let on_enc = fit_classifier(
             make(),
             s,
-            &ct.train_a,
+            &ct.train_a.data,
             &format!("{arch} on per-class, {name}"),
         )?;
         let on_enc_b = fit_classifier(
             make(),
             s,
-            &ct.train_b,
+            &ct.train_b.data,
             &format!("{arch} on agnostic, {name}"),
         )?;
         let acc = |m: &M, d: &ImageDataset| f64::from(accuracy(m, d, &device));
         let mut row = Table1Row {
             orig_orig: acc(&on_orig, &s.test),
-            orig_enc: acc(&on_orig, &ct.test_a),
+            orig_enc: acc(&on_orig, &ct.test_a.data),
             enc_orig: acc(&on_enc, &s.test),
-            enc_enc_true_class: acc(&on_enc, &ct.test_a),
+            enc_enc_true_class: acc(&on_enc, &ct.test_a.data),
             enc_enc_model_routed: f64::from(model_routed_accuracy(
                 &on_enc,
                 &enc.per_class,
                 &s.test,
             )),
-            agnostic_enc_enc: acc(&on_enc_b, &ct.test_b),
+            agnostic_enc_enc: acc(&on_enc_b, &ct.test_b.data),
             agnostic_enc_orig: acc(&on_enc_b, &s.test),
             cover_attack_classes_recovered: None,
             cover_attack_enc_orig: None,
         };
         if enc.settings.cover_classes {
             let (recovered, relabelled) =
-                cover_attack(&on_orig, &on_enc, &ct.train_a, &enc.pi, &s.test);
+                cover_attack(&on_orig, &on_enc, &ct.train_a.data, &enc.pi, &s.test);
             row.cover_attack_classes_recovered = Some(f64::from(recovered));
             row.cover_attack_enc_orig = Some(f64::from(relabelled));
         }

@@ -30,14 +30,86 @@ pub struct FlowResults {
     pub table1: BTreeMap<String, Table1Row>,
     /// Table 1 with Veil's settings.
     pub table1_veil: BTreeMap<String, Table1Row>,
+    /// Route (d), label-free: a perceptron on the public flow's latents `g(c)` of route (b)'s
+    /// ciphertexts, by setting (`algorithm_1`, `veil`).
+    pub route_d: BTreeMap<String, LatentRoute>,
     /// enc/enc (route a) ÷ orig/orig, by architecture; `null` where the baseline failed.
     pub integrity_ratio: BTreeMap<String, Option<f64>>,
     /// The same with Veil's settings.
     pub integrity_ratio_veil: BTreeMap<String, Option<f64>>,
+    /// Which images each setting could encrypt (every ciphertext is decrypted and compared),
+    /// by setting (`algorithm_1`, `veil`). Images that do not round-trip are left out of the
+    /// figures and listed by index in `encryption-failures.json`.
+    pub encryption: BTreeMap<String, EncryptionReport>,
     pub table2_bits_per_dim: Table2,
     pub temperature_sweep: Vec<SweepRow>,
     pub gaussianity: GaussianitySummary,
     pub timing_s: FlowTiming,
+}
+
+/// Route (d) of one setting: the factory maps each class-agnostic ciphertext through the public
+/// flow, `g(c) = τ·A·g(s)`, and trains a perceptron on those vectors. No label is needed at
+/// test time.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LatentRoute {
+    /// The same perceptron trained and tested on the latents `g(s)` of the original images: the
+    /// ceiling of route (d).
+    pub orig_orig: f64,
+    /// Trained and tested on `g(c)` of ciphertexts (route d).
+    pub enc_enc: f64,
+    /// Trained on `g(c)`, tested on `g(s)` of originals (specificity: low is good).
+    pub enc_orig: f64,
+}
+
+/// Verified encryption of the four sets of one setting.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EncryptionReport {
+    pub per_class_train: EncryptionCounts,
+    pub per_class_test: EncryptionCounts,
+    pub agnostic_train: EncryptionCounts,
+    pub agnostic_test: EncryptionCounts,
+}
+
+impl EncryptionReport {
+    /// The smallest encryptable fraction of the four sets.
+    pub fn worst_fraction(&self) -> f64 {
+        [
+            &self.per_class_train,
+            &self.per_class_test,
+            &self.agnostic_train,
+            &self.agnostic_test,
+        ]
+        .iter()
+        .map(|c| c.encryptable_fraction)
+        .fold(1.0, f64::min)
+    }
+}
+
+/// How many images of one set encrypted and round-tripped.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EncryptionCounts {
+    pub images: usize,
+    pub encryptable_fraction: f64,
+    /// The inverse flow overflowed (NaN or infinite ciphertext).
+    pub non_finite: usize,
+    /// Finite, but decrypts to other pixels.
+    pub no_round_trip: usize,
+}
+
+/// One image that could not be encrypted (`encryption-failures.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EncryptionFailureRow {
+    /// `algorithm_1`, `veil`, or `tau_<τ>` for the sweep.
+    pub setting: String,
+    /// `per_class` (route a) or `agnostic` (route b).
+    pub route: String,
+    /// `train` or `test`.
+    pub split: String,
+    /// The image's index in its split.
+    pub index: usize,
+    pub label: u32,
+    #[serde(flatten)]
+    pub failure: veil::schemes::flow_rotation::EncryptFailure,
 }
 
 /// The flows' configuration and fit.
@@ -216,6 +288,50 @@ pub(super) fn report(r: &FlowResults) -> String {
             .get("resnet")
             .and_then(|x| x.cover_attack_classes_recovered)),
     );
+    if !r.route_d.is_empty() {
+        let best_a = [&r.table1, &r.table1_veil]
+            .iter()
+            .flat_map(|t| t.values())
+            .filter(|row| !baseline_failed(row.orig_orig, r.classes, r.test_images))
+            .map(|row| row.enc_enc_true_class)
+            .fold(f64::NAN, f64::max);
+        s += "## Route (d): label-free, a perceptron on the public flow's latents\n\nThe factory maps each class-agnostic (route b) ciphertext through the public flow g: g(c) = τ·A·g(s), the image's latent rotated by the owner's secret A. A perceptron trained on these vectors needs no label at test time; a fixed rotation costs its first layer nothing. What the factory sees is what g(c) shows to anyone who holds g: the latents' norms and pairwise inner products.\n\n| Setting | perceptron on g(s), originals | on g(c), route (d) | trained on g(c), tested on g(s) | route (d) − best route (a) |\n|---|---|---|---|---|\n";
+        for (setting, d) in &r.route_d {
+            s += &format!(
+                "| {setting} | {} | {} | {} | {} |\n",
+                pct(Some(d.orig_orig)),
+                pct(Some(d.enc_enc)),
+                pct(Some(d.enc_orig)),
+                if best_a.is_nan() {
+                    "— (baselines failed)".to_owned()
+                } else {
+                    format!("{:+.1} points", 100.0 * (d.enc_enc - best_a))
+                }
+            );
+        }
+        s += "\n";
+    }
+    s += "## Encryption: images that round-trip\n\nEvery ciphertext was decrypted and compared with its image; images that do not come back are left out of every figure above and listed by index in `encryption-failures.json`.\n\n| Setting | per-class train | per-class test | agnostic train | agnostic test |\n|---|---|---|---|---|\n";
+    for (setting, e) in &r.encryption {
+        let cell = |c: &EncryptionCounts| {
+            let mut t = format!("{} of {}", pct(Some(c.encryptable_fraction)), c.images);
+            if c.non_finite + c.no_round_trip > 0 {
+                t += &format!(
+                    " ({} overflowed, {} off by a level)",
+                    c.non_finite, c.no_round_trip
+                );
+            }
+            t
+        };
+        s += &format!(
+            "| {setting} | {} | {} | {} | {} |\n",
+            cell(&e.per_class_train),
+            cell(&e.per_class_test),
+            cell(&e.agnostic_train),
+            cell(&e.agnostic_test)
+        );
+    }
+    s += "\n";
     let b = &r.table2_bits_per_dim;
     s += &format!(
         "## Table 2: held-out bits/dim\n\n| Glow | bits/dim |\n|---|---|\n| trained on original data | {:.3} |\n| trained on per-class ciphertexts, Algorithm 1 | {:.3} |\n| trained on class-agnostic ciphertexts, Algorithm 1 | {:.3} |\n| trained on per-class ciphertexts, Veil | {:.3} |\n| trained on class-agnostic ciphertexts, Veil | {:.3} |\n| untrained | {:.3} |\n\n",

@@ -115,12 +115,14 @@ fn encrypt(
             .agnostic_encryptor(key, &device)
             .context("the flows have no class-agnostic flow")?;
         super::flow::encrypt_all(data, |_| enc.clone(), Some(0))
+            .require_all("the attacked set (class-agnostic flow)")?
     } else {
         super::flow::encrypt_all(
             data,
             |c| flows.class_encryptor(key, c as usize, &device),
             None,
         )
+        .require_all("the attacked set (per-class flows)")?
     };
     out.images.iter_mut().for_each(|p| *p = p.clamp(0.0, 1.0));
     Ok(out)

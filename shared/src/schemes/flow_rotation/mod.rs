@@ -117,6 +117,51 @@ impl FlowEncryptor {
         c.mask_fill(bad, 0.5)
     }
 
+    /// Encrypts pixels like [`FlowEncryptor::encrypt`], then decrypts each ciphertext and checks
+    /// that it gives back every pixel of its image. Returns the ciphertexts and, per image, `None`
+    /// when it round-trips or why it does not. A flow that fits an image badly cannot encrypt it:
+    /// its inverse overflows f32 ([`EncryptFailure::NonFinite`]) or loses precision
+    /// ([`EncryptFailure::NoRoundTrip`]); such a ciphertext must not be shared.
+    pub fn encrypt_verified(&self, x: Tensor<4>) -> (Tensor<4>, Vec<Option<EncryptFailure>>) {
+        let [b, _, _, _] = x.dims();
+        let c = self.encrypt(x.clone());
+        let values: Vec<f32> = c.clone().into_data().iter::<f32>().collect();
+        let per = values.len() / b.max(1);
+        let finite: Vec<bool> = values
+            .chunks(per.max(1))
+            .map(|img| img.iter().all(|v| v.is_finite()))
+            .collect();
+        // Decrypt the finite ones (NaN would only propagate); compare in level units.
+        let levels = (self.pre.levels - 1) as f32;
+        let back: Vec<f32> = self
+            .decrypt_quantised(
+                c.clone()
+                    .mask_fill(c.clone().is_nan(), 0.5)
+                    .clamp(-1e6, 1e6),
+            )
+            .into_data()
+            .iter::<f32>()
+            .collect();
+        let original: Vec<f32> = x.into_data().iter::<f32>().collect();
+        let failures = (0..b)
+            .map(|i| {
+                if !finite[i] {
+                    return Some(EncryptFailure::NonFinite);
+                }
+                let r = i * per..(i + 1) * per;
+                let worst = back[r.clone()]
+                    .iter()
+                    .zip(&original[r])
+                    .map(|(d, o)| ((d - o) * levels).abs())
+                    .fold(0.0f32, |m, e| if e.is_nan() { f32::NAN } else { m.max(e) });
+                (worst.is_nan() || worst >= 0.5).then_some(EncryptFailure::NoRoundTrip {
+                    max_error_levels: if worst.is_nan() { f32::INFINITY } else { worst },
+                })
+            })
+            .collect();
+        (c, failures)
+    }
+
     /// Decrypts ciphertext pixels; returns the continuous pixel value `(k + ½)/levels`.
     pub fn decrypt(&self, c: Tensor<4>) -> Tensor<4> {
         let s = self.pixels_to_logit(c);
@@ -138,6 +183,49 @@ impl FlowEncryptor {
     fn pixels_to_logit(&self, c: Tensor<4>) -> Tensor<4> {
         let p = c * (1.0 - self.pre.alpha) + self.pre.alpha;
         p.clone().log() - (p.neg() + 1.0).log()
+    }
+}
+
+/// Route (d), the factory's side: the latents `g(c)` of ciphertexts `c` under the public
+/// class-agnostic flow `g` (flattened, `[B, C·H·W]`). For a route-(b) ciphertext
+/// `c = g⁻¹(τ·A·g(s))` this is `τ·A·g(s)`: the image's latent, rotated by the owner's secret
+/// `A` and scaled by τ. The factory needs no key and no label to compute it; a classifier of
+/// these vectors ([`crate::nn::latent::LatentMlp`]) learns `A` into its first layer. What it
+/// learns about the images is what `g(c)` shows: the latents' norms and their pairwise inner
+/// products (a rotation keeps both), which route (b)'s ciphertexts already show to anyone who
+/// holds `g`.
+pub fn public_latents(glow: &Glow, pre: Preprocess, c: Tensor<4>) -> Tensor<2> {
+    let p = c * (1.0 - pre.alpha) + pre.alpha;
+    let s = p.clone().log() - (p.neg() + 1.0).log();
+    Glow::flatten_latents(glow.forward(s).eps)
+}
+
+/// Why an image could not be encrypted ([`FlowEncryptor::encrypt_verified`]).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+pub enum EncryptFailure {
+    /// The inverse flow overflowed f32: the ciphertext holds NaN or infinity. The flow does not
+    /// fit the image (it lies far from what the flow was trained on).
+    NonFinite,
+    /// The ciphertext is finite but decrypts to other pixels: the largest error, in quantisation
+    /// levels, is `max_error_levels` (≥ ½, so at least one pixel changed level).
+    NoRoundTrip {
+        /// The largest pixel error after decryption, in levels.
+        max_error_levels: f32,
+    },
+}
+
+impl std::fmt::Display for EncryptFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NonFinite => f.write_str(
+                "the inverse flow overflowed (a NaN or infinite ciphertext pixel): the flow does not fit this image",
+            ),
+            Self::NoRoundTrip { max_error_levels } => write!(
+                f,
+                "the ciphertext does not decrypt to the image (a pixel is off by {max_error_levels:.1} levels): the flow is numerically unstable on it"
+            ),
+        }
     }
 }
 
@@ -486,6 +574,74 @@ mod tests {
             wrong > 0.1,
             "a wrong key recovers the image: mean error {wrong}"
         );
+    }
+
+    #[test]
+    fn the_public_flow_reads_a_ciphertext_as_the_rotated_scaled_latent() {
+        let device = Device::flex();
+        let pre = Preprocess {
+            levels: 17,
+            alpha: 0.05,
+        };
+        let data = digits().subset(&(0..32).collect::<Vec<_>>());
+        let x = data.images_tensor(0..32, &device);
+        let (s, _) = pre.to_logit(x.clone(), true);
+        let glow = GlowConfig::new(1, 8, 8)
+            .with_hidden(16)
+            .init(&device)
+            .data_init(s);
+        let key = MasterKey::from_bytes([9; 32]).class_subkey(Scheme::FlowRotation, 0);
+        let rotation = HaarRotation::from_subkey(&key, 64);
+        let enc = FlowEncryptor::with_rotation(glow.clone(), pre, &rotation, &device)
+            .with_temperature(0.5);
+        let c = enc.encrypt(x.clone());
+        let seen = public_latents(&glow, pre, c);
+        let z = crate::flow::train::flow_latents(&glow, x, pre);
+        let a = Tensor::<2>::from_data(TensorData::new(rotation.to_f32(), [64, 64]), &device);
+        let expected = z.clone().matmul(a.transpose()) * 0.5;
+        let err = (seen.clone() - expected).abs().max().into_scalar::<f32>();
+        assert!(err < 1e-2, "g(c) differs from τ·A·g(s) by {err}");
+        // It is not the unrotated latent.
+        let far = (seen - z * 0.5).abs().mean().into_scalar::<f32>();
+        assert!(
+            far > 0.1,
+            "g(c) is the plain latent (mean difference {far})"
+        );
+    }
+
+    #[test]
+    fn verified_encryption_names_the_images_that_do_not_round_trip() {
+        let device = Device::flex();
+        let pre = Preprocess {
+            levels: 17,
+            alpha: 0.05,
+        };
+        let data = digits().subset(&(0..16).collect::<Vec<_>>());
+        let x = data.images_tensor(0..16, &device);
+        let (s, _) = pre.to_logit(x.clone(), true);
+        let glow = GlowConfig::new(1, 8, 8)
+            .with_hidden(16)
+            .init(&device)
+            .data_init(s);
+        let key = MasterKey::from_bytes([4; 32]).class_subkey(Scheme::FlowRotation, 0);
+        let enc = FlowEncryptor::new(glow, pre, &key, &device);
+        let (c, failures) = enc.encrypt_verified(x.clone());
+        assert_eq!(failures, vec![None; 16]);
+        assert_eq!(c.dims(), [16, 1, 8, 8]);
+        // A latent scaled far beyond the flow's range saturates its inverse: nothing comes back.
+        let wild = enc.clone().with_temperature(1e30);
+        let (_, failures) = wild.encrypt_verified(x.clone());
+        assert_eq!(failures.len(), 16);
+        assert!(failures.iter().all(Option::is_some), "{failures:?}");
+        // A NaN anywhere in the flow's output is named as an overflow, for that image only.
+        let poisoned = x.clone().slice_assign(
+            [0..1, 0..1, 0..1, 0..1],
+            Tensor::<4>::from_data(TensorData::new(vec![f32::NAN], [1, 1, 1, 1]), &device),
+        );
+        let (_, failures) = enc.encrypt_verified(poisoned);
+        assert_eq!(failures[0], Some(EncryptFailure::NonFinite));
+        assert_eq!(failures[1..], vec![None; 15]);
+        assert!(EncryptFailure::NonFinite.to_string().contains("overflowed"));
     }
 
     #[test]
