@@ -2,7 +2,7 @@
 // Messages are {id, op, args}; answers are {id, ok, result} or {id, ok: false, error}, and long
 // operations also post {id, progress: {done, total, what}}. Typed arrays in answers are
 // transferred, not copied.
-import init, { Veil, modelRouted, owsdUsage, sampleDigits } from './pkg/veil_client.js';
+import init, { Veil, modelRouted, owsdUsage, sampleDigits, uciDigit } from './pkg/veil_client.js';
 
 let veil = null;
 let cancelFineTune = false;
@@ -49,6 +49,8 @@ const ops = {
   forgetKey: () => veil.forgetKey(),
   status: () => ({ fingerprint: veil.fingerprint() ?? null, name: veil.keyName() }),
   classify: ({ pixels }) => veil.classify(pixels),
+  // A drawn or dropped image (RGBA bytes) made into an 8×8 digit as the UCI digits were.
+  uciDigit: ({ rgba, width, height }) => uciDigit(rgba, width, height),
 
   // Flow rotation. The flows are public files of the server; only the key makes them secret.
   async loadFlows({ family }, progress) {

@@ -425,6 +425,34 @@ impl Veil {
     }
 }
 
+/// A handwritten digit for the demo model, made the way the UCI digits were made
+/// ([`veil::data::handwriting::uci_digit`]: ink found and cropped, centred keeping its aspect
+/// ratio, strokes thickened to the UCI digits' width, 4×4 blocks counted). `rgba` is a canvas's
+/// `ImageData` (`width × height × 4` bytes). Returns `{pixels: [64 values], inverted, bbox,
+/// threshold, dilations}`; a blank image is an error that says so.
+#[wasm_bindgen(js_name = uciDigit)]
+pub fn uci_digit(rgba: Vec<u8>, width: usize, height: usize) -> Result<JsValue, JsError> {
+    use veil::data::handwriting;
+    if rgba.len() != width * height * 4 {
+        return Err(JsError::new(&format!(
+            "{} bytes are not the RGBA pixels of a {width}×{height} image",
+            rgba.len()
+        )));
+    }
+    let (pixels, how) =
+        handwriting::uci_digit(&handwriting::luma_of_rgba(&rgba), width, height).map_err(err)?;
+    #[derive(serde::Serialize)]
+    struct Digit {
+        pixels: Vec<f32>,
+        #[serde(flatten)]
+        how: handwriting::DigitNormalisation,
+    }
+    serde_wasm(&Digit {
+        pixels: pixels.to_vec(),
+        how,
+    })
+}
+
 /// The first `n` (at most all 1,797) of the UCI digits compiled into the client, public data for
 /// demos and benchmarks: `{pixels: Float32Array, labels: Uint32Array}`.
 #[wasm_bindgen(js_name = sampleDigits)]

@@ -3,9 +3,11 @@
 //!
 //! Every loader produces an [`ImageDataset`]: f32 pixels in [0, 1], laid out `[N, C, H, W]`.
 
+pub mod augment;
 mod cifar;
 mod digits;
 mod folder;
+pub mod handwriting;
 mod idx;
 mod synthetic;
 
@@ -13,7 +15,7 @@ pub mod container;
 
 pub use cifar::{CIFAR10_CLASSES, decode_cifar10};
 pub use digits::{DIGITS_CSV_GZ, DIGITS_LEVELS, decode_digits_csv, digits};
-pub use folder::{FolderEntry, decode_image, decode_image_folder};
+pub use folder::{FolderEntry, decode_image, decode_image_folder, resize_dataset};
 pub use idx::{decode_mnist_idx, encode_mnist_idx};
 pub use synthetic::{SyntheticConfig, synthetic};
 

@@ -4,3 +4,4 @@ mod container_corpus;
 mod demo_model;
 mod encoder;
 mod flow_training;
+mod handwriting;
