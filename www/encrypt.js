@@ -111,14 +111,25 @@ $('encrypt').addEventListener('click', async () => {
   document.body.dataset.state = 'encrypting';
   const onProgress = progressTo($('progress'), $('progress-label'));
   try {
-    const labels = labelsFor(state.entries, info.classes, Number($('files-label').value));
+    const allLabels = labelsFor(state.entries, info.classes, Number($('files-label').value));
     const size = imageLen(info.shape);
-    const originals = state.sample ? state.sample.pixels : await decodeEntries(state.call, state.entries, info.shape, onProgress);
+    const decoded = state.sample ? state.sample.pixels : await decodeEntries(state.call, state.entries, info.shape, onProgress);
     const t0 = performance.now();
-    const cipher = await state.call('encrypt', {
-      pixels: originals, labels: agnostic ? undefined : labels, size,
+    const answer = await state.call('encryptChecked', {
+      pixels: decoded, labels: agnostic ? undefined : allLabels, size,
     }, { onProgress });
     const ms = performance.now() - t0;
+    // Images the flows cannot encrypt are left out, named, and the rest go on.
+    const { kept, failures } = answer;
+    const cipher = answer.ciphertexts;
+    const nameOf = (i) => (state.sample ? `sample digit ${i}` : (state.entries[i]?.file?.name ?? `image ${i}`));
+    if (kept.length === 0) {
+      throw new Error(`None of the ${allLabels.length} images can be encrypted with these flows (${failures[0]?.reason}). Fine-tune the flows on your images first.`);
+    }
+    const labels = Uint32Array.from(kept, (i) => allLabels[i]);
+    const originals = new Float32Array(kept.length * size);
+    kept.forEach((i, k) => originals.set(decoded.subarray(i * size, (i + 1) * size), k * size));
+    state.failures = failures.map((f) => ({ ...f, name: nameOf(f.index) }));
     state.originals = originals;
     state.labels = labels;
     state.ciphertexts = cipher;
@@ -128,7 +139,9 @@ $('encrypt').addEventListener('click', async () => {
     state.container = { name, bytes };
     await keepContainer({ name, bytes, count: labels.length, fingerprint: state.key.fingerprint, agnostic, family: info.family });
     showSummary([
-      ['Images', String(labels.length)],
+      ['Images', failures.length
+        ? `${labels.length} of ${allLabels.length} (${(100 * labels.length / allLabels.length).toFixed(1)} % encryptable; left out: ${state.failures.slice(0, 5).map((f) => f.name).join(', ')}${failures.length > 5 ? ', …' : ''})`
+        : String(labels.length)],
       ['Route', agnostic ? '(b) class-agnostic flow' : '(a) one flow and key per class'],
       ['Key fingerprint', state.key.fingerprint],
       ['Encryption time', `${(ms / 1000).toFixed(2)} s (${Math.round(labels.length / (ms / 1000))} images/s on ${document.getElementById('backend').dataset.backend})`],
@@ -138,7 +151,11 @@ $('encrypt').addEventListener('click', async () => {
     $('to-train').hidden = false;
     state.done = true;
     document.body.dataset.state = 'encrypted';
-    say($('message'), `Encrypted ${labels.length} images. The dataset is ready to download or to send to the factory.`, 'ok');
+    if (failures.length) {
+      say($('message'), `Encrypted ${labels.length} of ${allLabels.length} images. ${failures.length} cannot be encrypted with these flows and were left out (${state.failures[0].name}: ${failures[0].reason}); fine-tuning the flows on your images makes more of them encryptable. The dataset is ready to download or to send to the factory.`, 'warn');
+    } else {
+      say($('message'), `Encrypted ${labels.length} images. The dataset is ready to download or to send to the factory.`, 'ok');
+    }
   } catch (err) {
     document.body.dataset.state = 'failed';
     say($('message'), err.message, 'error');

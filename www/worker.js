@@ -101,6 +101,25 @@ const ops = {
   async encrypt({ pixels, labels, size }, progress) {
     return chunked(pixels, labels, size, 'encrypting', progress, (p, l) => veil.encrypt(p, l));
   },
+  // Route (a) or (b) for a dataset: images the flows cannot encrypt are left out and named, the
+  // rest encrypted. Answers {ciphertexts, kept (batch indices), failures: [{index, reason}]}.
+  async encryptChecked({ pixels, labels, size }, progress) {
+    const n = pixels.length / size;
+    if (!Number.isInteger(n) || n === 0) throw new Error(`expected whole images of ${size} values, got ${pixels.length} values`);
+    const parts = [], kept = [], failures = [];
+    for (let s = 0; s < n; s += CHUNK) {
+      const e = Math.min(n, s + CHUNK);
+      const r = await veil.encryptChecked(pixels.subarray(s * size, e * size), labels ? labels.subarray(s, e) : undefined);
+      parts.push(r.ciphertexts);
+      for (const i of r.kept) kept.push(s + i);
+      for (const f of r.failures) failures.push({ index: s + f.index, reason: f.reason });
+      progress({ done: e, total: n, what: 'encrypting' });
+    }
+    const ciphertexts = new Float32Array(kept.length * size);
+    let at = 0;
+    for (const p of parts) { ciphertexts.set(p, at); at += p.length; }
+    return { ciphertexts, kept: Uint32Array.from(kept), failures };
+  },
   async encryptAs({ pixels, size, cls }, progress) {
     return chunked(pixels, null, size, `encrypting as class ${cls}`, progress, (p) => veil.encryptAs(p, cls));
   },

@@ -56,6 +56,37 @@ pub enum FlowRoute {
     Class(u32),
 }
 
+impl FlowRoute {
+    /// The route for the images at `indices` of the batch.
+    pub fn subset(&self, indices: &[usize]) -> Self {
+        match self {
+            Self::TrueClass(labels) => {
+                Self::TrueClass(indices.iter().map(|&i| labels[i]).collect())
+            }
+            other => other.clone(),
+        }
+    }
+}
+
+/// The ciphertexts of the images of a batch that encrypt, and the others named
+/// ([`crate::session::Session::flow_encrypt_checked`]).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct CheckedCiphertexts {
+    /// The ciphertexts of the images in `kept`, in that order.
+    pub ciphertexts: Vec<f32>,
+    /// Batch indices of the images encrypted.
+    pub kept: Vec<u32>,
+    /// Batch indices of the images that cannot be encrypted with these flows, and why.
+    pub failures: Vec<EncryptionFailure>,
+}
+
+/// One image a flow cannot encrypt.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct EncryptionFailure {
+    pub index: u32,
+    pub reason: String,
+}
+
 /// Loaded flows plus the encryptors of the current key (rebuilt when the key changes).
 pub struct Flows {
     family: String,

@@ -14,7 +14,10 @@ use crate::device::{Backend, init_device};
 pub use crate::error::ClientError;
 use crate::finetune::{FineTune, FineTuneOptions, FineTunePlan, FineTuneProgress, Slot};
 pub use crate::flows::FlowRoute;
-use crate::flows::{Flows, FlowsInfo, NamedFiles, check_batch, read_all, read_parts};
+use crate::flows::{
+    CheckedCiphertexts, EncryptionFailure, Flows, FlowsInfo, NamedFiles, check_batch, read_all,
+    read_parts,
+};
 use crate::owsd::{Iin, ScrambleSetup, ScrambleStatus, Scrambled, Scrambler};
 use veil::schemes::owsd::KeyUsage;
 use veil::schemes::owsd::{IinReport, IinTrainOptions};
@@ -287,6 +290,89 @@ impl Session {
         Ok(out)
     }
 
+    /// Encrypts a batch along route (a) or (b) like [`Session::flow_apply`], but an image the
+    /// flows cannot encrypt (its inverse flow overflows) is left out and named instead of failing
+    /// the batch: the owner learns the encryptable fraction and keeps the rest.
+    pub async fn flow_encrypt_checked(
+        &self,
+        pixels: &[f32],
+        route: &FlowRoute,
+    ) -> Result<CheckedCiphertexts, ClientError> {
+        if matches!(route, FlowRoute::Class(_)) {
+            return Err(ClientError::BadInput(
+                "checked encryption is for route (a) or (b) data, not a step of route (c)".into(),
+            ));
+        }
+        let key = self.key()?;
+        let (parts, n, len) = {
+            let mut guard = self.flows.borrow_mut();
+            let flows = guard.as_mut().ok_or_else(no_flows)?;
+            let parts = flows.apply(&key, pixels, route, false, &self.device)?;
+            let len = flows.shape().len();
+            (parts, pixels.len() / len, len)
+        };
+        let all = read_parts(parts, n, len, self.backend.label()).await?;
+        let (mut kept, mut failures, mut ciphertexts) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, c) in all.chunks(len).enumerate() {
+            if c.iter().all(|v| v.is_finite()) {
+                kept.push(i);
+                ciphertexts.extend_from_slice(c);
+            } else {
+                failures.push(EncryptionFailure {
+                    index: i as u32,
+                    reason: veil::schemes::flow_rotation::EncryptFailure::NonFinite.to_string(),
+                });
+            }
+        }
+        if kept.is_empty() {
+            return Ok(CheckedCiphertexts {
+                ciphertexts,
+                kept: Vec::new(),
+                failures,
+            });
+        }
+        let originals: Vec<f32> = kept
+            .iter()
+            .flat_map(|&i| pixels[i * len..(i + 1) * len].iter().copied())
+            .collect();
+        let kept_route = route.subset(&kept);
+        if self.backend == Backend::Webgpu {
+            // Decrypting every image costs a software adapter as much again as encrypting:
+            // check a spread (see `flow_apply`).
+            self.check_round_trip(&originals, &ciphertexts, &kept_route, &key)
+                .await?;
+        } else {
+            // A finite ciphertext can still fail to decrypt (the inverse overflowed on the way
+            // back): decrypt every one, and move those that do not come back to the failures.
+            let all: Vec<usize> = (0..kept.len()).collect();
+            let bad = self
+                .round_trip_failures(&originals, &ciphertexts, &kept_route, &key, &all)
+                .await?;
+            if !bad.is_empty() {
+                for &j in &bad {
+                    failures.push(EncryptionFailure {
+                        index: kept[j] as u32,
+                        reason: "the ciphertext does not decrypt back to the image: the flow is numerically unstable on it".into(),
+                    });
+                }
+                failures.sort_by_key(|f| f.index);
+                let good: Vec<usize> = (0..kept.len())
+                    .filter(|j| bad.binary_search(j).is_err())
+                    .collect();
+                ciphertexts = good
+                    .iter()
+                    .flat_map(|&j| ciphertexts[j * len..(j + 1) * len].to_vec())
+                    .collect();
+                kept = good.iter().map(|&j| kept[j]).collect();
+            }
+        }
+        Ok(CheckedCiphertexts {
+            ciphertexts,
+            kept: kept.iter().map(|&i| i as u32).collect(),
+            failures,
+        })
+    }
+
     /// Decrypts up to [`ROUND_TRIP_CHECKS`] of `ciphertexts`, spread over the batch, and fails
     /// unless each gives back its (quantised) original.
     async fn check_round_trip(
@@ -296,49 +382,68 @@ impl Session {
         route: &FlowRoute,
         key: &MasterKey,
     ) -> Result<(), ClientError> {
-        let (len, levels) = {
-            let guard = self.flows.borrow();
-            let flows = guard.as_ref().ok_or_else(no_flows)?;
-            (flows.shape().len(), (flows.levels().max(2) - 1) as f32)
-        };
+        let len = self.flows_shape()?.len();
         let n = pixels.len() / len;
         let k = n.min(ROUND_TRIP_CHECKS);
         let picks: Vec<usize> = (0..k).map(|j| j * n / k).collect();
-        let take = |src: &[f32]| -> Vec<f32> {
-            picks
-                .iter()
-                .flat_map(|&i| src[i * len..(i + 1) * len].iter().copied())
-                .collect()
-        };
-        let sub_route = match route {
-            FlowRoute::TrueClass(labels) => {
-                FlowRoute::TrueClass(picks.iter().map(|&i| labels[i]).collect())
-            }
-            other => other.clone(),
-        };
-        let parts = {
-            let mut guard = self.flows.borrow_mut();
-            let flows = guard.as_mut().ok_or_else(no_flows)?;
-            flows.apply(key, &take(ciphertexts), &sub_route, true, &self.device)?
-        };
-        // A garbage ciphertext may decrypt to NaN: that is a failed round trip, not an error.
-        let back = read_parts(parts, k, len, self.backend.label()).await?;
-        let want = take(pixels);
-        let bad = back
-            .chunks(len)
-            .zip(want.chunks(len))
-            .filter(|(b, w)| {
-                !b.iter()
-                    .zip(*w)
-                    .all(|(b, w)| (b - (w * levels).round() / levels).abs() < 1e-4)
-            })
-            .count();
+        let bad = self
+            .round_trip_failures(pixels, ciphertexts, route, key, &picks)
+            .await?
+            .len();
         if bad > 0 {
             return Err(ClientError::BadInput(format!(
                 "{bad} of {k} checked images do not decrypt back: these flows do not fit your images (their inverse overflows). Fine-tune the flows on your images first (Fine-tune the flows page)"
             )));
         }
         Ok(())
+    }
+
+    /// Decrypts the ciphertexts at `picks` and returns those (batch indices) that do not give
+    /// back their (quantised) original.
+    async fn round_trip_failures(
+        &self,
+        pixels: &[f32],
+        ciphertexts: &[f32],
+        route: &FlowRoute,
+        key: &MasterKey,
+        picks: &[usize],
+    ) -> Result<Vec<usize>, ClientError> {
+        let (len, levels) = {
+            let guard = self.flows.borrow();
+            let flows = guard.as_ref().ok_or_else(no_flows)?;
+            (flows.shape().len(), (flows.levels().max(2) - 1) as f32)
+        };
+        let take = |src: &[f32]| -> Vec<f32> {
+            picks
+                .iter()
+                .flat_map(|&i| src[i * len..(i + 1) * len].iter().copied())
+                .collect()
+        };
+        let parts = {
+            let mut guard = self.flows.borrow_mut();
+            let flows = guard.as_mut().ok_or_else(no_flows)?;
+            flows.apply(
+                key,
+                &take(ciphertexts),
+                &route.subset(picks),
+                true,
+                &self.device,
+            )?
+        };
+        // A garbage ciphertext may decrypt to NaN: that is a failed round trip, not an error.
+        let back = read_parts(parts, picks.len(), len, self.backend.label()).await?;
+        let want = take(pixels);
+        Ok(back
+            .chunks(len)
+            .zip(want.chunks(len))
+            .zip(picks)
+            .filter(|((b, w), _)| {
+                !b.iter()
+                    .zip(*w)
+                    .all(|(b, w)| (b - (w * levels).round() / levels).abs() < 1e-4)
+            })
+            .map(|(_, &i)| i)
+            .collect())
     }
 
     /// Decodes PNG/JPEG files to the loaded flows' shape (the native decoder, so a file gives the

@@ -194,6 +194,34 @@ impl Veil {
             .map_err(err)
     }
 
+    /// [`Veil::encrypt`] that goes on past images the flows cannot encrypt:
+    /// `{ciphertexts: [the encrypted images' values], kept: [batch indices], failures: [{index,
+    /// reason}]}`.
+    #[wasm_bindgen(js_name = encryptChecked)]
+    pub async fn encrypt_checked(
+        &self,
+        pixels: Vec<f32>,
+        labels: Option<Vec<u32>>,
+    ) -> Result<JsValue, JsError> {
+        let session = Rc::clone(&self.inner);
+        let route = labels.map_or(FlowRoute::Agnostic, FlowRoute::TrueClass);
+        let out = session
+            .flow_encrypt_checked(&pixels, &route)
+            .await
+            .map_err(err)?;
+        let failures = serde_wasm(&out.failures)?;
+        let obj = js_sys::Object::new();
+        let set = |k: &str, v: JsValue| js_sys::Reflect::set(&obj, &k.into(), &v);
+        set(
+            "ciphertexts",
+            js_sys::Float32Array::from(&out.ciphertexts[..]).into(),
+        )
+        .and_then(|_| set("kept", js_sys::Uint32Array::from(&out.kept[..]).into()))
+        .and_then(|_| set("failures", failures))
+        .map_err(|_| JsError::new("internal: cannot build the answer object"))?;
+        Ok(obj.into())
+    }
+
     /// Encrypts every image with class `class`'s flow and key (one step of route c).
     #[wasm_bindgen(js_name = encryptAs)]
     pub async fn encrypt_as(&self, pixels: Vec<f32>, class: u32) -> Result<Vec<f32>, JsError> {

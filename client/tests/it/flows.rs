@@ -345,6 +345,42 @@ fn fine_tuning_one_flow_takes_exactly_the_native_trainers_steps() {
 }
 
 #[test]
+fn checked_encryption_leaves_out_and_names_what_the_flows_cannot_encrypt() {
+    let key = MasterKey::from_bytes([24; 32]);
+    let session = session_with_key(&key);
+    // 20 upright digits, then the same 20 inverted (the served flows overflow on most of those).
+    let upright = digits().subset(&(0..20).collect::<Vec<_>>());
+    let batch = upright.concat(&inverted(&upright)).unwrap();
+    let len = batch.shape.len();
+    let out = block_on(session.flow_encrypt_checked(&batch.images, &FlowRoute::Agnostic)).unwrap();
+    assert_eq!(out.kept.len() + out.failures.len(), 40);
+    assert!(
+        out.kept.starts_with(&(0..20).collect::<Vec<u32>>()),
+        "{:?}",
+        out.kept
+    );
+    assert!(out.failures.len() >= 10, "{} failures", out.failures.len());
+    assert!(out.failures.iter().all(|f| f.index >= 20
+        && (f.reason.contains("overflowed") || f.reason.contains("does not decrypt back"))));
+    assert_eq!(out.ciphertexts.len(), out.kept.len() * len);
+    // What was kept decrypts to its images; the unchecked path refuses the batch, naming one.
+    let back = block_on(session.flow_apply(&out.ciphertexts, &FlowRoute::Agnostic, true)).unwrap();
+    let want: Vec<f32> = out
+        .kept
+        .iter()
+        .flat_map(|&i| batch.image(i as usize).to_vec())
+        .collect();
+    assert_eq!(back, want);
+    let err = block_on(session.flow_apply(&batch.images, &FlowRoute::Agnostic, false)).unwrap_err();
+    assert!(err.to_string().contains("non-finite"), "{err}");
+    // Route (a) keeps each image's class.
+    let labels: Vec<u32> = batch.labels.clone();
+    let a = block_on(session.flow_encrypt_checked(&batch.images, &FlowRoute::TrueClass(labels)))
+        .unwrap();
+    assert!(a.kept.len() >= 20);
+}
+
+#[test]
 fn fine_tuning_on_unseen_data_improves_likelihood_and_gaussianity_and_still_round_trips() {
     let key = MasterKey::from_bytes([23; 32]);
     let session = session_with_key(&key);
