@@ -16,6 +16,7 @@ use burn::module::Module;
 use burn::tensor::Device;
 use serde_json::json;
 use veil::burn;
+use veil::crypto::keys::{MasterKey, Scheme};
 use veil::data::ImageDataset;
 use veil::flow::gaussianity::probe;
 use veil::flow::glow::{Glow, GlowConfig, Preprocess};
@@ -23,7 +24,6 @@ use veil::flow::train::{
     FlowCheckpoint, FlowTrainOptions, evaluate_bits_per_dim, train_flow_resumable,
 };
 use veil::nn::train::Control;
-use veil::crypto::keys::{MasterKey, Scheme};
 use veil::schemes::flow_rotation::{EncryptionSettings, FlowEncryptor};
 
 use crate::datasets::{DataSource, SourceDefaults, Split, load_source};
@@ -182,7 +182,8 @@ pub fn train(args: FlowTrainArgs) -> Result<()> {
         let latents = crate::experiments::flow::latents(&glow, &test_part, pre);
         let report = probe(&latents.0, latents.1, 128, args.seed);
         eprintln!("flow {name}: held-out {bpd:.3} bits/dim. {report}");
-        let encryptable = encryptable_fraction(&glow, pre, encryption, &test_part, args.seed, &name);
+        let encryptable =
+            encryptable_fraction(&glow, pre, encryption, &test_part, args.seed, &name);
         flows.push(json!({
             "name": name, "file": format!("flow-{name}.bpk"), "held_out_bits_per_dim": bpd,
             "gaussianity": report, "held_out_encryptable": encryptable,

@@ -74,7 +74,12 @@ fn quick_flow_experiment_writes_a_consistent_report() {
     // Every ciphertext is checked: on the digits every image round-trips, and the (empty) list
     // of failures is written.
     for setting in ["algorithm_1", "veil"] {
-        for set in ["per_class_train", "per_class_test", "agnostic_train", "agnostic_test"] {
+        for set in [
+            "per_class_train",
+            "per_class_test",
+            "agnostic_train",
+            "agnostic_test",
+        ] {
             assert_eq!(
                 get(&r, &["encryption", setting, set, "encryptable_fraction"]),
                 1.0
@@ -84,7 +89,10 @@ fn quick_flow_experiment_writes_a_consistent_report() {
         // on the original latents, and not the original latents (the secret rotation).
         let ceiling = get(&r, &["route_d", setting, "orig_orig"]);
         let d = get(&r, &["route_d", setting, "enc_enc"]);
-        assert!(ceiling > 0.85 && d > ceiling - 0.06, "{setting}: {d} vs {ceiling}");
+        assert!(
+            ceiling > 0.85 && d > ceiling - 0.06,
+            "{setting}: {d} vs {ceiling}"
+        );
         assert!(get(&r, &["route_d", setting, "enc_orig"]) < 0.3);
     }
     let failures: Value = serde_json::from_str(
@@ -216,7 +224,9 @@ fn flow_train_writes_flows_and_refuses_to_overwrite_without_resume() {
     );
     assert!(log.contains("flow agnostic: epoch 2/2"), "{log}");
     // The held-out images were encrypted and decrypted back under a throwaway key.
-    let encryptable = manifest["flows"][0]["held_out_encryptable"].as_f64().unwrap();
+    let encryptable = manifest["flows"][0]["held_out_encryptable"]
+        .as_f64()
+        .unwrap();
     assert!((0.0..=1.0).contains(&encryptable), "{encryptable}");
     assert!(log.contains("held-out images"), "{log}");
     // Algorithm 1 unless told otherwise.

@@ -121,12 +121,15 @@ fn the_page_path_encrypts_like_the_library_and_round_trips() {
 
 #[test]
 fn the_page_follows_the_manifests_encryption_settings() {
-    // The shipped family with Veil's settings written into its manifest: the page must encrypt
+    // The shipped family serves Veil's settings (τ = 0.5, cover classes): the page must encrypt
     // with class π(c)'s flow at τ = 0.5 (as the library does), and still decrypt exactly.
     let key = MasterKey::from_bytes([23; 32]);
-    let mut m: serde_json::Value = serde_json::from_str(&shipped_flows().0).unwrap();
-    m["encryption"] = serde_json::json!({ "temperature": 0.5, "cover_classes": true });
-    let session = session_with(&key, Some(&m.to_string()));
+    let m: serde_json::Value = serde_json::from_str(&shipped_flows().0).unwrap();
+    assert_eq!(
+        m["encryption"],
+        serde_json::json!({ "temperature": 0.5, "cover_classes": true })
+    );
+    let session = session_with(&key, None);
     let info = session.flows_info().unwrap();
     assert_eq!(info.encryption.temperature, 0.5);
     assert!(info.encryption.cover_classes);
@@ -139,7 +142,14 @@ fn the_page_follows_the_manifests_encryption_settings() {
     let len = data.shape.len();
     for i in [0, 11, 29] {
         let k = data.labels[i] as usize;
-        let algorithm_1 = plain.class_encryptor(&key, k, &device);
+        let algorithm_1 = veil::schemes::flow_rotation::class_encryptor(
+            &plain.per_class,
+            k,
+            plain.manifest.preprocess,
+            &key,
+            veil::schemes::flow_rotation::EncryptionSettings::ALGORITHM_1,
+            &device,
+        );
         let veil = algorithm_1
             .clone()
             .with_temperature(0.5)

@@ -113,17 +113,35 @@ async fn journey(b: &Browser, url: &str, mode: GpuMode) -> Result<()> {
         .await?;
     assert_eq!(restored, fp);
 
-    // Classify the model card's reference digits, dropped into the page as PNG files: the page
-    // must give the native model's answer for every one (right or wrong), and so be right as
-    // often as it is natively.
+    // Classify the model card's reference digits, dropped into the page as 64×64 PNG files: the
+    // page makes each into a UCI-style digit (veil::data::handwriting::uci_digit) and must give
+    // the native model's answer on the same file read the same way, for every one (right or
+    // wrong), and so be right as often as it is natively.
     let card = veil::nn::model::demo::card();
     let (_, test) = digits().split(card.split.0, card.split.1);
-    let native = veil::nn::train::argmax_rows(&card.reference_logits, card.classes.len());
     let dir = tempfile::tempdir()?;
+    let device = veil::burn::tensor::Device::flex();
+    let model = card.config.load(veil::nn::model::demo::WEIGHTS, &device)?;
+    let mut native = Vec::new();
+    for &i in &card.reference_indices {
+        let png = dir.path().join(format!("digit-{i}.png"));
+        digit_png(test.image(i), 8, &png)?;
+        let img = image::open(&png)?.to_luma8();
+        let luma: Vec<f32> = img.pixels().map(|p| f32::from(p.0[0]) / 255.0).collect();
+        let (digit, _) =
+            veil::data::handwriting::uci_digit(&luma, img.width() as usize, img.height() as usize)?;
+        let one = veil::data::ImageDataset::new(
+            digit.to_vec(),
+            vec![0],
+            veil::data::ImageShape::new(1, 8, 8),
+            card.classes.clone(),
+        )?;
+        let logits = veil::nn::train::predict_logits(&model, &one, &device);
+        native.push(veil::nn::train::argmax_rows(&logits, card.classes.len())[0]);
+    }
     let mut correct = 0;
     for (r, &i) in card.reference_indices.iter().enumerate() {
         let png = dir.path().join(format!("digit-{i}.png"));
-        digit_png(test.image(i), 8, &png)?;
         c.execute(
             "document.getElementById('prediction').dataset.label = '';",
             vec![],
