@@ -20,7 +20,7 @@ use veil::flow::glow::{Glow, GlowConfig, Preprocess};
 use veil::flow::train::{
     FlowTrainOptions, evaluate_bits_per_dim, flow_latents, train_flow_resumable,
 };
-use veil::nn::latent::LatentMlpConfig;
+use veil::nn::latent::{LatentMlpConfig, NOISE_COPIES, NOISE_PER_TAU, with_isotropic_noise};
 use veil::nn::model::{Classifier, SmallCnnConfig};
 use veil::nn::resnet::SmallResNetConfig;
 use veil::nn::train::{
@@ -565,8 +565,11 @@ pub fn run(args: FlowArgs) -> Result<()> {
     }
     let latent_orig = latent_baseline(&s, &agnostic, args.common.seed)?;
     let mut route_d = BTreeMap::new();
-    for (name, ct) in [("algorithm_1", &paper_ct), ("veil", &veil_ct)] {
-        let row = latent_route(&s, &agnostic, ct, latent_orig, args.common.seed, name)?;
+    for (name, ct, tau) in [
+        ("algorithm_1", &paper_ct, 1.0),
+        ("veil", &veil_ct, args.temperature),
+    ] {
+        let row = latent_route(&s, &agnostic, ct, tau, latent_orig, args.common.seed, name)?;
         eprintln!("route (d), {name}: {row:?}");
         route_d.insert(name.to_owned(), row);
     }
@@ -848,12 +851,34 @@ fn latent_features(
     }
 }
 
+/// Trains the latent perceptron: the classifiers' batch size, learning rate 1e-3, 20 epochs
+/// over the noisy copies (10 in a quick run): the recipe measured in [`veil::nn::latent`].
+fn fit_latent<M: Classifier>(model: M, s: &Setup, data: &ImageDataset, label: &str) -> Result<M> {
+    let options = TrainOptions {
+        epochs: if s.clf_options.epochs < 30 { 10 } else { 20 },
+        learning_rate: 1e-3,
+        ..s.clf_options
+    };
+    let device = Device::flex().autodiff();
+    let per_epoch = data.len().div_ceil(options.batch_size);
+    let pb = bar((options.epochs * per_epoch) as u64, label).per_epoch(per_epoch as u64, 0);
+    let model = train_classifier(model, data, options, &device, |r| {
+        pb.inc(1);
+        pb.set_message(format!("loss {:.3} acc {:.3}", r.loss, r.accuracy));
+        Control::Continue
+    })
+    .with_context(|| format!("training the {label}"))?;
+    pb.finish();
+    Ok(model.valid())
+}
+
 /// Route (d) for one setting's class-agnostic ciphertexts (see [`LatentRoute`]); `originals`
 /// are the perceptron's results on the original latents, shared by both settings.
 fn latent_route(
     s: &Setup,
     agnostic: &Glow,
     ct: &Ciphertexts,
+    ct_temperature: f32,
     orig_orig: f64,
     seed: u64,
     what: &str,
@@ -861,8 +886,13 @@ fn latent_route(
     let device = Device::flex().autodiff();
     device.seed(seed);
     let mlp = LatentMlpConfig::new(s.train.shape.len(), s.train.num_classes()).init(&device);
-    let train = latent_features(agnostic, s.pre, &ct.train_b.data, true);
-    let on_enc = fit_classifier(
+    let train = with_isotropic_noise(
+        &latent_features(agnostic, s.pre, &ct.train_b.data, true),
+        NOISE_COPIES,
+        NOISE_PER_TAU * ct_temperature,
+        seed,
+    );
+    let on_enc = fit_latent(
         mlp,
         s,
         &train,
@@ -889,8 +919,13 @@ fn latent_baseline(s: &Setup, agnostic: &Glow, seed: u64) -> Result<f64> {
     let device = Device::flex().autodiff();
     device.seed(seed);
     let mlp = LatentMlpConfig::new(s.train.shape.len(), s.train.num_classes()).init(&device);
-    let train = latent_features(agnostic, s.pre, &s.train, false);
-    let on_orig = fit_classifier(mlp, s, &train, "latent perceptron on g(s)")?;
+    let train = with_isotropic_noise(
+        &latent_features(agnostic, s.pre, &s.train, false),
+        NOISE_COPIES,
+        NOISE_PER_TAU,
+        seed,
+    );
+    let on_orig = fit_latent(mlp, s, &train, "latent perceptron on g(s)")?;
     let test = latent_features(agnostic, s.pre, &s.test, false);
     Ok(f64::from(accuracy(&on_orig, &test, &Device::flex())))
 }
