@@ -419,10 +419,20 @@ fn fit_classifier<M: Classifier>(
     data: &ImageDataset,
     label: &str,
 ) -> Result<M> {
+    fit_with(model, s.clf_options, data, label)
+}
+
+/// Trains `model` on `data` with `options`, showing progress under `label`.
+fn fit_with<M: Classifier>(
+    model: M,
+    options: TrainOptions,
+    data: &ImageDataset,
+    label: &str,
+) -> Result<M> {
     let device = Device::flex().autodiff();
-    let per_epoch = data.len().div_ceil(s.clf_options.batch_size);
-    let pb = bar((s.clf_options.epochs * per_epoch) as u64, label).per_epoch(per_epoch as u64, 0);
-    let model = train_classifier(model, data, s.clf_options, &device, |r| {
+    let per_epoch = data.len().div_ceil(options.batch_size);
+    let pb = bar((options.epochs * per_epoch) as u64, label).per_epoch(per_epoch as u64, 0);
+    let model = train_classifier(model, data, options, &device, |r| {
         pb.inc(1);
         pb.set_message(format!("loss {:.3} acc {:.3}", r.loss, r.accuracy));
         Control::Continue
@@ -859,17 +869,7 @@ fn fit_latent<M: Classifier>(model: M, s: &Setup, data: &ImageDataset, label: &s
         learning_rate: 1e-3,
         ..s.clf_options
     };
-    let device = Device::flex().autodiff();
-    let per_epoch = data.len().div_ceil(options.batch_size);
-    let pb = bar((options.epochs * per_epoch) as u64, label).per_epoch(per_epoch as u64, 0);
-    let model = train_classifier(model, data, options, &device, |r| {
-        pb.inc(1);
-        pb.set_message(format!("loss {:.3} acc {:.3}", r.loss, r.accuracy));
-        Control::Continue
-    })
-    .with_context(|| format!("training the {label}"))?;
-    pb.finish();
-    Ok(model.valid())
+    fit_with(model, options, data, label)
 }
 
 /// Route (d) for one setting's class-agnostic ciphertexts (see [`LatentRoute`]); `originals`

@@ -523,20 +523,26 @@ mod tests {
     use crate::data::digits;
     use crate::flow::glow::GlowConfig;
 
-    #[test]
-    fn round_trip_within_1e_4_pixel_units_and_keys_matter() {
+    /// The first `n` digits and an untrained (data-initialised) 8×8 Glow of them.
+    fn digits_and_glow(n: usize) -> (Device, Preprocess, Tensor<4>, Glow) {
         let device = Device::flex();
         let pre = Preprocess {
             levels: 17,
             alpha: 0.05,
         };
-        let data = digits().subset(&(0..64).collect::<Vec<_>>());
-        let x = data.images_tensor(0..64, &device);
+        let data = digits().subset(&(0..n).collect::<Vec<_>>());
+        let x = data.images_tensor(0..n, &device);
         let (s, _) = pre.to_logit(x.clone(), true);
         let glow = GlowConfig::new(1, 8, 8)
             .with_hidden(16)
             .init(&device)
             .data_init(s);
+        (device, pre, x, glow)
+    }
+
+    #[test]
+    fn round_trip_within_1e_4_pixel_units_and_keys_matter() {
+        let (device, pre, x, glow) = digits_and_glow(64);
         let key = MasterKey::from_bytes([4; 32]);
         let enc = FlowEncryptor::new(
             glow.clone(),
@@ -578,18 +584,7 @@ mod tests {
 
     #[test]
     fn the_public_flow_reads_a_ciphertext_as_the_rotated_scaled_latent() {
-        let device = Device::flex();
-        let pre = Preprocess {
-            levels: 17,
-            alpha: 0.05,
-        };
-        let data = digits().subset(&(0..32).collect::<Vec<_>>());
-        let x = data.images_tensor(0..32, &device);
-        let (s, _) = pre.to_logit(x.clone(), true);
-        let glow = GlowConfig::new(1, 8, 8)
-            .with_hidden(16)
-            .init(&device)
-            .data_init(s);
+        let (device, pre, x, glow) = digits_and_glow(32);
         let key = MasterKey::from_bytes([9; 32]).class_subkey(Scheme::FlowRotation, 0);
         let rotation = HaarRotation::from_subkey(&key, 64);
         let enc = FlowEncryptor::with_rotation(glow.clone(), pre, &rotation, &device)
@@ -611,18 +606,7 @@ mod tests {
 
     #[test]
     fn verified_encryption_names_the_images_that_do_not_round_trip() {
-        let device = Device::flex();
-        let pre = Preprocess {
-            levels: 17,
-            alpha: 0.05,
-        };
-        let data = digits().subset(&(0..16).collect::<Vec<_>>());
-        let x = data.images_tensor(0..16, &device);
-        let (s, _) = pre.to_logit(x.clone(), true);
-        let glow = GlowConfig::new(1, 8, 8)
-            .with_hidden(16)
-            .init(&device)
-            .data_init(s);
+        let (device, pre, x, glow) = digits_and_glow(16);
         let key = MasterKey::from_bytes([4; 32]).class_subkey(Scheme::FlowRotation, 0);
         let enc = FlowEncryptor::new(glow, pre, &key, &device);
         let (c, failures) = enc.encrypt_verified(x.clone());
