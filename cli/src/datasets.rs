@@ -482,3 +482,44 @@ pub fn load_source(source: &DataSource, split: Split, defaults: SourceDefaults) 
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn common(size: Option<usize>, channels: Option<usize>) -> CommonArgs {
+        CommonArgs {
+            data: DataSource::Digits,
+            out: PathBuf::from("unused"),
+            quick: false,
+            size,
+            channels,
+            split: Split::All,
+            seed: 7,
+        }
+    }
+
+    const DEFAULTS: SourceDefaults = SourceDefaults {
+        size: 32,
+        channels: 3,
+        classes: 10,
+        per_class: 10,
+        seed: 7,
+    };
+
+    #[test]
+    fn the_digits_stay_8x8_unless_a_size_is_given() {
+        let plain = common(None, None).load(DEFAULTS).unwrap();
+        assert_eq!(plain.data.shape, ImageShape::new(1, 8, 8));
+        assert_eq!(plain.bins, DIGITS_LEVELS);
+        let big = common(Some(28), Some(1)).load(DEFAULTS).unwrap();
+        assert_eq!(big.data.shape, ImageShape::new(1, 28, 28));
+        assert_eq!((big.data.len(), big.bins), (plain.data.len(), 256));
+        assert_eq!(big.data.labels, plain.data.labels);
+        let line = common(Some(28), Some(1)).command_line("flow");
+        assert_eq!(
+            line,
+            "veil experiment flow --data digits --out unused --size 28 --channels 1"
+        );
+    }
+}

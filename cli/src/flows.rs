@@ -16,6 +16,7 @@ use burn::module::Module;
 use burn::tensor::Device;
 use serde_json::json;
 use veil::burn;
+use veil::crypto::haar::HaarRotation;
 use veil::crypto::keys::{MasterKey, Scheme};
 use veil::data::ImageDataset;
 use veil::flow::gaussianity::probe;
@@ -161,6 +162,7 @@ pub fn train(args: FlowTrainArgs) -> Result<()> {
         }
     }
     let mut flows = Vec::new();
+    let mut rotation: Option<HaarRotation> = None;
     for (name, train_part, test_part) in jobs {
         if train_part.is_empty() {
             continue;
@@ -182,8 +184,15 @@ pub fn train(args: FlowTrainArgs) -> Result<()> {
         let latents = crate::experiments::flow::latents(&glow, &test_part, pre);
         let report = probe(&latents.0, latents.1, 128, args.seed);
         eprintln!("flow {name}: held-out {bpd:.3} bits/dim. {report}");
-        let encryptable =
-            encryptable_fraction(&glow, pre, encryption, &test_part, args.seed, &name);
+        let rotation = rotation.get_or_insert_with(|| {
+            // One throwaway rotation for every flow of the family: drawing one is a QR of a
+            // (C·H·W)² matrix, the costly part at real sizes.
+            let mut kb = [0u8; 32];
+            kb[..8].copy_from_slice(&args.seed.to_le_bytes());
+            let key = MasterKey::from_bytes(kb).class_subkey(Scheme::FlowRotation, 0);
+            HaarRotation::from_subkey(&key, data.shape.len())
+        });
+        let encryptable = encryptable_fraction(&glow, pre, encryption, &test_part, rotation, &name);
         flows.push(json!({
             "name": name, "file": format!("flow-{name}.bpk"), "held_out_bits_per_dim": bpd,
             "gaussianity": report, "held_out_encryptable": encryptable,
@@ -205,26 +214,23 @@ pub fn train(args: FlowTrainArgs) -> Result<()> {
     Ok(())
 }
 
-/// The share of `held_out` that `glow` encrypts and decrypts back exactly under the rotation of a
-/// throwaway key (seeded; not an owner's key) at the family's temperature. Images that do not
+/// The share of `held_out` that `glow` encrypts and decrypts back exactly under `rotation` (a
+/// throwaway key's, seeded; not an owner's) at the family's temperature. Images that do not
 /// round-trip are named on the terminal; `flow train` goes on.
 fn encryptable_fraction(
     glow: &Glow,
     pre: Preprocess,
     settings: EncryptionSettings,
     held_out: &ImageDataset,
-    seed: u64,
+    rotation: &HaarRotation,
     name: &str,
 ) -> Option<f64> {
     if held_out.is_empty() {
         return None;
     }
     let device = Device::flex();
-    let mut kb = [0u8; 32];
-    kb[..8].copy_from_slice(&seed.to_le_bytes());
-    let key = MasterKey::from_bytes(kb).class_subkey(Scheme::FlowRotation, 0);
-    let enc =
-        FlowEncryptor::new(glow.clone(), pre, &key, &device).with_temperature(settings.temperature);
+    let enc = FlowEncryptor::with_rotation(glow.clone(), pre, rotation, &device)
+        .with_temperature(settings.temperature);
     let out = crate::experiments::flow::encrypt_all(held_out, |_| enc.clone(), Some(0));
     let fraction = out.kept.len() as f64 / out.of() as f64;
     match out.failures.first() {

@@ -553,6 +553,24 @@ async fn journey(b: &Browser, base: &str, mode: GpuMode, rec: &Recording) -> Res
         (page_c - native_c).abs() <= 0.034,
         "route (c): the page reads {page_c}, natively {native_c}"
     );
+    // The figures docs/RESULTS.md quotes, kept where a run under `cargo xtask test` (which shows
+    // no output of passing tests) leaves them: target/e2e-figures/flow-journey-<backend>.json.
+    let dir = veil_tests::repo_root().join("target").join("e2e-figures");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(
+        dir.join(format!("flow-journey-{tag}.json")),
+        serde_json::to_string_pretty(&serde_json::json!({
+            "backend": tag,
+            "served_settings": served["encryption"],
+            "uploaded_vs_native_max_abs_diff": worst,
+            "route_a_page": page_a,
+            "route_a_native": native_a,
+            "route_a_reference": { "table": table, "accuracy": reference },
+            "route_c_images": ROUTE_C_IMAGES,
+            "route_c_page": page_c,
+            "route_c_native": native_c,
+        }))?,
+    )?;
     Ok(())
 }
 

@@ -132,14 +132,11 @@ struct Encryptors {
 }
 
 impl Encryptors {
-    fn new(
-        s: &Setup,
-        key: &MasterKey,
-        class_flows: &[Glow],
-        agnostic: &Glow,
-        settings: EncryptionSettings,
-    ) -> Self {
+    /// Algorithm 1's encryptors: one Haar rotation per class and one class-agnostic, drawn from
+    /// the key (the costly part at real sizes: a QR of a `C·H·W`-square matrix each).
+    fn new(s: &Setup, key: &MasterKey, class_flows: &[Glow], agnostic: &Glow) -> Self {
         let device = Device::flex();
+        let settings = EncryptionSettings::ALGORITHM_1;
         let per_class = (0..class_flows.len())
             .map(|c| class_encryptor(class_flows, c, s.pre, key, settings, &device))
             .collect();
@@ -150,6 +147,31 @@ impl Encryptors {
             pi,
             per_class,
             agnostic,
+        }
+    }
+
+    /// The same key's encryptors at other `settings`: the same rotations (so no new matrix is
+    /// drawn), scaled by τ and decoded by the cover class's flow as
+    /// [`class_encryptor`] and [`agnostic_encryptor`] do.
+    fn with_settings(&self, class_flows: &[Glow], settings: EncryptionSettings) -> Self {
+        let per_class = self
+            .per_class
+            .iter()
+            .enumerate()
+            .map(|(c, e)| {
+                let e = e.clone().with_temperature(settings.temperature);
+                if settings.cover_classes {
+                    e.with_cover(class_flows[self.pi[c]].clone())
+                } else {
+                    e
+                }
+            })
+            .collect();
+        Self {
+            settings,
+            pi: self.pi.clone(),
+            per_class,
+            agnostic: self.agnostic.clone().with_temperature(settings.temperature),
         }
     }
 
@@ -532,17 +554,11 @@ pub fn run(args: FlowArgs) -> Result<()> {
     let flow_train_s = t.elapsed().as_secs_f64();
 
     let t = Instant::now();
-    let paper = Encryptors::new(
-        &s,
-        &key,
-        &class_flows,
-        &agnostic,
-        EncryptionSettings::ALGORITHM_1,
-    );
+    let paper = Encryptors::new(&s, &key, &class_flows, &agnostic);
     let paper_ct = Ciphertexts::of(&paper, &s);
     let encrypt_s = t.elapsed().as_secs_f64();
     let images_encrypted = 2 * (s.train.len() + s.test.len());
-    let veil = Encryptors::new(&s, &key, &class_flows, &agnostic, veil_settings);
+    let veil = paper.with_settings(&class_flows, veil_settings);
     let veil_ct = Ciphertexts::of(&veil, &s);
     paper_ct.warn("Algorithm 1");
     veil_ct.warn("Veil's settings");
@@ -650,10 +666,7 @@ pub fn run(args: FlowArgs) -> Result<()> {
         let ct = if tau == args.temperature {
             &veil_ct
         } else {
-            owned = Ciphertexts::of(
-                &Encryptors::new(&s, &key, &class_flows, &agnostic, settings),
-                &s,
-            );
+            owned = Ciphertexts::of(&paper.with_settings(&class_flows, settings), &s);
             &owned
         };
         let (a, b) = bpd_on_ciphertexts(ct, &format!("τ = {tau} ciphertexts"))?;
