@@ -440,7 +440,7 @@ impl Session {
             .filter(|((b, w), _)| {
                 !b.iter()
                     .zip(*w)
-                    .all(|(b, w)| (b - (w * levels).round() / levels).abs() < 1e-4)
+                    .all(|(b, w)| (b - (w * levels).round_ties_even() / levels).abs() < 1e-4)
             })
             .map(|(_, &i)| i)
             .collect())

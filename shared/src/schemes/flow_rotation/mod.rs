@@ -149,10 +149,12 @@ impl FlowEncryptor {
                     return Some(EncryptFailure::NonFinite);
                 }
                 let r = i * per..(i + 1) * per;
+                // Against the image as encryption reads it: quantised to the data's levels (burn
+                // rounds ties to even).
                 let worst = back[r.clone()]
                     .iter()
                     .zip(&original[r])
-                    .map(|(d, o)| ((d - o) * levels).abs())
+                    .map(|(d, o)| (d * levels - (o * levels).round_ties_even()).abs())
                     .fold(0.0f32, |m, e| if e.is_nan() { f32::NAN } else { m.max(e) });
                 (worst.is_nan() || worst >= 0.5).then_some(EncryptFailure::NoRoundTrip {
                     max_error_levels: if worst.is_nan() { f32::INFINITY } else { worst },
@@ -610,6 +612,11 @@ mod tests {
         let key = MasterKey::from_bytes([4; 32]).class_subkey(Scheme::FlowRotation, 0);
         let enc = FlowEncryptor::new(glow, pre, &key, &device);
         let (c, failures) = enc.encrypt_verified(x.clone());
+        assert_eq!(failures, vec![None; 16]);
+        // Pixels between levels (an unquantised image) are read at their nearest level, and
+        // compared with it.
+        let off_grid = x.clone() + 0.5 / 16.0;
+        let (_, failures) = enc.encrypt_verified(off_grid.clamp(0.0, 1.0));
         assert_eq!(failures, vec![None; 16]);
         assert_eq!(c.dims(), [16, 1, 8, 8]);
         // A latent scaled far beyond the flow's range saturates its inverse: nothing comes back.
