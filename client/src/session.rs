@@ -263,6 +263,23 @@ impl Session {
             .ok_or_else(no_flows)
     }
 
+    /// The loaded flows applied to a batch under `key` (lazy device tensors, see
+    /// [`Flows::apply`]), with the batch's image count and image length.
+    #[allow(clippy::type_complexity)]
+    fn apply_parts(
+        &self,
+        key: &MasterKey,
+        pixels: &[f32],
+        route: &FlowRoute,
+        decrypt: bool,
+    ) -> Result<(Vec<(Vec<usize>, Tensor<4>)>, usize, usize), ClientError> {
+        let mut guard = self.flows.borrow_mut();
+        let flows = guard.as_mut().ok_or_else(no_flows)?;
+        let parts = flows.apply(key, pixels, route, decrypt, &self.device)?;
+        let len = flows.shape().len();
+        Ok((parts, pixels.len() / len, len))
+    }
+
     /// Encrypts (or, with `decrypt`, decrypts and re-quantises) a batch `[B, C, H, W]` of the
     /// flows' shape with the loaded key along `route`.
     pub async fn flow_apply(
@@ -272,13 +289,7 @@ impl Session {
         decrypt: bool,
     ) -> Result<Vec<f32>, ClientError> {
         let key = self.key()?;
-        let (parts, n, len) = {
-            let mut guard = self.flows.borrow_mut();
-            let flows = guard.as_mut().ok_or_else(no_flows)?;
-            let parts = flows.apply(&key, pixels, route, decrypt, &self.device)?;
-            let len = flows.shape().len();
-            (parts, pixels.len() / len, len)
-        };
+        let (parts, n, len) = self.apply_parts(&key, pixels, route, decrypt)?;
         let out = read_all(parts, n, len, self.backend.label()).await?;
         // On the CPU an overflowing inverse flow gives NaN, which `read_all` refuses. WGSL leaves
         // overflow implementation-defined, so on WebGPU it can give finite garbage that would
@@ -304,13 +315,7 @@ impl Session {
             ));
         }
         let key = self.key()?;
-        let (parts, n, len) = {
-            let mut guard = self.flows.borrow_mut();
-            let flows = guard.as_mut().ok_or_else(no_flows)?;
-            let parts = flows.apply(&key, pixels, route, false, &self.device)?;
-            let len = flows.shape().len();
-            (parts, pixels.len() / len, len)
-        };
+        let (parts, n, len) = self.apply_parts(&key, pixels, route, false)?;
         let all = read_parts(parts, n, len, self.backend.label()).await?;
         let (mut kept, mut failures, mut ciphertexts) = (Vec::new(), Vec::new(), Vec::new());
         for (i, c) in all.chunks(len).enumerate() {
@@ -419,17 +424,8 @@ impl Session {
                 .flat_map(|&i| src[i * len..(i + 1) * len].iter().copied())
                 .collect()
         };
-        let parts = {
-            let mut guard = self.flows.borrow_mut();
-            let flows = guard.as_mut().ok_or_else(no_flows)?;
-            flows.apply(
-                key,
-                &take(ciphertexts),
-                &route.subset(picks),
-                true,
-                &self.device,
-            )?
-        };
+        let (parts, _, _) =
+            self.apply_parts(key, &take(ciphertexts), &route.subset(picks), true)?;
         // A garbage ciphertext may decrypt to NaN: that is a failed round trip, not an error.
         let back = read_parts(parts, picks.len(), len, self.backend.label()).await?;
         let want = take(pixels);
