@@ -1,9 +1,12 @@
 //! Attacks that measure what each scheme protects. Every security claim in Veil's pages and docs
 //! is backed by one of these, run by an experiment.
 //!
+//! - [`adversarial`]: correspondence recovery (paper §3.4, §4.3) and a factory that fights
+//!   back (adversarial training, pre-processing) against adversarial data encryption.
 //! - [`leakage`]: gradient leakage (DLG, iDLG, Inverting Gradients, the analytic first-layer
 //!   attack) against plain and encrypted training.
 //! - [`owsd_inverter`]: the autoencoder that inverts OWSD's scrambles from known pairs (§5.3).
 
+pub mod adversarial;
 pub mod leakage;
 pub mod owsd_inverter;

@@ -4,6 +4,8 @@
 //!
 //! - [`flow_rotation`]: Wu, Du, Yuan, *Secure Data Sharing With Flow Model*.
 //! - [`owsd`]: Savransky, Mateless, Katz, *One Way Scrambling by Deconvolution*.
+//! - [`adversarial`]: Hu, Zhang, Shan, Qin, Qi, Wu, Yuan, *Adversarial Data Encryption*.
 
+pub mod adversarial;
 pub mod flow_rotation;
 pub mod owsd;
