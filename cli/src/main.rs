@@ -59,6 +59,9 @@ enum Experiment {
     /// One-way scrambling by deconvolution (Savransky, Mateless, Katz): IIN vs cloud, fewer
     /// labels, labelled images per class, the cloud's view, and the autoencoder attack.
     Owsd(experiments::owsd::OwsdArgs),
+    /// Adversarial data encryption (Hu et al.): Tables 1, 3, 5, 7 and 8, a factory that fights
+    /// back (adversarial training, pre-processing), and ε against PSNR.
+    Adversarial(experiments::adversarial::AdversarialArgs),
 }
 
 #[derive(clap::Args)]
@@ -141,6 +144,7 @@ fn main() -> Result<()> {
         Command::Experiment(Experiment::Flow(args)) => experiments::flow::run(args),
         Command::Experiment(Experiment::Leakage(args)) => experiments::leakage::run(args),
         Command::Experiment(Experiment::Owsd(args)) => experiments::owsd::run(args),
+        Command::Experiment(Experiment::Adversarial(args)) => experiments::adversarial::run(args),
         Command::Flow(FlowCommand::Train(args)) => flows::train(args),
         Command::Factory(args) => factory::run(args),
         Command::DataSynth(args) => {

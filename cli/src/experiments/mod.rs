@@ -1,12 +1,16 @@
 //! `veil experiment ...`: reproductions of the papers' experiments, writing a markdown report,
 //! figures and a `results.json` with stable keys.
 
+pub mod adversarial;
 pub mod flow;
 pub mod leakage;
 pub mod owsd;
 
 use anyhow::{Context, Result};
+use veil::burn::prelude::*;
 use veil::data::ImageDataset;
+use veil::nn::model::Classifier;
+use veil::nn::train::{Control, TrainOptions, train_classifier};
 
 /// A share as a percentage with one decimal, for reports.
 pub fn pct(x: f64) -> String {
@@ -74,4 +78,35 @@ pub fn image_grid(path: &std::path::Path, rows: &[&ImageDataset], picks: &[usize
     }
     img.save(path)
         .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Trains `model` (on an autodiff device) on `data` with `options`, showing progress under
+/// `label`; returns it still on the autodiff device (for gradients of its inputs).
+pub fn fit_autodiff<M: Classifier>(
+    model: M,
+    options: TrainOptions,
+    data: &ImageDataset,
+    label: &str,
+) -> Result<M> {
+    let device = Device::flex().autodiff();
+    let per_epoch = data.len().div_ceil(options.batch_size);
+    let pb = bar((options.epochs * per_epoch) as u64, label).per_epoch(per_epoch as u64, 0);
+    let model = train_classifier(model, data, options, &device, |r| {
+        pb.inc(1);
+        pb.set_message(format!("loss {:.3} acc {:.3}", r.loss, r.accuracy));
+        Control::Continue
+    })
+    .with_context(|| format!("training the {label}"))?;
+    pb.finish();
+    Ok(model)
+}
+
+/// [`fit_autodiff`], returning the model for inference.
+pub fn fit_with<M: Classifier>(
+    model: M,
+    options: TrainOptions,
+    data: &ImageDataset,
+    label: &str,
+) -> Result<M> {
+    Ok(fit_autodiff(model, options, data, label)?.valid())
 }

@@ -2,6 +2,7 @@
 //! experiments' quick runs, and `veil serve` as a process.
 
 mod datasets;
+mod experiment_adversarial;
 mod experiment_data;
 mod experiment_flow;
 mod experiment_leakage;

@@ -23,15 +23,13 @@ use veil::flow::train::{
 use veil::nn::latent::{LatentMlpConfig, NOISE_COPIES, NOISE_PER_TAU, with_isotropic_noise};
 use veil::nn::model::{Classifier, SmallCnnConfig};
 use veil::nn::resnet::SmallResNetConfig;
-use veil::nn::train::{
-    Control, TrainOptions, accuracy, argmax_rows, predict_logits, train_classifier,
-};
+use veil::nn::train::{Control, TrainOptions, accuracy, argmax_rows, predict_logits};
 use veil::schemes::flow_rotation::{
     EncryptFailure, EncryptionSettings, FlowEncryptor, agnostic_encryptor, class_encryptor,
     cover_permutation, model_routed, public_latents,
 };
 
-use super::bar;
+use super::{bar, fit_with};
 use crate::datasets::{CommonArgs, SourceDefaults};
 
 mod checkpoints;
@@ -442,26 +440,6 @@ fn fit_classifier<M: Classifier>(
     label: &str,
 ) -> Result<M> {
     fit_with(model, s.clf_options, data, label)
-}
-
-/// Trains `model` on `data` with `options`, showing progress under `label`.
-fn fit_with<M: Classifier>(
-    model: M,
-    options: TrainOptions,
-    data: &ImageDataset,
-    label: &str,
-) -> Result<M> {
-    let device = Device::flex().autodiff();
-    let per_epoch = data.len().div_ceil(options.batch_size);
-    let pb = bar((options.epochs * per_epoch) as u64, label).per_epoch(per_epoch as u64, 0);
-    let model = train_classifier(model, data, options, &device, |r| {
-        pb.inc(1);
-        pb.set_message(format!("loss {:.3} acc {:.3}", r.loss, r.accuracy));
-        Control::Continue
-    })
-    .with_context(|| format!("training the {label}"))?;
-    pb.finish();
-    Ok(model.valid())
 }
 
 /// Route (c): encrypt each test image with every class's flow and key, and let
