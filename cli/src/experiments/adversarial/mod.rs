@@ -542,7 +542,7 @@ pub fn run(args: AdversarialArgs) -> Result<()> {
     }];
     // Other radii, named by the PSNR their full use gives (30 dB is the bar).
     let levels: &[f64] = if q {
-        &[30.0, 18.0]
+        &[30.0, 24.0, 18.0]
     } else {
         &[40.0, 30.0, 24.0, 18.0]
     };

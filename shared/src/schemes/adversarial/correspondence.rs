@@ -255,6 +255,20 @@ mod tests {
         MasterKey::from_bytes(b)
     }
 
+    /// Pinned: changing the derivation would give an owner's existing key another
+    /// correspondence, and their encrypted sets would no longer match their key.
+    #[test]
+    fn the_test_key_gives_the_pinned_correspondence() {
+        let key = crate::crypto::testvectors::test_key();
+        let p = ClassCorrespondence::from_key(&key, 10).unwrap();
+        assert_eq!(p.targets(), PINNED_P, "{:?}", p.targets());
+        let c = CombinedKey::from_key(&key, 10, CombineMethod::HorizontalConcat).unwrap();
+        assert_eq!(c.targets[0], PINNED_HC0, "{:?}", c.targets[0]);
+    }
+
+    const PINNED_P: &[u32] = &[4, 2, 3, 6, 1, 7, 8, 0, 9, 5];
+    const PINNED_HC0: [u32; 2] = [8, 4];
+
     #[test]
     fn the_correspondence_is_a_derangement_fixed_by_the_key() {
         for k in [2usize, 3, 10, 100] {
