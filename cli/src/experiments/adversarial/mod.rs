@@ -269,6 +269,11 @@ pub fn run(args: AdversarialArgs) -> Result<()> {
         "base classifier: {:.1} % on clean test images",
         100.0 * base_accuracy
     );
+    if failed(base_accuracy, classes) {
+        eprintln!(
+            "warning: the base classifier is near chance; its perturbations will carry no class's features and the figures will not measure the scheme"
+        );
+    }
 
     // Basic encryption (Eq. 1) of the training and test sets, and the R setting.
     let t = Instant::now();
@@ -603,6 +608,7 @@ pub fn run(args: AdversarialArgs) -> Result<()> {
             correspondence: p.targets().to_vec(),
         },
         base_accuracy,
+        base_failed: failed(base_accuracy, classes),
         distortion: distortions,
         table1,
         table5,

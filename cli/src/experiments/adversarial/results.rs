@@ -31,6 +31,9 @@ pub struct AdversarialResults {
     pub key: KeyInfo,
     /// The owner's base classifier (a small CNN) on the clean test set.
     pub base_accuracy: f64,
+    /// Whether the base classifier is too close to chance for its perturbations to carry any
+    /// class's features (then the encryption, and every figure built on it, is a failure).
+    pub base_failed: bool,
     /// Distortion of each encryption of the training set against the originals.
     pub distortion: BTreeMap<String, Distortion>,
     /// The paper's Table 1, per architecture.
