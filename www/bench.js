@@ -42,6 +42,9 @@ async function runBenchmarks(preferGpu) {
     results.scramble_1x8x8_images_per_s = sc.images_per_s;
     const sc3 = await call('benchScramble', { batch: 256, reps: 4, channels: 3, side: 32 });
     results.scramble_3x32x32_images_per_s = sc3.images_per_s;
+    status.textContent = `Adversarial data encryption (100 PGD steps) on ${backend.kind}…`;
+    const adv = await call('benchAdversarial', { batch: 128, reps: 2 });
+    results.adversarial_digits_images_per_s = adv.images_per_s;
     status.textContent = 'Done.';
     status.className = 'message ok';
   } catch (err) {
@@ -62,6 +65,7 @@ function show(results) {
     ['Flow-rotation encryption (digits, route a)', results.encrypt_digits_images_per_s ? `${Math.round(results.encrypt_digits_images_per_s)} images/s` : '—'],
     ['OWSD scrambling, 64-d → 1×8×8', results.scramble_1x8x8_images_per_s ? `${Math.round(results.scramble_1x8x8_images_per_s)} images/s` : '—'],
     ['OWSD scrambling, 64-d → 3×32×32', results.scramble_3x32x32_images_per_s ? `${Math.round(results.scramble_3x32x32_images_per_s)} images/s` : '—'],
+    ['Adversarial encryption, digits, 100 PGD steps', results.adversarial_digits_images_per_s ? `${results.adversarial_digits_images_per_s.toFixed(1)} images/s` : '—'],
   ];
   const body = $('bench-table').tBodies[0];
   body.replaceChildren(...rows.map(([k, v]) => {

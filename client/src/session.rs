@@ -10,6 +10,9 @@ use veil::data::{ImageShape, images_tensor};
 use veil::nn::model::{Classifier, ModelCard, SmallCnn, demo};
 use veil::schemes::owsd::encoder::EncoderInfo;
 
+use crate::adversarial::{
+    AdversarialBatch, AdversarialEncryptor, AdversarialSetup, AdversarialStatus,
+};
 use crate::device::{Backend, init_device};
 pub use crate::error::ClientError;
 use crate::finetune::{FineTune, FineTuneOptions, FineTunePlan, FineTuneProgress, Slot};
@@ -58,6 +61,9 @@ pub struct Session {
     /// The owner's own OWSD encoders, imported in this visit (encoder `i + 1`; encoder 0 is the
     /// demo model). Borrowed briefly.
     encoders: RefCell<Vec<(String, SmallCnn, EncoderInfo)>>,
+    /// Adversarial data encryption's encryptor for the loaded key, once set up. Borrowed
+    /// briefly (cloned out before an `await`).
+    adversarial: RefCell<Option<AdversarialEncryptor>>,
 }
 
 /// An imported encoder, as the page lists it.
@@ -105,6 +111,7 @@ impl Session {
             scrambler: RefCell::new(None),
             iin: RefCell::new(None),
             encoders: RefCell::new(Vec::new()),
+            adversarial: RefCell::new(None),
         })
     }
 
@@ -776,4 +783,66 @@ impl Session {
 
 fn no_flows() -> ClientError {
     ClientError::BadInput("no flows are loaded: load a family first".into())
+}
+
+impl Session {
+    // --- adversarial data encryption -----------------------------------------------------------
+
+    /// Sets up adversarial encryption under the loaded key with the owner's base model
+    /// (burnpack bytes of a SmallCnn for the setup's shape and classes), or the demo model when
+    /// `base` is `None` and the setup is the digits' (see [`AdversarialEncryptor::new`]).
+    pub fn adversarial_begin(
+        &self,
+        setup: AdversarialSetup,
+        base: Option<&[u8]>,
+    ) -> Result<AdversarialStatus, ClientError> {
+        let key = self.key()?;
+        let encryptor = AdversarialEncryptor::new(
+            &key,
+            setup,
+            base,
+            (&self.card.config, demo::WEIGHTS),
+            &self.device,
+        )?;
+        let status = encryptor.status();
+        *self.adversarial.borrow_mut() = Some(encryptor);
+        Ok(status)
+    }
+
+    /// The encryptor set up for the loaded key (a clone: it is used across `await`s).
+    fn adversarial_encryptor(&self) -> Result<AdversarialEncryptor, ClientError> {
+        let fp = self.fingerprint().ok_or(ClientError::NoKey)?;
+        self.adversarial
+            .borrow()
+            .as_ref()
+            .filter(|e| e.fingerprint() == fp)
+            .cloned()
+            .ok_or_else(|| {
+                ClientError::BadInput(
+                    "adversarial encryption is not set up for the loaded key: set it up first"
+                        .into(),
+                )
+            })
+    }
+
+    /// Encrypts a batch of labelled images (see [`AdversarialEncryptor::encrypt`]).
+    pub async fn adversarial_encrypt(
+        &self,
+        pixels: &[f32],
+        labels: &[u32],
+    ) -> Result<AdversarialBatch, ClientError> {
+        let encryptor = self.adversarial_encryptor()?;
+        encryptor
+            .encrypt(pixels, labels, &self.device, self.backend.label())
+            .await
+    }
+
+    /// A dataset container of encrypted images (see [`AdversarialEncryptor::container`]).
+    pub fn adversarial_container(
+        &self,
+        encrypted: Vec<f32>,
+        labels: Vec<u32>,
+    ) -> Result<Vec<u8>, ClientError> {
+        self.adversarial_encryptor()?.container(encrypted, labels)
+    }
 }

@@ -384,6 +384,63 @@ impl Veil {
         Ok(value)
     }
 
+    /// Sets up adversarial data encryption under the loaded key. `setup` is JSON `{shape:
+    /// {channels, height, width}, classes: [names], epsilon, iterations, method: null |
+    /// "horizontal-concat" | "mixup-concat"}`; `base` the owner's base model (burnpack bytes of a
+    /// SmallCnn for that shape and those classes), or `undefined` for the demo digits model.
+    /// Returns `{fingerprint, setup, pgd, demo_base}`.
+    #[wasm_bindgen(js_name = adversarialBegin)]
+    pub fn adversarial_begin(
+        &self,
+        setup: &str,
+        base: Option<Vec<u8>>,
+    ) -> Result<JsValue, JsError> {
+        let setup = serde_json::from_str(setup)
+            .map_err(|e| JsError::new(&format!("the adversarial setup: {e}")))?;
+        serde_wasm(
+            &self
+                .inner
+                .adversarial_begin(setup, base.as_deref())
+                .map_err(err)?,
+        )
+    }
+
+    /// Encrypts labelled images (`[B, C, H, W]` in [0, 1]) with targeted PGD toward their
+    /// classes' secret targets. Returns `{pixels: Float32Array, psnr: [dB], ssim: [..]}`.
+    #[wasm_bindgen(js_name = adversarialEncrypt)]
+    pub async fn adversarial_encrypt(
+        &self,
+        pixels: Vec<f32>,
+        labels: Vec<u32>,
+    ) -> Result<JsValue, JsError> {
+        let session = Rc::clone(&self.inner);
+        let out = session
+            .adversarial_encrypt(&pixels, &labels)
+            .await
+            .map_err(err)?;
+        let value = serde_wasm(&out)?;
+        js_sys::Reflect::set(
+            &value,
+            &"pixels".into(),
+            &js_sys::Float32Array::from(out.pixels.as_slice()).into(),
+        )
+        .map_err(|_| JsError::new("internal: cannot build the answer"))?;
+        Ok(value)
+    }
+
+    /// A dataset container of adversarially encrypted images, their labels and the key's
+    /// fingerprint.
+    #[wasm_bindgen(js_name = adversarialContainer)]
+    pub fn adversarial_container(
+        &self,
+        encrypted: Vec<f32>,
+        labels: Vec<u32>,
+    ) -> Result<Vec<u8>, JsError> {
+        self.inner
+            .adversarial_container(encrypted, labels)
+            .map_err(err)
+    }
+
     /// Trains OWSD's internal inference network on the owner's labelled sample: embeddings
     /// (`[N, e]`), the cloud's probability vectors of their scrambled images (`[N, k]`), labels,
     /// class names, and JSON options `{max_epochs, patience, batch_size, learning_rate,

@@ -3,6 +3,7 @@
 
 #![cfg(not(target_arch = "wasm32"))]
 
+mod adversarial;
 mod common;
 mod flows;
 mod owsd;
