@@ -374,14 +374,7 @@ impl Veil {
     pub async fn scramble(&self, embeddings: Vec<f32>, force: bool) -> Result<JsValue, JsError> {
         let session = Rc::clone(&self.inner);
         let out = session.scramble(&embeddings, force).await.map_err(err)?;
-        let value = serde_wasm(&out)?;
-        js_sys::Reflect::set(
-            &value,
-            &"pixels".into(),
-            &js_sys::Float32Array::from(out.pixels.as_slice()).into(),
-        )
-        .map_err(|_| JsError::new("internal: cannot build the answer"))?;
-        Ok(value)
+        with_pixels(serde_wasm(&out)?, &out.pixels)
     }
 
     /// Sets up adversarial data encryption under the loaded key. `setup` is JSON `{shape:
@@ -418,14 +411,7 @@ impl Veil {
             .adversarial_encrypt(&pixels, &labels)
             .await
             .map_err(err)?;
-        let value = serde_wasm(&out)?;
-        js_sys::Reflect::set(
-            &value,
-            &"pixels".into(),
-            &js_sys::Float32Array::from(out.pixels.as_slice()).into(),
-        )
-        .map_err(|_| JsError::new("internal: cannot build the answer"))?;
-        Ok(value)
+        with_pixels(serde_wasm(&out)?, &out.pixels)
     }
 
     /// A dataset container of adversarially encrypted images, their labels and the key's
@@ -605,6 +591,18 @@ fn named_buffers(
         .zip(files.iter())
         .map(|(n, f)| (n, js_sys::Uint8Array::new(&f).to_vec()))
         .collect())
+}
+
+/// `value` with a `pixels` field holding `pixels` as a `Float32Array` (serde skips pixel
+/// buffers: a JSON array of floats would be slow and large).
+fn with_pixels(value: JsValue, pixels: &[f32]) -> Result<JsValue, JsError> {
+    js_sys::Reflect::set(
+        &value,
+        &"pixels".into(),
+        &js_sys::Float32Array::from(pixels).into(),
+    )
+    .map_err(|_| JsError::new("internal: cannot build the answer"))?;
+    Ok(value)
 }
 
 fn serde_wasm<T: serde::Serialize>(value: &T) -> Result<JsValue, JsError> {

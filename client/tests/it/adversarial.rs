@@ -2,7 +2,7 @@
 //! against `veil::schemes::adversarial` used directly, the container, and bad input.
 #![cfg(not(target_arch = "wasm32"))]
 
-use crate::common::block_on;
+use crate::common::{block_on, session};
 
 use veil::burn::tensor::Device;
 use veil::crypto::keys::MasterKey;
@@ -14,16 +14,6 @@ use veil::schemes::adversarial::{
 };
 use veil_client::Session;
 use veil_client::adversarial::AdversarialSetup;
-
-fn session(key: &MasterKey) -> Session {
-    let s = block_on(Session::start(false)).unwrap();
-    s.import_key(
-        &veil::crypto::keyfile::KeyFile::plain(key, "test").to_json(),
-        None,
-    )
-    .unwrap();
-    s
-}
 
 fn setup(method: Option<CombineMethod>) -> AdversarialSetup {
     AdversarialSetup {

@@ -14,3 +14,14 @@ pub fn block_on<F: Future>(f: F) -> F::Output {
         }
     }
 }
+
+/// A CPU session with `key` imported.
+pub fn session(key: &veil::crypto::keys::MasterKey) -> veil_client::Session {
+    let s = block_on(veil_client::Session::start(false)).unwrap();
+    s.import_key(
+        &veil::crypto::keyfile::KeyFile::plain(key, "test").to_json(),
+        None,
+    )
+    .unwrap();
+    s
+}

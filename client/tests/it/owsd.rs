@@ -2,25 +2,14 @@
 //! `veil::schemes::owsd` used directly, and the key budget.
 #![cfg(not(target_arch = "wasm32"))]
 
-use crate::common::block_on;
+use crate::common::{block_on, session};
 
 use veil::burn::tensor::{Device, Tensor, TensorData};
 use veil::crypto::keys::{MasterKey, Scheme};
 use veil::data::{ImageShape, digits};
 use veil::schemes::owsd::generator_label;
 use veil::schemes::owsd::{KeyUsage, ScrambleConfig};
-use veil_client::Session;
 use veil_client::owsd::ScrambleSetup;
-
-fn session(key: &MasterKey) -> Session {
-    let s = block_on(Session::start(false)).unwrap();
-    s.import_key(
-        &veil::crypto::keyfile::KeyFile::plain(key, "test").to_json(),
-        None,
-    )
-    .unwrap();
-    s
-}
 
 fn setup() -> ScrambleSetup {
     ScrambleSetup {

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{ImageDataset, ImageShape};
 use crate::nn::model::Classifier;
-use crate::nn::train::{Control, TrainError, TrainOptions, argmax_rows, predict_logits};
+use crate::nn::train::{Control, TrainError, TrainOptions, accuracy, argmax_rows, predict_logits};
 use crate::schemes::adversarial::correspondence::CombinedKey;
 use crate::schemes::adversarial::{
     AdversarialError, ClassCorrespondence, CombineMethod, Goal, PgdConfig, encrypt_toward, merge,
@@ -197,7 +197,7 @@ pub fn rank_combined<M: Classifier>(
         weights: vec![guess.1; k],
     };
     let clean_class = clean.subset(&idx);
-    let clean_accuracy = accuracy_on(m1, &clean_class, device);
+    let clean_accuracy = f64::from(accuracy(m1, &clean_class, device));
     let mut scores = Vec::with_capacity(all.len());
     // Score candidates in chunks, so that each model call sees a few hundred images.
     let per_chunk = (512 / idx.len().max(1)).max(1);
@@ -253,17 +253,6 @@ pub fn rank_combined<M: Classifier>(
         best: (all[order[0]].clone(), scores[order[0]]),
         clean_accuracy,
     }
-}
-
-/// Accuracy of `model` on `data`.
-fn accuracy_on<M: Classifier>(model: &M, data: &ImageDataset, device: &Device) -> f64 {
-    let pred = predictions(model, data, device);
-    let hits = pred
-        .iter()
-        .zip(&data.labels)
-        .filter(|(p, l)| p == l)
-        .count();
-    hits as f64 / data.len().max(1) as f64
 }
 
 /// Madry et al.'s PGD adversarial training, as a factory that fights back would run it on the

@@ -124,23 +124,16 @@ fn encrypt(
     pgd: &PgdConfig,
     label: &str,
 ) -> Result<ImageDataset> {
-    let pb = bar(data.len() as u64, label);
-    let mut last = 0;
-    let out = encrypt_toward(
-        base,
-        data,
-        targets,
-        pgd,
-        &Device::flex().autodiff(),
-        |done, _| {
-            pb.inc((done - last) as u64);
-            last = done;
-            Control::Continue
-        },
-    )
-    .with_context(|| format!("encrypting ({label})"))?;
-    pb.finish();
-    Ok(out)
+    with_bar(data.len(), label, |on_batch| {
+        encrypt_toward(
+            base,
+            data,
+            targets,
+            pgd,
+            &Device::flex().autodiff(),
+            on_batch,
+        )
+    })
 }
 
 /// The N copies of a combined method, with progress.
@@ -151,20 +144,26 @@ fn copies(
     pgd: &PgdConfig,
     label: &str,
 ) -> Result<Vec<ImageDataset>> {
-    let pb = bar((key.method.targets_per_class() * data.len()) as u64, label);
-    let mut last = 0;
-    let out = combined_copies(
-        base,
-        data,
-        key,
-        pgd,
-        &Device::flex().autodiff(),
-        |done, _| {
-            pb.inc((done - last) as u64);
-            last = done;
-            Control::Continue
-        },
+    with_bar(
+        key.method.targets_per_class() * data.len(),
+        label,
+        |on_batch| combined_copies(base, data, key, pgd, &Device::flex().autodiff(), on_batch),
     )
+}
+
+/// Runs `work` with a progress bar of `total` images, fed by its `(done, total)` callback.
+fn with_bar<T>(
+    total: usize,
+    label: &str,
+    work: impl FnOnce(&mut dyn FnMut(usize, usize) -> Control) -> Result<T, AdversarialError>,
+) -> Result<T> {
+    let pb = bar(total as u64, label);
+    let mut last = 0;
+    let out = work(&mut |done, _| {
+        pb.inc((done - last) as u64);
+        last = done;
+        Control::Continue
+    })
     .with_context(|| format!("encrypting ({label})"))?;
     pb.finish();
     Ok(out)
@@ -404,17 +403,11 @@ pub fn run(args: AdversarialArgs) -> Result<()> {
         &attacker,
         "attacker's M2 (clean D′)",
     )?;
-    let pb = bar(
-        (classes * attacker.len()) as u64,
+    let candidates = with_bar(
+        classes * attacker.len(),
         "attacker: D′ toward every class",
-    );
-    let mut last = 0;
-    let candidates = CandidateCopies::new(&m2, &attacker, &pgd, &ad, |done, _| {
-        pb.inc((done - last) as u64);
-        last = done;
-        Control::Continue
-    })?;
-    pb.finish();
+        |on_batch| CandidateCopies::new(&m2, &attacker, &pgd, &ad, on_batch),
+    )?;
     let m1_basic = m1_basic.context("the CNN of Table 1")?;
     let Model::Cnn(m1_cnn) = &m1_basic else {
         bail!("Table 1's first model is the CNN")
