@@ -289,6 +289,30 @@ pub fn report(r: &AdversarialResults) -> String {
             f(row.r_orig)
         );
     }
+    if let Some(cnn) = r.table1.get("cnn") {
+        let verdict = if cnn.baseline_failed {
+            "the SmallCnn baseline failed, so nothing is concluded".to_string()
+        } else if cnn.orig <= 0.4 {
+            format!(
+                "the encryption protects against ordinary training (SmallCnn Orig {} against {} clean)",
+                f(cnn.orig),
+                f(cnn.clean)
+            )
+        } else if cnn.orig >= 0.9 * cnn.clean {
+            format!(
+                "**the encryption does not protect at this ε**: a SmallCnn trained on it reads clean images at {} ({} when trained on clean ones); see the ε sweep",
+                f(cnn.orig),
+                f(cnn.clean)
+            )
+        } else {
+            format!(
+                "partial protection only: SmallCnn Orig {} against {} clean",
+                f(cnn.orig),
+                f(cnn.clean)
+            )
+        };
+        let _ = writeln!(s, "\nVerdict: {verdict}.");
+    }
     let _ = writeln!(
         s,
         "\n## Table 5: composition ratio (CNN on Horizontal Concat; paper 94.44 % at 50 % … 82.79 % at 0 %, 31.70 % on clean)\n"
