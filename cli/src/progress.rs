@@ -25,6 +25,8 @@ struct Plain {
     last_line: Instant,
     /// Steps per epoch and epochs already done before this run (a resumed run).
     epochs: Option<(u64, u64)>,
+    /// What is counted (`steps` unless set with [`Progress::unit`]).
+    unit: &'static str,
 }
 
 impl Progress {
@@ -54,6 +56,7 @@ impl Progress {
                 started: now,
                 last_line: now,
                 epochs: None,
+                unit: "steps",
             })
         });
         Self { bar, plain }
@@ -64,6 +67,14 @@ impl Progress {
     pub fn per_epoch(self, steps_per_epoch: u64, epochs_done: u64) -> Self {
         if let Some(p) = &self.plain {
             lock(p).epochs = Some((steps_per_epoch.max(1), epochs_done));
+        }
+        self
+    }
+
+    /// Name what is counted in the plain lines (`images`, `steps`, …).
+    pub fn unit(self, unit: &'static str) -> Self {
+        if let Some(p) = &self.plain {
+            lock(p).unit = unit;
         }
         self
     }
@@ -96,9 +107,10 @@ impl Progress {
         if let Some(p) = &self.plain {
             let p = lock(p);
             eprintln!(
-                "{}: done, {} steps in {}",
+                "{}: done, {} {} in {}",
                 p.prefix,
                 p.pos,
+                p.unit,
                 human(p.started.elapsed())
             );
         }
@@ -143,7 +155,7 @@ impl Plain {
                 done + self.pos / per,
                 done + self.len.div_ceil(per)
             ),
-            None => format!("{}/{} steps", self.pos, self.len),
+            None => format!("{}/{} {}", self.pos, self.len, self.unit),
         };
         let message = if self.message.is_empty() {
             String::new()
@@ -213,6 +225,12 @@ mod tests {
             })
             .count();
         assert_eq!(due, 10);
+        let images = Progress::with_target(50, "encrypt", false).unit("images");
+        let mut g = lock(images.plain.as_ref().unwrap());
+        g.pos = 5;
+        let line = g.due(4).expect("a line at the first tenth");
+        assert!(line.contains("5/50 images"), "{line}");
+        drop(g);
         assert!(Progress::with_target(5, "x", true).plain.is_none());
         assert_eq!(human(Duration::from_secs(3725)), "1 h 02 min");
         assert_eq!(human(Duration::from_secs(185)), "3 min 05 s");

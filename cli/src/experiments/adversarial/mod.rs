@@ -157,7 +157,7 @@ fn with_bar<T>(
     label: &str,
     work: impl FnOnce(&mut dyn FnMut(usize, usize) -> Control) -> Result<T, AdversarialError>,
 ) -> Result<T> {
-    let pb = bar(total as u64, label);
+    let pb = bar(total as u64, label).unit("images");
     let mut last = 0;
     let out = work(&mut |done, _| {
         pb.inc((done - last) as u64);
