@@ -164,7 +164,8 @@ impl AdversarialEncryptor {
 
     /// Encrypts a batch of labelled images (`[B, C, H, W]` in [0, 1]): each toward its class's
     /// target (the basic method), or toward each of its targets and merged (a combined method).
-    /// The first batch of a setup also checks that the base model's outputs are finite.
+    /// Every batch first checks that the base model's outputs on it are finite (one forward
+    /// pass, against the 100 forward and backward passes of PGD).
     pub async fn encrypt(
         &self,
         pixels: &[f32],

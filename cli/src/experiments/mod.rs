@@ -17,6 +17,15 @@ pub fn pct(x: f64) -> String {
     format!("{:.1} %", 100.0 * x)
 }
 
+/// Whether a classifier's accuracy on original data is no better than chance: below chance plus
+/// three binomial standard deviations on `n` test images of `classes` classes. A ratio built on
+/// such a baseline means nothing, so the report says so and prints none.
+pub fn baseline_failed(accuracy: f64, classes: usize, n: usize) -> bool {
+    let chance = 1.0 / classes.max(1) as f64;
+    let sd = (chance * (1.0 - chance) / n.max(1) as f64).sqrt();
+    accuracy < chance + 3.0 * sd
+}
+
 /// Writes `results.json` and `report.md` into `out` and says so.
 pub fn write_outputs<R: serde::Serialize>(
     out: &std::path::Path,

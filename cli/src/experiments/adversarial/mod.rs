@@ -29,7 +29,7 @@ use veil::schemes::adversarial::{
     combined_copies, encrypt_toward, merge_dataset, random_targets_from_key,
 };
 
-use super::{bar, fit_autodiff, fit_with, write_outputs};
+use super::{bar, baseline_failed, fit_autodiff, fit_with, write_outputs};
 use crate::datasets::{CommonArgs, SourceDefaults};
 
 mod results;
@@ -186,11 +186,6 @@ fn distortion(original: &ImageDataset, encrypted: &ImageDataset) -> Distortion {
     }
 }
 
-/// A baseline within 1.5× chance of chance has failed: nothing is compared with it.
-fn failed(accuracy: f64, classes: usize) -> bool {
-    accuracy < 1.5 / classes as f64
-}
-
 pub fn run(args: AdversarialArgs) -> Result<()> {
     let started = Instant::now();
     let q = args.common.quick;
@@ -268,7 +263,7 @@ pub fn run(args: AdversarialArgs) -> Result<()> {
         "base classifier: {:.1} % on clean test images",
         100.0 * base_accuracy
     );
-    if failed(base_accuracy, classes) {
+    if baseline_failed(base_accuracy, classes, test.len()) {
         eprintln!(
             "warning: the base classifier is near chance; its perturbations will carry no class's features and the figures will not measure the scheme"
         );
@@ -317,7 +312,7 @@ pub fn run(args: AdversarialArgs) -> Result<()> {
             .count() as f64
             / test.len() as f64;
         let r_orig = fit_arch(arch, &r_train, options, "random targets")?.accuracy(&test);
-        let baseline_failed = failed(clean, classes);
+        let baseline_failed = baseline_failed(clean, classes, test.len());
         let enc = on_enc.accuracy(&enc_test);
         let row = Table1Row {
             clean,
@@ -601,7 +596,7 @@ pub fn run(args: AdversarialArgs) -> Result<()> {
             correspondence: p.targets().to_vec(),
         },
         base_accuracy,
-        base_failed: failed(base_accuracy, classes),
+        base_failed: baseline_failed(base_accuracy, classes, test.len()),
         distortion: distortions,
         table1,
         table5,

@@ -29,7 +29,7 @@ use veil::schemes::flow_rotation::{
     cover_permutation, model_routed, public_latents,
 };
 
-use super::{bar, fit_with};
+use super::{bar, baseline_failed, fit_with};
 use crate::datasets::{CommonArgs, SourceDefaults};
 
 mod checkpoints;

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::experiments::baseline_failed;
 use serde::{Deserialize, Serialize};
 use veil::flow::gaussianity::GaussianityReport;
 use veil::schemes::flow_rotation::EncryptionSettings;
@@ -183,15 +184,6 @@ pub struct FlowTiming {
     pub table2: f64,
     pub temperature_sweep: f64,
     pub total: f64,
-}
-
-/// Whether a classifier's accuracy on original data is no better than chance: below chance plus
-/// three binomial standard deviations on `n` test images of `classes` classes. A ratio built on
-/// such a baseline means nothing, so the report says so and prints none.
-pub fn baseline_failed(accuracy: f64, classes: usize, n: usize) -> bool {
-    let chance = 1.0 / classes.max(1) as f64;
-    let sd = (chance * (1.0 - chance) / n.max(1) as f64).sqrt();
-    accuracy < chance + 3.0 * sd
 }
 
 pub(super) fn report(r: &FlowResults) -> String {
