@@ -1,6 +1,6 @@
 //! Training and evaluating a [`Classifier`] on an [`ImageDataset`], on any burn device.
 
-use burn::nn::loss::CrossEntropyLossConfig;
+use burn::nn::loss::{CrossEntropyLoss, CrossEntropyLossConfig};
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use rand::SeedableRng;
@@ -188,7 +188,7 @@ pub fn train_classifier_resumable<M: Classifier>(
         });
     }
     let steps_per_epoch = data.len().div_ceil(options.batch_size);
-    let mut optimizer = AdamConfig::new().init();
+    let mut optimizer = ClassifierStepper::optimizer();
     let (first_epoch, first_step, mut partial) = match resume {
         Some(c) => {
             if c.step_in_epoch > steps_per_epoch {
@@ -209,7 +209,7 @@ pub fn train_classifier_resumable<M: Classifier>(
         }
         None => (1, 0, (0.0, 0, 0)),
     };
-    let loss_fn = CrossEntropyLossConfig::new().init(device);
+    let stepper = ClassifierStepper::new(options, data.len(), device);
     let checkpoint = |optimizer: &ModuleOptimizer, epochs_done, step_in_epoch, partial| {
         optimizer_bytes(optimizer).map(|optimizer| TrainCheckpoint {
             epochs_done,
@@ -219,27 +219,18 @@ pub fn train_classifier_resumable<M: Classifier>(
         })
     };
     for epoch in first_epoch..=options.epochs {
-        let mut rng = ChaCha20Rng::seed_from_u64(
-            options.seed ^ (epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
-        );
-        let mut order: Vec<usize> = (0..data.len()).collect();
-        order.shuffle(&mut rng);
-        let shuffled = data.subset(&order);
+        let shuffled = data.subset(&stepper.epoch_order(epoch));
         let start = if epoch == first_epoch { first_step } else { 0 };
         if start == 0 {
             partial = (0.0, 0, 0);
         }
         for step in start..steps_per_epoch {
-            let range =
-                step * options.batch_size..((step + 1) * options.batch_size).min(data.len());
+            let range = stepper.batch_range(step);
             let batch = range.len();
-            device.seed(step_seed(options.seed, epoch, step));
             let images = shuffled.images_tensor(range.clone(), device);
             let targets = shuffled.labels_tensor(range, device);
-            let logits = model.forward(images);
-            let loss = loss_fn.forward(logits.clone(), targets.clone());
-            let predicted = logits.argmax(1).squeeze_dim::<1>(1);
-            let hits = predicted.equal(targets).int().sum().into_scalar::<i64>() as usize;
+            let (loss, hits) = stepper.forward(&model, images, targets, epoch, step);
+            let hits = hits.into_scalar::<i64>() as usize;
             let loss_value = loss.clone().into_scalar::<f32>();
             if !loss_value.is_finite() {
                 return Err(TrainError::NonFiniteLoss {
@@ -248,8 +239,7 @@ pub fn train_classifier_resumable<M: Classifier>(
                     step: step + 1,
                 });
             }
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            model = optimizer.step(options.learning_rate, model, grads);
+            model = stepper.step(&mut optimizer, model, loss);
             partial.0 += f64::from(loss_value) * batch as f64;
             partial.1 += hits;
             partial.2 += batch;
@@ -300,6 +290,84 @@ pub fn train_classifier_resumable<M: Classifier>(
         checkpoint: checkpoint(&optimizer, options.epochs, 0, (0.0, 0, 0))?,
         finished: true,
     })
+}
+
+/// The pieces of one training step of [`train_classifier_resumable`], apart so that a caller
+/// that must read values asynchronously (the browser on WebGPU) takes exactly the same steps: the
+/// epoch's shuffle, the batch ranges, the forward pass with its dropout seed, and Adam's update.
+/// Nothing here reads a tensor back.
+pub struct ClassifierStepper {
+    options: TrainOptions,
+    len: usize,
+    loss_fn: CrossEntropyLoss,
+}
+
+impl ClassifierStepper {
+    /// A stepper for a training set of `len` images, with its loss on `device`.
+    pub fn new(options: TrainOptions, len: usize, device: &Device) -> Self {
+        Self {
+            options,
+            len,
+            loss_fn: CrossEntropyLossConfig::new().init(device),
+        }
+    }
+
+    /// A fresh Adam optimizer, as every training run starts with.
+    pub fn optimizer() -> ModuleOptimizer {
+        AdamConfig::new().init()
+    }
+
+    /// Steps per epoch.
+    pub fn steps_per_epoch(&self) -> usize {
+        self.len.div_ceil(self.options.batch_size.max(1))
+    }
+
+    /// The order of the images in 1-based `epoch`: a ChaCha20 shuffle that depends only on the
+    /// seed and the epoch.
+    pub fn epoch_order(&self, epoch: usize) -> Vec<usize> {
+        let mut rng = ChaCha20Rng::seed_from_u64(
+            self.options.seed ^ (epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+        );
+        let mut order: Vec<usize> = (0..self.len).collect();
+        order.shuffle(&mut rng);
+        order
+    }
+
+    /// The positions, in the epoch's order, of 0-based `step`'s batch.
+    pub fn batch_range(&self, step: usize) -> std::ops::Range<usize> {
+        let b = self.options.batch_size;
+        step * b..((step + 1) * b).min(self.len)
+    }
+
+    /// The mean cross-entropy of a batch (`[1]`) and how many of its images the model gets
+    /// right (`[1]`), after seeding the device's dropout noise for (`epoch`, `step`). Unread.
+    pub fn forward<M: Classifier>(
+        &self,
+        model: &M,
+        images: Tensor<4>,
+        targets: Tensor<1, Int>,
+        epoch: usize,
+        step: usize,
+    ) -> (Tensor<1>, Tensor<1, Int>) {
+        images
+            .device()
+            .seed(step_seed(self.options.seed, epoch, step));
+        let logits = model.forward(images);
+        let loss = self.loss_fn.forward(logits.clone(), targets.clone());
+        let predicted = logits.argmax(1).squeeze_dim::<1>(1);
+        (loss, predicted.equal(targets).int().sum())
+    }
+
+    /// Adam's update of `model` from `loss` (from [`ClassifierStepper::forward`]).
+    pub fn step<M: Classifier>(
+        &self,
+        optimizer: &mut ModuleOptimizer,
+        model: M,
+        loss: Tensor<1>,
+    ) -> M {
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        optimizer.step(self.options.learning_rate, model, grads)
+    }
 }
 
 /// The device seed of one step (dropout noise): SplitMix64 of (seed, epoch, step), so that
