@@ -1,7 +1,10 @@
 //! Device choice (WebGPU when the browser has it, the flex CPU backend otherwise) and reading
 //! tensors back. At the bottom of the crate with `error`: it imports no other module.
 
-use veil::burn::tensor::{Device, Tensor};
+use std::collections::VecDeque;
+
+use veil::burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use veil::burn::tensor::{Device, Tensor, TensorData};
 
 use crate::error::ClientError;
 
@@ -102,4 +105,57 @@ fn has_webgpu() -> bool {
         .filter(|n| !n.is_undefined())
         .and_then(|n| js_sys::Reflect::get(&n, &"gpu".into()).ok())
         .is_some_and(|gpu| !gpu.is_undefined() && !gpu.is_null())
+}
+
+/// Copies the float parameters of `trained` (on any device) onto `base`, a flex module of the same
+/// architecture, reading them asynchronously; `base` keeps its non-trainable constants (a flow's
+/// 1×1 convolutions' permutations and signs), which training never changes. Written by hand
+/// because burn 0.22's record export reads tensors synchronously, which panics on WebGPU.
+pub async fn params_to_flex<M: Module>(
+    trained: &M,
+    base: M,
+    backend: &'static str,
+) -> Result<M, ClientError> {
+    struct Collect(Vec<Tensor<1>>);
+    impl ModuleVisitor for Collect {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            self.0.push(param.val().flatten::<1>(0, D - 1));
+        }
+    }
+    struct Replace(VecDeque<Vec<f32>>, Option<String>);
+    impl ModuleMapper for Replace {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            param.map(|t| {
+                let shape = t.dims();
+                match self.0.pop_front() {
+                    Some(v) if v.len() == shape.iter().product::<usize>() => {
+                        Tensor::from_data(TensorData::new(v, shape), &t.device())
+                    }
+                    _ => {
+                        self.1.get_or_insert_with(|| {
+                            format!("a parameter of shape {shape:?} does not match")
+                        });
+                        t
+                    }
+                }
+            })
+        }
+    }
+    let mut collect = Collect(Vec::new());
+    trained.visit(&mut collect);
+    let mut values = VecDeque::with_capacity(collect.0.len());
+    for t in collect.0 {
+        values.push_back(read_vec(t, backend).await?);
+    }
+    let mut replace = Replace(values, None);
+    let flex = base.map(&mut replace);
+    match replace.1 {
+        Some(e) => Err(ClientError::BadInput(format!(
+            "the trained weights cannot be copied: {e}"
+        ))),
+        None if !replace.0.is_empty() => Err(ClientError::BadInput(
+            "the trained model has more parameters than its configuration".into(),
+        )),
+        None => Ok(flex),
+    }
 }

@@ -12,12 +12,12 @@
 //! report progress and take a cancel between calls. Training runs on the session's device
 //! (WebGPU or flex) through an autodiff wrapper; every value is read back asynchronously (WebGPU
 //! cannot read synchronously), and the trained weights come back to the CPU through
-//! [`params_to_flex`], because burn 0.22 has no asynchronous record export.
+//! [`params_to_flex`](crate::device::params_to_flex), because burn 0.22 has no asynchronous record export.
 
 use std::collections::VecDeque;
 
-use veil::burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
-use veil::burn::tensor::{Device, Tensor, TensorData};
+use veil::burn::module::Module;
+use veil::burn::tensor::Device;
 use veil::data::{ImageDataset, ImageShape};
 use veil::flow::gaussianity::{GaussianityReport, probe};
 use veil::flow::glow::{Glow, GlowConfig, Preprocess};
@@ -27,7 +27,7 @@ use veil::flow::train::{
 };
 use veil::schemes::flow_rotation::{FlowEncryptor, FlowManifest};
 
-use crate::device::read_vec;
+use crate::device::{params_to_flex, read_vec};
 use crate::error::ClientError;
 
 /// Held-out images per evaluation batch.
@@ -560,57 +560,4 @@ fn mean(v: &VecDeque<f32>) -> f32 {
         return f32::NAN;
     }
     v.iter().sum::<f32>() / v.len() as f32
-}
-
-/// Copies the float parameters of `glow` (on any device) onto `base`, a flex flow of the same
-/// architecture, reading them asynchronously; `base` keeps its non-trainable constants (the 1×1
-/// convolutions' permutations and signs), which training never changes. Written by hand because
-/// burn 0.22's record export reads tensors synchronously, which panics on WebGPU.
-pub async fn params_to_flex(
-    glow: &Glow,
-    base: Glow,
-    backend: &'static str,
-) -> Result<Glow, ClientError> {
-    struct Collect(Vec<Tensor<1>>);
-    impl ModuleVisitor for Collect {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            self.0.push(param.val().flatten::<1>(0, D - 1));
-        }
-    }
-    struct Replace(VecDeque<Vec<f32>>, Option<String>);
-    impl ModuleMapper for Replace {
-        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-            param.map(|t| {
-                let shape = t.dims();
-                match self.0.pop_front() {
-                    Some(v) if v.len() == shape.iter().product::<usize>() => {
-                        Tensor::from_data(TensorData::new(v, shape), &t.device())
-                    }
-                    _ => {
-                        self.1.get_or_insert_with(|| {
-                            format!("a parameter of shape {shape:?} does not match")
-                        });
-                        t
-                    }
-                }
-            })
-        }
-    }
-    let mut collect = Collect(Vec::new());
-    glow.visit(&mut collect);
-    let mut values = VecDeque::with_capacity(collect.0.len());
-    for t in collect.0 {
-        values.push_back(read_vec(t, backend).await?);
-    }
-    let mut replace = Replace(values, None);
-    let flex = base.map(&mut replace);
-    match replace.1 {
-        Some(e) => Err(ClientError::BadInput(format!(
-            "the fine-tuned flow cannot be copied: {e}"
-        ))),
-        None if !replace.0.is_empty() => Err(ClientError::BadInput(
-            "the fine-tuned flow has more parameters than its configuration".into(),
-        )),
-        None => Ok(flex),
-    }
 }

@@ -11,7 +11,8 @@ use veil::nn::model::{Classifier, ModelCard, SmallCnn, demo};
 use veil::schemes::owsd::encoder::EncoderInfo;
 
 use crate::adversarial::{
-    AdversarialBatch, AdversarialEncryptor, AdversarialSetup, AdversarialStatus,
+    AdversarialBatch, AdversarialEncryptor, AdversarialSetup, AdversarialStatus, BaseTrainOptions,
+    BaseTrainProgress, BaseTrainer,
 };
 use crate::device::{Backend, init_device};
 pub use crate::error::ClientError;
@@ -64,6 +65,9 @@ pub struct Session {
     /// Adversarial data encryption's encryptor for the loaded key, once set up. Borrowed
     /// briefly (cloned out before an `await`).
     adversarial: RefCell<Option<AdversarialEncryptor>>,
+    /// A base model being trained for adversarial encryption, between calls (taken out while a
+    /// call runs).
+    base_trainer: RefCell<Option<BaseTrainer>>,
 }
 
 /// An imported encoder, as the page lists it.
@@ -112,6 +116,7 @@ impl Session {
             iin: RefCell::new(None),
             encoders: RefCell::new(Vec::new()),
             adversarial: RefCell::new(None),
+            base_trainer: RefCell::new(None),
         })
     }
 
@@ -844,5 +849,53 @@ impl Session {
         labels: Vec<u32>,
     ) -> Result<Vec<u8>, ClientError> {
         self.adversarial_encryptor()?.container(encrypted, labels)
+    }
+
+    /// Plans training a base model on the owner's labelled images (see [`BaseTrainer::new`]);
+    /// replaces any run in progress.
+    pub fn adversarial_train_begin(
+        &self,
+        pixels: Vec<f32>,
+        labels: Vec<u32>,
+        shape: ImageShape,
+        classes: Vec<String>,
+        options: BaseTrainOptions,
+    ) -> Result<BaseTrainProgress, ClientError> {
+        let trainer = BaseTrainer::new(pixels, labels, shape, classes, options, &self.device)?;
+        let progress = trainer.progress();
+        *self.base_trainer.borrow_mut() = Some(trainer);
+        Ok(progress)
+    }
+
+    fn take_trainer(&self) -> Result<BaseTrainer, ClientError> {
+        self.base_trainer.borrow_mut().take().ok_or_else(|| {
+            ClientError::BadInput("no base model is being trained: start training first".into())
+        })
+    }
+
+    /// Runs up to `max_steps` steps of the base model's training. A failed step ends the run.
+    pub async fn adversarial_train_run(
+        &self,
+        max_steps: usize,
+    ) -> Result<BaseTrainProgress, ClientError> {
+        let mut trainer = self.take_trainer()?;
+        let progress = trainer
+            .run(max_steps, &self.device, self.backend.label())
+            .await?;
+        *self.base_trainer.borrow_mut() = Some(trainer);
+        Ok(progress)
+    }
+
+    /// Drops the run in progress.
+    pub fn adversarial_train_cancel(&self) {
+        *self.base_trainer.borrow_mut() = None;
+    }
+
+    /// The trained base model (burnpack bytes, for [`Session::adversarial_begin`] or to keep).
+    pub async fn adversarial_base_model(&self) -> Result<Vec<u8>, ClientError> {
+        let trainer = self.take_trainer()?;
+        let bytes = trainer.model_bytes(self.backend.label()).await;
+        *self.base_trainer.borrow_mut() = Some(trainer);
+        bytes
     }
 }

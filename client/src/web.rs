@@ -380,7 +380,8 @@ impl Veil {
     /// Sets up adversarial data encryption under the loaded key. `setup` is JSON `{shape:
     /// {channels, height, width}, classes: [names], epsilon, iterations, method: null |
     /// "horizontal-concat" | "mixup-concat"}`; `base` the owner's base model (burnpack bytes of a
-    /// SmallCnn for that shape and those classes), or `undefined` for the demo digits model.
+    /// SmallCnn for that shape and those classes, as `adversarialBaseModel` gives, or a
+    /// safetensors SmallCnn with its classifier head), or `undefined` for the demo digits model.
     /// Returns `{fingerprint, setup, pgd, demo_base}`.
     #[wasm_bindgen(js_name = adversarialBegin)]
     pub fn adversarial_begin(
@@ -412,6 +413,58 @@ impl Veil {
             .await
             .map_err(err)?;
         with_pixels(serde_wasm(&out)?, &out.pixels)
+    }
+
+    /// Plans training a base model for adversarial encryption on the owner's labelled images
+    /// (`[N, C, H, W]` in [0, 1]) of `channels`×`height`×`width`, with `classes` names and JSON
+    /// options `{epochs, batch_size, learning_rate, validation, seed}` (missing ones take
+    /// defaults). Returns the progress object of [`adversarialTrainRun`].
+    #[wasm_bindgen(js_name = adversarialTrainBegin)]
+    #[allow(clippy::too_many_arguments)]
+    pub fn adversarial_train_begin(
+        &self,
+        pixels: Vec<f32>,
+        labels: Vec<u32>,
+        channels: usize,
+        height: usize,
+        width: usize,
+        classes: Vec<String>,
+        options: &str,
+    ) -> Result<JsValue, JsError> {
+        let options = serde_json::from_str(options)
+            .map_err(|e| JsError::new(&format!("the training options: {e}")))?;
+        let shape = veil::data::ImageShape::new(channels, height, width);
+        serde_wasm(
+            &self
+                .inner
+                .adversarial_train_begin(pixels, labels, shape, classes, options)
+                .map_err(err)?,
+        )
+    }
+
+    /// Runs up to `max_steps` training steps. Returns `{epoch, epochs, done_steps, total_steps,
+    /// loss, accuracy, train_images, validation_images, validation_accuracy, finished}`.
+    #[wasm_bindgen(js_name = adversarialTrainRun)]
+    pub async fn adversarial_train_run(&self, max_steps: usize) -> Result<JsValue, JsError> {
+        let session = Rc::clone(&self.inner);
+        let progress = session
+            .adversarial_train_run(max_steps)
+            .await
+            .map_err(err)?;
+        serde_wasm(&progress)
+    }
+
+    /// Drops the base model's training run.
+    #[wasm_bindgen(js_name = adversarialTrainCancel)]
+    pub fn adversarial_train_cancel(&self) {
+        self.inner.adversarial_train_cancel();
+    }
+
+    /// The trained base model as burnpack bytes (for `adversarialBegin`, or for the owner to keep).
+    #[wasm_bindgen(js_name = adversarialBaseModel)]
+    pub async fn adversarial_base_model(&self) -> Result<Vec<u8>, JsError> {
+        let session = Rc::clone(&self.inner);
+        session.adversarial_base_model().await.map_err(err)
     }
 
     /// A dataset container of adversarially encrypted images, their labels and the key's

@@ -135,3 +135,62 @@ fn bad_setups_and_batches_are_refused_with_the_cause() {
     bright[3] = 1.5;
     assert!(msg(block_on(s.adversarial_encrypt(&bright, &data.labels))).contains("[0, 1]"));
 }
+
+/// A base model imported from safetensors (PyTorch's layout, as OWSD's encoders) encrypts exactly
+/// as the same weights in burnpack; one without the classes' head, or for other classes, is
+/// refused with the cause; so are base-model runs on one class or with no epochs.
+#[test]
+fn a_safetensors_base_model_is_the_same_model() {
+    use veil::schemes::owsd::encoder::{WeightLayout, export_encoder};
+    use veil_client::adversarial::BaseTrainOptions;
+    let key = MasterKey::from_bytes([47; 32]);
+    let s = session(&key);
+    let data = digits().subset(&(0..16).collect::<Vec<_>>());
+    let demo_model = demo::card()
+        .config
+        .load(demo::WEIGHTS, &Device::flex())
+        .unwrap();
+    let file = export_encoder(&demo_model, WeightLayout::PyTorch).unwrap();
+    s.adversarial_begin(setup(None), None).unwrap();
+    let from_demo = block_on(s.adversarial_encrypt(&data.images, &data.labels)).unwrap();
+    let status = s.adversarial_begin(setup(None), Some(&file)).unwrap();
+    assert!(!status.demo_base);
+    let from_file = block_on(s.adversarial_encrypt(&data.images, &data.labels)).unwrap();
+    assert_eq!(from_demo.pixels, from_file.pixels);
+
+    fn msg<T>(r: Result<T, veil_client::ClientError>) -> String {
+        r.err().expect("refused").to_string()
+    }
+    let mut six = setup(None);
+    six.classes.truncate(6);
+    let m = msg(s.adversarial_begin(six, Some(&file)));
+    assert!(
+        m.contains("scores 10 classes") && m.contains("have 6"),
+        "{m}"
+    );
+    let m = msg(s.adversarial_begin(setup(None), Some(b"not a model at all")));
+    assert!(m.contains("not a SmallCnn"), "{m}");
+
+    let shape = ImageShape::new(1, 8, 8);
+    let ones: Vec<u32> = vec![0; data.len()];
+    let m = msg(s.adversarial_train_begin(
+        data.images.clone(),
+        ones,
+        shape,
+        vec!["0".into()],
+        BaseTrainOptions::default(),
+    ));
+    assert!(m.contains("at least two"), "{m}");
+    let m = msg(s.adversarial_train_begin(
+        data.images.clone(),
+        data.labels.clone(),
+        shape,
+        data.class_names.clone(),
+        BaseTrainOptions {
+            epochs: 0,
+            ..BaseTrainOptions::default()
+        },
+    ));
+    assert!(m.contains("must be positive"), "{m}");
+    assert!(msg(block_on(s.adversarial_train_run(1))).contains("no base model is being trained"));
+}
