@@ -28,7 +28,7 @@ use veil::crypto::keys::MasterKey;
 use veil::data::{ImageDataset, digits};
 use veil_tests::{Browser, GpuMode, Recorded, Recording, digit_png, start_recording_server};
 
-const LONG: Duration = Duration::from_secs(600);
+pub(crate) const LONG: Duration = Duration::from_secs(600);
 /// Test images classified by route (c), which costs ten encryptions and queries per image.
 const ROUTE_C_IMAGES: usize = 60;
 
@@ -259,7 +259,7 @@ async fn fine_tune(b: &Browser, base: &str, mode: GpuMode, rec: &Recording) -> R
 
 /// Runs `journey` against a fresh recording server and browser (the backend from
 /// `VEIL_E2E_GPU`), saving a screenshot `<name>-failure-<backend>` when it fails.
-async fn with_browser(
+pub(crate) async fn with_browser(
     name: &str,
     journey: impl AsyncFnOnce(&Browser, &str, GpuMode, &Recording) -> Result<()>,
 ) -> Result<()> {
@@ -278,7 +278,7 @@ async fn with_browser(
 }
 
 /// Chooses the file or folder `path` in the file input `id`.
-async fn choose(b: &Browser, id: &str, path: &Path) -> Result<()> {
+pub(crate) async fn choose(b: &Browser, id: &str, path: &Path) -> Result<()> {
     b.client
         .find(Locator::Id(id))
         .await?
@@ -288,14 +288,14 @@ async fn choose(b: &Browser, id: &str, path: &Path) -> Result<()> {
 }
 
 /// Clicks the element `id`.
-async fn click(b: &Browser, id: &str) -> Result<()> {
+pub(crate) async fn click(b: &Browser, id: &str) -> Result<()> {
     b.client.find(Locator::Id(id)).await?.click().await?;
     Ok(())
 }
 
 /// Waits for `body.dataset[field]` to be one of `ok`, failing early on `failed` with the page's
 /// message.
-async fn wait_state(
+pub(crate) async fn wait_state(
     b: &Browser,
     what: &str,
     field: &str,
@@ -312,7 +312,7 @@ async fn wait_state(
     Ok(())
 }
 
-fn write_folder(data: &ImageDataset, dir: &Path) -> Result<()> {
+pub(crate) fn write_folder(data: &ImageDataset, dir: &Path) -> Result<()> {
     for i in 0..data.len() {
         let class_dir = dir.join(&data.class_names[data.labels[i] as usize]);
         std::fs::create_dir_all(&class_dir)?;
@@ -454,7 +454,7 @@ async fn journey(b: &Browser, base: &str, mode: GpuMode, rec: &Recording) -> Res
 
     // --- what the server received ----------------------------------------------------------
     let requests: Vec<Recorded> = rec.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
-    assert_nothing_secret(&requests, &key, &key_text, &[&train, &test], 20)?;
+    assert_nothing_secret(&requests, &key, &key_text, &[&train, &test], 20, 300_000)?;
 
     let device = Device::flex();
     let flows = veil_server::embedded::digits_flows(&device)?;
@@ -585,7 +585,7 @@ async fn journey(b: &Browser, base: &str, mode: GpuMode, rec: &Recording) -> Res
 
 /// Imports `key` on the Keys page as a passphrase-wrapped key file (cheap Argon2 costs) and
 /// waits until it is stored and active; returns the key file's text.
-async fn import_key(
+pub(crate) async fn import_key(
     b: &Browser,
     base: &str,
     mode: GpuMode,
@@ -678,7 +678,7 @@ async fn classify_folder(
     acc.as_f64().context("accuracy")
 }
 
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter()
         .zip(b)
@@ -727,12 +727,13 @@ async fn accuracy(
 }
 
 /// Asserts that no request carries the key, the key file or an original image in any encoding.
-fn assert_nothing_secret(
+pub(crate) fn assert_nothing_secret(
     requests: &[Recorded],
     key: &MasterKey,
     key_text: &str,
     originals: &[&ImageDataset],
     min_requests: usize,
+    min_bytes: usize,
 ) -> Result<()> {
     let raw = key.as_bytes().to_vec();
     let hex = veil::crypto::keys::to_hex(key.as_bytes()).into_bytes();
@@ -799,7 +800,7 @@ fn assert_nothing_secret(
         requests.len()
     );
     ensure!(
-        requests.len() >= min_requests && bytes_seen > 300_000,
+        requests.len() >= min_requests && bytes_seen > min_bytes,
         "too little was recorded"
     );
     Ok(())
@@ -962,7 +963,7 @@ async fn owsd(b: &Browser, base: &str, mode: GpuMode, rec: &Recording) -> Result
 
     // What the cloud received: the native scrambles, and nothing secret.
     let requests: Vec<Recorded> = rec.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
-    assert_nothing_secret(&requests, &key, &key_text, &[&sample, &new], 10)?;
+    assert_nothing_secret(&requests, &key, &key_text, &[&sample, &new], 10, 300_000)?;
     // Nor the owner's encoder: no 32-byte window of its weights (the file's tail) in any body.
     let window = &encoder_file[encoder_file.len() - 32..];
     ensure!(

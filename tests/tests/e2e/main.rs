@@ -2,5 +2,6 @@
 //! `#[ignore]`d: `cargo xtask test` runs them with `--ignored --test-threads=1` on WebGPU and on
 //! the CPU fallback (`VEIL_E2E_GPU`).
 
+mod adversarial_journey;
 mod browser;
 mod flow_journey;
