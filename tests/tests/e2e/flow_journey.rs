@@ -327,6 +327,18 @@ async fn journey(b: &Browser, base: &str, mode: GpuMode, rec: &Recording) -> Res
     let dir = tempfile::tempdir()?;
     let data = digits();
     let (train, test) = data.split(0.2, 7);
+    // SwiftShader runs Glow's many small kernels slowly (the whole journey took 13 minutes there):
+    // on WebGPU the journey checks what only WebGPU can (the page's ciphertexts and accuracies are
+    // the native ones) on fewer images; the CPU path runs it in full, with the experiment's
+    // reference accuracy and the built-in samples.
+    let (train, test, route_c_images) = match mode {
+        GpuMode::NoWebgpu => (train, test, ROUTE_C_IMAGES),
+        GpuMode::Webgpu => (
+            train.subset(&(0..300).collect::<Vec<_>>()),
+            test.subset(&(0..100).collect::<Vec<_>>()),
+            20,
+        ),
+    };
 
     // 1. Keys: import a passphrase-wrapped key file made here (cheap Argon2 costs for the test).
     //    A fixed key keeps the factory's training, and so the accuracies, the same run to run.
@@ -413,48 +425,53 @@ async fn journey(b: &Browser, base: &str, mode: GpuMode, rec: &Recording) -> Res
     write_folder(&test, &test_dir)?;
     let page_a = classify_folder(b, base, &model, "a", &test_dir, mode).await?;
     b.screenshot(&format!("classify-a-{tag}")).await?;
-    let subset = test.subset(&(0..ROUTE_C_IMAGES).collect::<Vec<_>>());
+    let subset = test.subset(&(0..route_c_images).collect::<Vec<_>>());
     let subset_dir = dir.path().join("subset");
     write_folder(&subset, &subset_dir)?;
     let page_c = classify_folder(b, base, &model, "c", &subset_dir, mode).await?;
     b.screenshot(&format!("classify-c-{tag}")).await?;
 
-    // 5. The sample digits built into the page encrypt too (and send nothing).
-    c.goto(&format!("{base}/encrypt.html")).await?;
-    b.wait_backend(mode, LONG).await?;
-    b.wait_for(
-        "the flows",
-        "return document.body.dataset.flows === 'digits' && !document.getElementById('sample-row').hidden;",
-        LONG,
-    )
-    .await?;
-    click(b, "sample").await?;
-    b.wait_for(
-        "the sample",
-        "return !document.getElementById('encrypt').disabled;",
-        LONG,
-    )
-    .await?;
-    click(b, "encrypt").await?;
-    wait_state(
-        b,
-        "the sample's encryption",
-        "state",
-        "encrypted",
-        "message",
-    )
-    .await?;
-    let values = c
-        .execute("return window.veilEncrypt.ciphertexts.length;", vec![])
+    // 5. The sample digits built into the page encrypt too (and send nothing); on the CPU path
+    //    only (nothing in it is WebGPU's own).
+    if mode == GpuMode::NoWebgpu {
+        c.goto(&format!("{base}/encrypt.html")).await?;
+        b.wait_backend(mode, LONG).await?;
+        b.wait_for(
+            "the flows",
+            "return document.body.dataset.flows === 'digits' && !document.getElementById('sample-row').hidden;",
+            LONG,
+        )
         .await?;
-    ensure!(
-        values == 300 * 64,
-        "{values} ciphertext values for 300 samples"
-    );
+        click(b, "sample").await?;
+        b.wait_for(
+            "the sample",
+            "return !document.getElementById('encrypt').disabled;",
+            LONG,
+        )
+        .await?;
+        click(b, "encrypt").await?;
+        wait_state(
+            b,
+            "the sample's encryption",
+            "state",
+            "encrypted",
+            "message",
+        )
+        .await?;
+        let values = c
+            .execute("return window.veilEncrypt.ciphertexts.length;", vec![])
+            .await?;
+        ensure!(
+            values == 300 * 64,
+            "{values} ciphertext values for 300 samples"
+        );
+    }
 
     // --- what the server received ----------------------------------------------------------
     let requests: Vec<Recorded> = rec.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
-    assert_nothing_secret(&requests, &key, &key_text, &[&train, &test], 20, 300_000)?;
+    // At least the upload's ciphertexts (f32) went out.
+    let min_bytes = train.len() * train.shape.len() * 4;
+    assert_nothing_secret(&requests, &key, &key_text, &[&train, &test], 20, min_bytes)?;
 
     let device = Device::flex();
     let flows = veil_server::embedded::digits_flows(&device)?;
@@ -513,8 +530,11 @@ async fn journey(b: &Browser, base: &str, mode: GpuMode, rec: &Recording) -> Res
     )
     .await?;
     println!("{tag}: route (a) accuracy: page {page_a:.4}, native {native_a:.4}");
+    // Ciphertexts within 2e-3 of each other may still fall either side of a decision boundary:
+    // 2 points, or two images on the WebGPU journey's shorter test split.
+    let route_a_tolerance = 0.02f64.max(2.0 / test.len() as f64 + 1e-9);
     ensure!(
-        (page_a - native_a).abs() <= 0.02,
+        (page_a - native_a).abs() <= route_a_tolerance,
         "route (a): the page reads {page_a}, natively {native_a}"
     );
     // The flow issue's measurement (docs/results/flow.json, the small CNN, route a) in the
@@ -538,10 +558,13 @@ async fn journey(b: &Browser, base: &str, mode: GpuMode, rec: &Recording) -> Res
         .as_f64()
         .with_context(|| format!("docs/results/flow.json has no {table}.cnn.enc_enc_true_class"))?;
     println!("{tag}: docs/results/flow.json {table} route (a): {reference:.4}");
-    ensure!(
-        page_a >= reference - 0.02,
-        "route (a) reads {page_a}, below the flow experiment's {reference} by more than 2 points"
-    );
+    // The reference was measured training on the whole training split: the CPU path's setting.
+    if mode == GpuMode::NoWebgpu {
+        ensure!(
+            page_a >= reference - 0.02,
+            "route (a) reads {page_a}, below the flow experiment's {reference} by more than 2 points"
+        );
+    }
     let k = train.num_classes();
     let mut probs = Vec::with_capacity(k);
     for class in 0..k as u32 {
@@ -556,10 +579,10 @@ async fn journey(b: &Browser, base: &str, mode: GpuMode, rec: &Recording) -> Res
         .count() as f64
         / subset.len() as f64;
     println!(
-        "{tag}: route (c) accuracy on {ROUTE_C_IMAGES}: page {page_c:.4}, native {native_c:.4}"
+        "{tag}: route (c) accuracy on {route_c_images}: page {page_c:.4}, native {native_c:.4}"
     );
     ensure!(
-        (page_c - native_c).abs() <= 0.034,
+        (page_c - native_c).abs() <= 0.034f64.max(2.0 / route_c_images as f64 + 1e-9),
         "route (c): the page reads {page_c}, natively {native_c}"
     );
     // The figures docs/RESULTS.md quotes, kept where a run under `cargo xtask test` (which shows
@@ -575,7 +598,9 @@ async fn journey(b: &Browser, base: &str, mode: GpuMode, rec: &Recording) -> Res
             "route_a_page": page_a,
             "route_a_native": native_a,
             "route_a_reference": { "table": table, "accuracy": reference },
-            "route_c_images": ROUTE_C_IMAGES,
+            "train_images": train.len(),
+            "test_images": test.len(),
+            "route_c_images": route_c_images,
             "route_c_page": page_c,
             "route_c_native": native_c,
         }))?,
