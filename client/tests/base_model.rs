@@ -7,24 +7,12 @@
 #[path = "it/common.rs"]
 mod common;
 
-use common::{block_on, session};
+use common::{block_on, digits_adversarial_setup, session};
 use veil::burn::tensor::Device;
 use veil::crypto::keys::MasterKey;
 use veil::data::{ImageShape, digits};
 use veil::nn::model::SmallCnnConfig;
 use veil::nn::train::Control;
-use veil::schemes::adversarial::CombineMethod;
-use veil_client::adversarial::AdversarialSetup;
-
-fn setup(method: Option<CombineMethod>) -> AdversarialSetup {
-    AdversarialSetup {
-        shape: ImageShape::new(1, 8, 8),
-        classes: (0..10).map(|c| c.to_string()).collect(),
-        epsilon: 1.5,
-        iterations: 10,
-        method,
-    }
-}
 
 /// The page's base model (trained a few steps per call, every value read asynchronously) is the
 /// library's: the same split, the same steps as `train_classifier`, the same weights bit for bit
@@ -111,7 +99,9 @@ fn the_page_trains_the_base_model_like_the_library() {
     );
 
     // The trained model is a base for PGD.
-    let status = s.adversarial_begin(setup(None), Some(&page)).unwrap();
+    let status = s
+        .adversarial_begin(digits_adversarial_setup(None), Some(&page))
+        .unwrap();
     assert!(!status.demo_base);
     let out = block_on(s.adversarial_encrypt(held_out.image(0), &held_out.labels[..1])).unwrap();
     assert!(out.psnr[0] >= 14.5 - 1e-3);

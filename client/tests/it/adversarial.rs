@@ -2,7 +2,7 @@
 //! against `veil::schemes::adversarial` used directly, the container, and bad input.
 #![cfg(not(target_arch = "wasm32"))]
 
-use crate::common::{block_on, session};
+use crate::common::{block_on, digits_adversarial_setup, session};
 
 use veil::burn::tensor::Device;
 use veil::crypto::keys::MasterKey;
@@ -13,17 +13,6 @@ use veil::schemes::adversarial::{
     ClassCorrespondence, CombineMethod, CombinedKey, PgdConfig, encrypt_basic, encrypt_combined,
 };
 use veil_client::Session;
-use veil_client::adversarial::AdversarialSetup;
-
-fn setup(method: Option<CombineMethod>) -> AdversarialSetup {
-    AdversarialSetup {
-        shape: ImageShape::new(1, 8, 8),
-        classes: (0..10).map(|c| c.to_string()).collect(),
-        epsilon: 1.5,
-        iterations: 10,
-        method,
-    }
-}
 
 /// The page's encryptions (demo base model, key-drawn P) equal the library's bit for bit on the
 /// same device, for the basic and a combined method; PSNR is reported per image and the
@@ -37,7 +26,9 @@ fn the_page_encrypts_like_the_library() {
     let base = demo::card().config.load(demo::WEIGHTS, &device).unwrap();
     let pgd = PgdConfig::with_epsilon(1.5, 10);
     for method in [None, Some(CombineMethod::HorizontalConcat)] {
-        let status = s.adversarial_begin(setup(method), None).unwrap();
+        let status = s
+            .adversarial_begin(digits_adversarial_setup(method), None)
+            .unwrap();
         assert!(status.demo_base);
         assert_eq!(status.fingerprint, key.fingerprint().to_string());
         let page = block_on(s.adversarial_encrypt(&data.images, &data.labels)).unwrap();
@@ -98,9 +89,9 @@ fn bad_setups_and_batches_are_refused_with_the_cause() {
     fn msg<T>(r: Result<T, veil_client::ClientError>) -> String {
         r.err().expect("refused").to_string()
     }
-    assert!(msg(s.adversarial_begin(setup(None), None)).contains("no key"));
+    assert!(msg(s.adversarial_begin(digits_adversarial_setup(None), None)).contains("no key"));
     let s = session(&key);
-    let mut bad = setup(None);
+    let mut bad = digits_adversarial_setup(None);
     bad.epsilon = 0.0;
     assert!(msg(s.adversarial_begin(bad, None)).contains("ε must be a positive"));
     // A base model for another shape, and the demo model for data it does not fit.
@@ -108,14 +99,14 @@ fn bad_setups_and_batches_are_refused_with_the_cause() {
         .init(&Device::flex())
         .to_bytes()
         .unwrap();
-    let mut sixteen = setup(None);
+    let mut sixteen = digits_adversarial_setup(None);
     sixteen.shape = ImageShape::new(1, 16, 16);
     assert!(msg(s.adversarial_begin(sixteen.clone(), None)).contains("import a base model"));
-    let mut six = setup(None);
+    let mut six = digits_adversarial_setup(None);
     six.classes.truncate(6);
     assert!(msg(s.adversarial_begin(six, Some(&other))).contains("not a SmallCnn"));
     // One class: no correspondence exists.
-    let mut one = setup(None);
+    let mut one = digits_adversarial_setup(None);
     one.classes.truncate(1);
     assert!(msg(s.adversarial_begin(one, None)).contains("at least 2 classes"));
     // A base model whose weights hold NaN is refused when it is loaded.
@@ -125,9 +116,10 @@ fn bad_setups_and_batches_are_refused_with_the_cause() {
         b[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
         b
     };
-    let m = msg(s.adversarial_begin(setup(None), Some(&nan)));
+    let m = msg(s.adversarial_begin(digits_adversarial_setup(None), Some(&nan)));
     assert!(m.contains("NaN"), "{m}");
-    s.adversarial_begin(setup(None), None).unwrap();
+    s.adversarial_begin(digits_adversarial_setup(None), None)
+        .unwrap();
     let data = digits().subset(&[0, 1]);
     assert!(msg(block_on(s.adversarial_encrypt(&data.images, &[0]))).contains("1 labels for 2"));
     assert!(msg(block_on(s.adversarial_encrypt(&data.images, &[0, 10]))).contains("out of range"));
@@ -151,9 +143,12 @@ fn a_safetensors_base_model_is_the_same_model() {
         .load(demo::WEIGHTS, &Device::flex())
         .unwrap();
     let file = export_encoder(&demo_model, WeightLayout::PyTorch).unwrap();
-    s.adversarial_begin(setup(None), None).unwrap();
+    s.adversarial_begin(digits_adversarial_setup(None), None)
+        .unwrap();
     let from_demo = block_on(s.adversarial_encrypt(&data.images, &data.labels)).unwrap();
-    let status = s.adversarial_begin(setup(None), Some(&file)).unwrap();
+    let status = s
+        .adversarial_begin(digits_adversarial_setup(None), Some(&file))
+        .unwrap();
     assert!(!status.demo_base);
     let from_file = block_on(s.adversarial_encrypt(&data.images, &data.labels)).unwrap();
     assert_eq!(from_demo.pixels, from_file.pixels);
@@ -161,14 +156,14 @@ fn a_safetensors_base_model_is_the_same_model() {
     fn msg<T>(r: Result<T, veil_client::ClientError>) -> String {
         r.err().expect("refused").to_string()
     }
-    let mut six = setup(None);
+    let mut six = digits_adversarial_setup(None);
     six.classes.truncate(6);
     let m = msg(s.adversarial_begin(six, Some(&file)));
     assert!(
         m.contains("scores 10 classes") && m.contains("have 6"),
         "{m}"
     );
-    let m = msg(s.adversarial_begin(setup(None), Some(b"not a model at all")));
+    let m = msg(s.adversarial_begin(digits_adversarial_setup(None), Some(b"not a model at all")));
     assert!(m.contains("not a SmallCnn"), "{m}");
 
     let shape = ImageShape::new(1, 8, 8);

@@ -25,3 +25,17 @@ pub fn session(key: &veil::crypto::keys::MasterKey) -> veil_client::Session {
     .unwrap();
     s
 }
+
+/// The adversarial setup the client's tests use: the digits' shape and classes, ε 1.5 and 10 PGD
+/// steps (the page's ε, fewer steps), with the combined `method` or the basic correspondence.
+pub fn digits_adversarial_setup(
+    method: Option<veil::schemes::adversarial::CombineMethod>,
+) -> veil_client::adversarial::AdversarialSetup {
+    veil_client::adversarial::AdversarialSetup {
+        shape: veil::data::ImageShape::new(1, 8, 8),
+        classes: (0..10).map(|c| c.to_string()).collect(),
+        epsilon: 1.5,
+        iterations: 10,
+        method,
+    }
+}

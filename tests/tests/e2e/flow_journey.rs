@@ -56,20 +56,20 @@ async fn fine_tune(b: &Browser, base: &str, mode: GpuMode, rec: &Recording) -> R
     let key = MasterKey::from_bytes(*b"the e2e fine-tuning's fixed key.");
     let key_text = import_key(b, base, mode, &key, dir.path()).await?;
 
-    // The owner's images: 300 digits, inverted.
-    let mut owner = digits().subset(&(0..300).collect::<Vec<_>>());
+    // The owner's images: digits, inverted. SwiftShader runs Glow's many small kernels slowly:
+    // fewer images and steps there (still every code path: WebGPU training, asynchronous reads,
+    // copying the weights back, encrypting with the kept flows).
+    let (images, steps) = match mode {
+        GpuMode::NoWebgpu => (300, 200),
+        GpuMode::Webgpu => (100, 8),
+    };
+    let mut owner = digits().subset(&(0..images).collect::<Vec<_>>());
     owner.images.iter_mut().for_each(|v| *v = 1.0 - *v);
     let owner_dir = dir.path().join("owner");
     write_folder(&owner, &owner_dir)?;
     let mut order: Vec<usize> = (0..owner.len()).collect();
     order.sort_by_key(|&i| (owner.class_names[owner.labels[i] as usize].clone(), i));
     let owner = owner.subset(&order);
-    // SwiftShader runs Glow's many small kernels slowly: fewer steps there (still every code
-    // path: WebGPU training, asynchronous reads, copying the weights back).
-    let steps = match mode {
-        GpuMode::NoWebgpu => 200,
-        GpuMode::Webgpu => 8,
-    };
 
     c.goto(&format!("{base}/flows.html")).await?;
     b.wait_backend(mode, LONG).await?;
@@ -156,10 +156,10 @@ async fn fine_tune(b: &Browser, base: &str, mode: GpuMode, rec: &Recording) -> R
         println!("{tag}: {path}: page {p:.4}, native {n:.4}");
         // Which images a barely fine-tuned flow (8 steps on WebGPU) can encrypt is decided by
         // whether f32 overflows on the way back, and SwiftShader's arithmetic differs from the
-        // CPU's in the last bits: there, up to 3 of the 60 held-out images may fall the other
-        // way (a run under the served τ = 0.5 gave 0.700 against 0.733).
+        // CPU's in the last bits: there, a few held-out images may fall the other way (a run
+        // under the served τ = 0.5 gave 0.700 against 0.733 on 60): up to 2 of them, or 5 %.
         let tolerance = if mode == GpuMode::Webgpu && path.ends_with("encryptable") {
-            0.05
+            0.05f64.max(2.0 / figure(page, "/held_out_images")? + 1e-9)
         } else {
             0.01 * n.abs().max(0.1)
         };
@@ -230,7 +230,7 @@ async fn fine_tune(b: &Browser, base: &str, mode: GpuMode, rec: &Recording) -> R
             let values = c
                 .execute("return window.veilEncrypt.ciphertexts.length;", vec![])
                 .await?;
-            ensure!(values == 300 * 64, "{values} ciphertext values");
+            ensure!(values == images * 64, "{values} ciphertext values");
         }
         0.0 => ensure!(
             outcome.starts_with("failed") && outcome.contains("Fine-tune the flows"),
