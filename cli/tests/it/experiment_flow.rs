@@ -120,19 +120,22 @@ fn quick_flow_experiment_writes_a_consistent_report() {
     };
     // Nobody reads the first run's log: it must not fill a pipe and block.
     let mut child = run().stderr(std::process::Stdio::null()).spawn().unwrap();
-    let done_flows = || -> usize {
-        std::fs::read_dir(killed.path().join("checkpoints"))
+    // (flows finished, flows stopped after an epoch) in the checkpoints.
+    let checkpointed = || -> (usize, usize) {
+        let states: Vec<String> = std::fs::read_dir(killed.path().join("checkpoints"))
             .map(|d| {
                 d.flatten()
-                    .filter(|e| {
-                        std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains("\"done\":true"))
-                    })
-                    .count()
+                    .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+                    .collect()
             })
-            .unwrap_or(0)
+            .unwrap_or_default();
+        let count = |s: &str| states.iter().filter(|t| t.contains(s)).count();
+        (count("\"done\":true"), count("\"done\":false"))
     };
+    // Killed with three flows trained and a fourth stopped mid-training, so that the resumed run
+    // reads finished flows and also continues one from its last epoch.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
-    while done_flows() < 3 {
+    while !matches!(checkpointed(), (done, 1) if done >= 3) {
         assert!(
             std::time::Instant::now() < deadline,
             "no flow was checkpointed"
@@ -141,7 +144,7 @@ fn quick_flow_experiment_writes_a_consistent_report() {
             child.try_wait().unwrap().is_none(),
             "the run ended before it was killed"
         );
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::thread::sleep(std::time::Duration::from_millis(5));
     }
     child.kill().unwrap();
     child.wait().unwrap();
@@ -159,6 +162,7 @@ fn quick_flow_experiment_writes_a_consistent_report() {
             >= 3,
         "{log}"
     );
+    assert!(log.contains(": resuming after epoch "), "{log}");
     let mut again: Value =
         serde_json::from_str(&std::fs::read_to_string(killed.path().join("results.json")).unwrap())
             .unwrap();

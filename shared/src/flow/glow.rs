@@ -162,9 +162,18 @@ impl ActNorm {
         let std = (flat - mean.clone()).powi_scalar(2).mean_dim(1).sqrt();
         let bias = mean.neg().reshape([1, c, 1, 1]);
         let log_scale = (std + 1e-6).log().neg().reshape([1, c, 1, 1]);
+        // The new values must stay trainable: `Param::map` takes the gradient requirement from
+        // the value it is given, and statistics of a detached batch require none.
+        let keep = |old: Tensor<4>, new: Tensor<4>| {
+            if old.is_require_grad() {
+                new.require_grad()
+            } else {
+                new
+            }
+        };
         Self {
-            bias: self.bias.map(|_| bias),
-            log_scale: self.log_scale.map(|_| log_scale),
+            bias: self.bias.map(|old| keep(old, bias)),
+            log_scale: self.log_scale.map(|old| keep(old, log_scale)),
         }
     }
 
