@@ -469,6 +469,7 @@ async fn create_job(
             learning_rate: req.learning_rate,
             validation_split: req.validation_split,
             seed: req.seed,
+            arch_revision: inference::ARCH_REVISION,
         };
         let id = f.submit(&spec)?;
         let row = f
@@ -602,7 +603,14 @@ pub(crate) fn ready_model(f: &Factory, name: &str) -> Result<Arc<Ready>, AppErro
             })?;
             let bytes = std::fs::read(&path)?;
             Ok(Ready {
-                model: LoadedModel::load(arch, row.shape, row.classes.len(), &bytes, &device)?,
+                model: LoadedModel::load(
+                    arch,
+                    row.arch_revision,
+                    row.shape,
+                    row.classes.len(),
+                    &bytes,
+                    &device,
+                )?,
                 shape: row.shape,
                 classes: row.classes.clone(),
             })

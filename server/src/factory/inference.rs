@@ -38,6 +38,24 @@ impl Arch {
     }
 }
 
+/// The revision of the architectures that new jobs train, stored with every job and model so
+/// that weights are always read into the network they were trained in.
+/// - 1: the SmallCnn with one max-pool at every input size (models stored before revisions).
+/// - 2: the SmallCnn of [`SmallCnnConfig::for_shape`], with extra pools from 16 pixels.
+///
+/// The SmallResNet is the same in both.
+pub const ARCH_REVISION: u32 = 2;
+
+/// The SmallCnn of `revision` for images of `shape`.
+fn cnn_config(revision: u32, shape: ImageShape, classes: usize) -> SmallCnnConfig {
+    let config = SmallCnnConfig::for_shape(shape, classes);
+    if revision < 2 {
+        config.with_extra_pools(None)
+    } else {
+        config
+    }
+}
+
 /// A model ready to classify, of any architecture on the menu.
 // Few of these exist at once (the cache holds eight), so boxing the larger variant buys nothing.
 #[allow(clippy::large_enum_variant)]
@@ -50,12 +68,17 @@ pub enum LoadedModel {
 }
 
 impl LoadedModel {
-    /// A freshly initialised model for images of `shape` and `classes` classes.
-    pub fn init(arch: Arch, shape: ImageShape, classes: usize, device: &Device) -> Self {
+    /// A freshly initialised model of `arch` (at `revision`, see [`ARCH_REVISION`]) for images
+    /// of `shape` and `classes` classes.
+    pub fn init(
+        arch: Arch,
+        revision: u32,
+        shape: ImageShape,
+        classes: usize,
+        device: &Device,
+    ) -> Self {
         match arch {
-            Arch::SmallCnn => {
-                LoadedModel::Cnn(SmallCnnConfig::for_shape(shape, classes).init(device))
-            }
+            Arch::SmallCnn => LoadedModel::Cnn(cnn_config(revision, shape, classes).init(device)),
             Arch::SmallResnet => {
                 LoadedModel::ResNet(SmallResNetConfig::for_shape(shape, classes).init(device))
             }
@@ -66,6 +89,7 @@ impl LoadedModel {
     /// NaN or infinite weights are refused, naming the parameter.
     pub fn load(
         arch: Arch,
+        revision: u32,
         shape: ImageShape,
         classes: usize,
         bytes: &[u8],
@@ -75,7 +99,7 @@ impl LoadedModel {
         let fit = |e: veil::nn::weights::ModelError| {
             anyhow::anyhow!("the weights do not fit {}: {e}", arch.name())
         };
-        Ok(match Self::init(arch, shape, classes, &cpu) {
+        Ok(match Self::init(arch, revision, shape, classes, &cpu) {
             LoadedModel::Cnn(m) => {
                 LoadedModel::Cnn(veil::nn::weights::load(m, bytes, device).map_err(fit)?)
             }

@@ -204,9 +204,16 @@ fn train(f: &Factory, job: &JobRow, cancel: &AtomicBool) -> Result<Outcome> {
     };
     device.seed(spec.seed);
     let model = match &resume {
-        Some(c) => LoadedModel::load(arch, data.shape, classes, &c.weights, &device)
-            .context("the checkpoint's weights")?,
-        None => LoadedModel::init(arch, data.shape, classes, &device),
+        Some(c) => LoadedModel::load(
+            arch,
+            spec.arch_revision,
+            data.shape,
+            classes,
+            &c.weights,
+            &device,
+        )
+        .context("the checkpoint's weights")?,
+        None => LoadedModel::init(arch, spec.arch_revision, data.shape, classes, &device),
     };
     let mut history = resume
         .as_ref()
@@ -327,6 +334,7 @@ fn train(f: &Factory, job: &JobRow, cancel: &AtomicBool) -> Result<Outcome> {
             dataset_id: dataset.id.clone(),
             dataset_name: dataset.name.clone(),
             arch: arch.name().to_owned(),
+            arch_revision: spec.arch_revision,
             shape: data.shape,
             classes: data.class_names.clone(),
             scheme: dataset.scheme.clone(),

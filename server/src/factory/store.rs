@@ -73,6 +73,9 @@ const MIGRATIONS: &[&str] = &[
         val_accuracy REAL,
         created_at INTEGER NOT NULL
     );",
+    // 2: the architecture's revision (see `inference::ARCH_REVISION`); models trained before it
+    // existed are revision 1.
+    "ALTER TABLE models ADD COLUMN arch_revision INTEGER NOT NULL DEFAULT 1;",
 ];
 
 /// Seconds since the Unix epoch.
@@ -195,6 +198,15 @@ pub struct JobSpec {
     pub validation_split: f64,
     /// Seed of the split, the initialisation and the shuffles.
     pub seed: u64,
+    /// The revision of `arch` the job trains (`inference::ARCH_REVISION` when it was submitted;
+    /// 1 for jobs stored before revisions existed), so that a job resumed after an upgrade goes
+    /// on with the architecture it started with.
+    #[serde(default = "first_revision")]
+    pub arch_revision: u32,
+}
+
+fn first_revision() -> u32 {
+    1
 }
 
 /// One completed epoch of a job.
@@ -250,6 +262,8 @@ pub struct ModelRow {
     pub dataset_name: String,
     /// `small-cnn` or `small-resnet`.
     pub arch: String,
+    /// Its revision (`inference::ARCH_REVISION` when it was trained).
+    pub arch_revision: u32,
     /// Input shape.
     pub shape: veil::data::ImageShape,
     /// Class names, by output index.
@@ -504,8 +518,9 @@ impl Store {
         let tx = db.transaction()?;
         tx.execute(
             "INSERT INTO models (id, job_id, dataset_id, dataset_name, arch, channels, height, width,
-                classes, scheme, key_fingerprint, train_accuracy, val_accuracy, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                classes, scheme, key_fingerprint, train_accuracy, val_accuracy, created_at,
+                arch_revision)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
             params![
                 m.id,
                 m.job_id,
@@ -521,6 +536,7 @@ impl Store {
                 f64::from(m.train_accuracy),
                 m.val_accuracy.map(f64::from),
                 m.created_at,
+                i64::from(m.arch_revision),
             ],
         )?;
         tx.execute(
@@ -696,7 +712,7 @@ fn job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawJob> {
 }
 
 const MODEL_COLS: &str = "id, job_id, dataset_id, dataset_name, arch, channels, height, width, \
-    classes, scheme, key_fingerprint, train_accuracy, val_accuracy, created_at";
+    classes, scheme, key_fingerprint, train_accuracy, val_accuracy, created_at, arch_revision";
 
 struct RawModel(ModelRow, String);
 
@@ -716,6 +732,7 @@ fn model_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawModel> {
             dataset_id: r.get(2)?,
             dataset_name: r.get(3)?,
             arch: r.get(4)?,
+            arch_revision: r.get::<_, i64>(14)? as u32,
             shape: veil::data::ImageShape::new(
                 r.get::<_, i64>(5)? as usize,
                 r.get::<_, i64>(6)? as usize,
@@ -744,6 +761,47 @@ mod tests {
         assert!(!valid_id("ds-../../etc/passwd", "ds"));
         assert!(!valid_id("ds-0123456789abcdeg", "ds"));
         assert_ne!(new_id("ds"), new_id("ds"));
+    }
+
+    /// A factory upgraded from schema 1 keeps reading its models and jobs into the network they
+    /// were trained in: both read as architecture revision 1.
+    #[test]
+    fn models_and_jobs_stored_before_revisions_read_as_revision_1() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Connection::open(dir.path().join("veil.sqlite")).unwrap();
+        db.execute_batch(MIGRATIONS[0]).unwrap();
+        db.pragma_update(None, "user_version", 1).unwrap();
+        let old_spec = r#"{"dataset":"ds-0123456789abcdef","arch":"small-cnn","epochs":2,
+            "batch_size":32,"learning_rate":0.001,"validation_split":0.1,"seed":1}"#;
+        db.execute(
+            "INSERT INTO jobs (id, dataset_id, spec, state, created_at)
+             VALUES ('job-0123456789abcdef', 'ds-0123456789abcdef', ?1, 'queued', 1)",
+            [old_spec],
+        )
+        .unwrap();
+        db.execute(
+            "INSERT INTO models (id, job_id, dataset_id, dataset_name, arch, channels, height,
+                width, classes, scheme, train_accuracy, created_at)
+             VALUES ('mdl-0123456789abcdef', 'job-0123456789abcdef', 'ds-0123456789abcdef', 'd',
+                'small-cnn', 3, 32, 32, '[\"a\",\"b\"]', 'plain', 0.5, 1)",
+            [],
+        )
+        .unwrap();
+        drop(db);
+        let s = Store::open(dir.path()).unwrap();
+        let job = s.job("job-0123456789abcdef").unwrap().unwrap();
+        assert_eq!(job.spec.arch_revision, 1);
+        let model = s.model("mdl-0123456789abcdef").unwrap().unwrap();
+        assert_eq!(model.arch_revision, 1);
+        assert_eq!(model.classes, ["a", "b"]);
+        // A model trained now keeps its revision.
+        let new = ModelRow {
+            id: "mdl-fedcba9876543210".into(),
+            arch_revision: 2,
+            ..model
+        };
+        s.finish_job("job-0123456789abcdef", &new).unwrap();
+        assert_eq!(s.model(&new.id).unwrap().unwrap().arch_revision, 2);
     }
 
     #[test]

@@ -42,9 +42,15 @@ pub struct SmallCnnConfig {
     /// Dropout before the output layer.
     #[config(default = 0.25)]
     pub dropout: f64,
+    /// 2×2 max-pools besides the one after the second convolution, for larger images: one after
+    /// the first convolution, then one after the third ([`SmallCnnConfig::for_shape`] sets one
+    /// from 16 pixels and two from 24). `None` means none: it is what a model card written
+    /// before this field existed reads as, and those models had none.
+    pub extra_pools: Option<usize>,
 }
 
-/// Three 3×3 convolutions (f, 2f, 4f filters) with ReLU, a 2×2 max-pool after the second, an
+/// Three 3×3 convolutions (f, 2f, 4f filters) with ReLU, a 2×2 max-pool after the second (and,
+/// for larger images, after the first and the third: [`SmallCnnConfig::extra_pools`]), an
 /// adaptive average pool to 2×2, a hidden dense layer and the output layer. Works for any input of
 /// at least 4×4 pixels (8×8 digits, 28×28 MNIST, 32×32 CIFAR).
 #[derive(Module, Debug)]
@@ -53,6 +59,8 @@ pub struct SmallCnn {
     conv2: Conv2d,
     conv3: Conv2d,
     pool: MaxPool2d,
+    /// How many of [`SmallCnnConfig::extra_pools`] there are (0, 1 or 2).
+    extra_pools: usize,
     squeeze: AdaptiveAvgPool2d,
     hidden: Linear,
     dropout: Dropout,
@@ -61,8 +69,18 @@ pub struct SmallCnn {
 
 impl SmallCnnConfig {
     /// The configuration for images of `shape` and `num_classes` classes, other fields default.
+    ///
+    /// Images of 16 pixels or more on their short side get an extra 2×2 max-pool, and from 24
+    /// pixels a second one. Without them the network sees large images through 3×3 windows at
+    /// full resolution, learns slowly and stays far from what it reaches with them. Measured on
+    /// the synthetic set (ten classes, 80 training and 20 test images each, noise 0.05, 40
+    /// epochs; test accuracy, time on 2 cores): 3×32×32 no extra pool 13.0 % (69 s), one 66.0 % (24 s),
+    /// two 80.0 % (24 s); 1×28×28 no extra pool 11.0 % (48 s), one 44.5 % (16 s), two 60.5 % (17 s).
     pub fn for_shape(shape: ImageShape, num_classes: usize) -> Self {
+        let side = shape.height.min(shape.width);
+        let extra = usize::from(side >= 16) + usize::from(side >= 24);
         Self::new(shape.channels, shape.height, shape.width, num_classes)
+            .with_extra_pools((extra > 0).then_some(extra))
     }
 
     /// The input shape.
@@ -83,6 +101,7 @@ impl SmallCnnConfig {
             conv2: conv(f, 2 * f),
             conv3: conv(2 * f, 4 * f),
             pool: MaxPool2dConfig::new([2, 2]).with_strides([2, 2]).init(),
+            extra_pools: self.extra_pools.unwrap_or(0).min(2),
             squeeze: AdaptiveAvgPool2dConfig::new([2, 2]).init(),
             hidden: LinearConfig::new(4 * f * 4, self.hidden).init(device),
             dropout: DropoutConfig::new(self.dropout).init(),
@@ -113,9 +132,15 @@ impl SmallCnn {
     /// The hidden layer's activations `[B, hidden]`: the embedding OWSD's owner uses when this
     /// network is its encoder.
     pub fn embed(&self, images: Tensor<4>) -> Tensor<2> {
-        let x = relu(self.conv1.forward(images));
+        let mut x = relu(self.conv1.forward(images));
+        if self.extra_pools >= 1 {
+            x = self.pool.forward(x);
+        }
         let x = self.pool.forward(relu(self.conv2.forward(x)));
-        let x = relu(self.conv3.forward(x));
+        let mut x = relu(self.conv3.forward(x));
+        if self.extra_pools >= 2 {
+            x = self.pool.forward(x);
+        }
         let x = self.squeeze.forward(x).flatten::<2>(1, 3);
         relu(self.hidden.forward(x))
     }

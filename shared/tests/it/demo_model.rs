@@ -55,3 +55,50 @@ fn corrupt_or_non_finite_weights_are_refused_with_a_reason() {
     let err = card.config.load(&poisoned, &device).unwrap_err();
     assert!(err.to_string().contains("non-finite"), "{err}");
 }
+
+/// Larger images get the SmallCnn's extra pools; a configuration written before they existed
+/// (no `extra_pools` field, as in every card shipped until then) reads as none, so its weights
+/// keep meaning the network they were trained in.
+#[test]
+fn the_small_cnn_pools_large_images_and_old_configs_read_as_unpooled() {
+    use veil::burn::tensor::{Distribution, Tensor};
+    use veil::data::ImageShape;
+    use veil::nn::model::{Classifier, SmallCnnConfig};
+    let pools = |c, s| SmallCnnConfig::for_shape(ImageShape::new(c, s, s), 10).extra_pools;
+    assert_eq!(
+        [
+            pools(1, 8),
+            pools(1, 15),
+            pools(1, 16),
+            pools(1, 28),
+            pools(3, 32)
+        ],
+        [None, None, Some(1), Some(2), Some(2)]
+    );
+    let old: SmallCnnConfig = serde_json::from_str(
+        r#"{"channels":3,"height":32,"width":32,"num_classes":10,"base_filters":16,"hidden":64,"dropout":0.25}"#,
+    )
+    .unwrap();
+    assert_eq!(old.extra_pools, None);
+    let device = Device::flex();
+    device.seed(3);
+    let shape = ImageShape::new(3, 32, 32);
+    let pooled = SmallCnnConfig::for_shape(shape, 10).init(&device);
+    let bytes = pooled.to_bytes().unwrap();
+    // The same weights fit both networks (pools have none), but they compute different things.
+    let unpooled = old.load(&bytes, &device).unwrap();
+    let x = Tensor::<4>::random([2, 3, 32, 32], Distribution::Uniform(0.0, 1.0), &device);
+    let a: Vec<f32> = pooled
+        .forward(x.clone())
+        .into_data()
+        .iter::<f32>()
+        .collect();
+    let b: Vec<f32> = unpooled.forward(x).into_data().iter::<f32>().collect();
+    assert_eq!((a.len(), b.len()), (20, 20));
+    let diff = a
+        .iter()
+        .zip(&b)
+        .map(|(p, q)| (p - q).abs())
+        .fold(0.0, f32::max);
+    assert!(diff > 1e-3, "max difference {diff}");
+}
