@@ -7,6 +7,19 @@ use veil::flow::glow::{GlowConfig, Preprocess};
 use veil::flow::train::{FlowTrainOptions, evaluate_bits_per_dim, train_flow};
 use veil::nn::train::Control;
 
+/// The digits' preprocessing and a small Glow of `levels` levels (two steps, 8 hidden channels).
+fn small_digits_glow(levels: usize) -> (Preprocess, GlowConfig) {
+    let pre = Preprocess {
+        levels: 17,
+        alpha: 0.05,
+    };
+    let config = GlowConfig::new(1, 8, 8)
+        .with_levels(levels)
+        .with_steps(2)
+        .with_hidden(8);
+    (pre, config)
+}
+
 /// The flex device's RNG is global: tests that seed it must not run at the same time.
 static DEVICE_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -67,15 +80,8 @@ fn a_resumed_run_matches_an_uninterrupted_one() {
     let (train, test) = digits().split(0.2, 7);
     let train = train.subset(&(0..96).collect::<Vec<_>>());
     let test = test.subset(&(0..64).collect::<Vec<_>>());
-    let pre = Preprocess {
-        levels: 17,
-        alpha: 0.05,
-    };
+    let (pre, config) = small_digits_glow(2);
     let device = Device::flex().autodiff();
-    let config = GlowConfig::new(1, 8, 8)
-        .with_levels(2)
-        .with_steps(2)
-        .with_hidden(8);
     let fresh = || {
         device.seed(5);
         let (s, _) = pre.to_logit(train.images_tensor(0..96, &device), true);
@@ -168,15 +174,8 @@ fn every_parameter_of_a_data_initialised_flow_gets_a_gradient() {
     use veil::burn::optim::GradientsParams;
     use veil::burn::tensor::Tensor;
     let train = digits();
-    let pre = Preprocess {
-        levels: 17,
-        alpha: 0.05,
-    };
+    let (pre, config) = small_digits_glow(3);
     let device = Device::flex().autodiff();
-    let config = GlowConfig::new(1, 8, 8)
-        .with_levels(3)
-        .with_steps(2)
-        .with_hidden(8);
     let (s, _) = pre.to_logit(train.images_tensor(0..64, &device), true);
     let glow = config.init(&device).data_init(s);
     let (logit, logdet) = pre.to_logit(train.images_tensor(0..32, &device), false);
