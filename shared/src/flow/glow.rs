@@ -164,16 +164,13 @@ impl ActNorm {
         let log_scale = (std + 1e-6).log().neg().reshape([1, c, 1, 1]);
         // The new values must stay trainable: `Param::map` takes the gradient requirement from
         // the value it is given, and statistics of a detached batch require none.
-        let keep = |old: Tensor<4>, new: Tensor<4>| {
-            if old.is_require_grad() {
-                new.require_grad()
-            } else {
-                new
-            }
-        };
         Self {
-            bias: self.bias.map(|old| keep(old, bias)),
-            log_scale: self.log_scale.map(|old| keep(old, log_scale)),
+            bias: self
+                .bias
+                .map(|old| bias.set_require_grad(old.is_require_grad())),
+            log_scale: self
+                .log_scale
+                .map(|old| log_scale.set_require_grad(old.is_require_grad())),
         }
     }
 

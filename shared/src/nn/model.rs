@@ -44,8 +44,8 @@ pub struct SmallCnnConfig {
     pub dropout: f64,
     /// 2×2 max-pools besides the one after the second convolution, for larger images: one after
     /// the first convolution, then one after the third ([`SmallCnnConfig::for_shape`] sets one
-    /// from 16 pixels and two from 24). `None` means none: it is what a model card written
-    /// before this field existed reads as, and those models had none.
+    /// from 16 pixels and two from 24; more than two count as two). `None` means none: it is
+    /// what a model card written before this field existed reads as, and those models had none.
     pub extra_pools: Option<usize>,
 }
 
