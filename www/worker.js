@@ -193,9 +193,9 @@ const ops = {
   adversarialBaseModel: () => veil.adversarialBaseModel(),
 
   // Benchmarks (bench.html): wall-clock time in this worker.
-  benchHaar({ dim }) {
+  benchHaar({ dim, derivation }) {
     const t0 = performance.now();
-    const digest = veil.haarDigest(dim, 0, true);
+    const digest = veil.haarDigest(dim, 0, true, derivation);
     return { ms: performance.now() - t0, digest };
   },
   async benchInference({ batch, reps }) {

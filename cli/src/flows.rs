@@ -16,7 +16,7 @@ use burn::module::Module;
 use burn::tensor::Device;
 use serde_json::json;
 use veil::burn;
-use veil::crypto::haar::HaarRotation;
+use veil::crypto::haar::{HaarRotation, RotationDerivation};
 use veil::crypto::keys::{MasterKey, Scheme};
 use veil::data::ImageDataset;
 use veil::flow::gaussianity::probe;
@@ -107,6 +107,7 @@ pub fn train(args: FlowTrainArgs) -> Result<()> {
     let encryption = EncryptionSettings {
         temperature: args.temperature,
         cover_classes: args.cover_classes,
+        rotation: RotationDerivation::CURRENT,
     };
     encryption.validate().map_err(anyhow::Error::msg)?;
     if args.cover_classes && args.agnostic_only {
@@ -185,12 +186,12 @@ pub fn train(args: FlowTrainArgs) -> Result<()> {
         let report = probe(&latents.0, latents.1, 128, args.seed);
         eprintln!("flow {name}: held-out {bpd:.3} bits/dim. {report}");
         let rotation = rotation.get_or_insert_with(|| {
-            // One throwaway rotation for every flow of the family: drawing one is a QR of a
-            // (C·H·W)² matrix, the costly part at real sizes.
+            // One throwaway rotation for every flow of the family, drawn as the family's keys
+            // will be.
             let mut kb = [0u8; 32];
             kb[..8].copy_from_slice(&args.seed.to_le_bytes());
             let key = MasterKey::from_bytes(kb).class_subkey(Scheme::FlowRotation, 0);
-            HaarRotation::from_subkey(&key, data.shape.len())
+            HaarRotation::from_subkey(&key, data.shape.len(), encryption.rotation)
         });
         let encryptable = encryptable_fraction(&glow, pre, encryption, &test_part, rotation, &name);
         flows.push(json!({

@@ -98,10 +98,17 @@ impl Veil {
     }
 
     /// Hex SHA-256 of the Haar rotation of `dim` dimensions for class `class` of the loaded key
-    /// (or of the public test key when `testKey` is true).
+    /// (or of the public test key when `testKey` is true), drawn by `derivation` (`qr` or
+    /// `householder`).
     #[wasm_bindgen(js_name = haarDigest)]
-    pub fn haar_digest(&self, dim: usize, class: u32, test_key: bool) -> Result<String, JsError> {
-        use veil::crypto::haar::HaarRotation;
+    pub fn haar_digest(
+        &self,
+        dim: usize,
+        class: u32,
+        test_key: bool,
+        derivation: &str,
+    ) -> Result<String, JsError> {
+        use veil::crypto::haar::{HaarRotation, RotationDerivation};
         use veil::crypto::keys::Scheme;
         let key = if test_key {
             veil::crypto::testvectors::test_key()
@@ -111,7 +118,16 @@ impl Veil {
         if dim == 0 || dim > 4096 {
             return Err(JsError::new("the dimension must be between 1 and 4096"));
         }
-        let rot = HaarRotation::from_subkey(&key.class_subkey(Scheme::FlowRotation, class), dim);
+        let derivation = RotationDerivation::parse(derivation).ok_or_else(|| {
+            JsError::new(&format!(
+                "unknown rotation derivation {derivation:?}: use qr or householder"
+            ))
+        })?;
+        let rot = HaarRotation::from_subkey(
+            &key.class_subkey(Scheme::FlowRotation, class),
+            dim,
+            derivation,
+        );
         Ok(veil::crypto::keys::to_hex(&rot.digest()))
     }
 }

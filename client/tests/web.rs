@@ -17,14 +17,20 @@ fn expected_backend() -> Option<&'static str> {
     option_env!("VEIL_EXPECT_BACKEND")
 }
 
-/// The Haar matrix of the test key is bit-identical to the native one: its SHA-256 equals the
-/// digest pinned by the native test `haar::tests::pinned_digest_for_the_test_vector_key`.
+/// The Haar rotations of the test key, by both derivations, are bit-identical to the native
+/// ones: their SHA-256 equal the digests pinned by the native test
+/// `haar::tests::pinned_digest_for_the_test_vector_key`.
 #[wasm_bindgen_test]
 fn haar_rotation_is_bit_identical_to_native() {
     let rot = veil::crypto::testvectors::haar_test_rotation();
     assert_eq!(
         veil::crypto::keys::to_hex(&rot.digest()),
         veil::crypto::testvectors::HAAR_DIGEST_64
+    );
+    let rot = veil::crypto::testvectors::householder_test_rotation();
+    assert_eq!(
+        veil::crypto::keys::to_hex(&rot.digest()),
+        veil::crypto::testvectors::HOUSEHOLDER_DIGEST_64
     );
 }
 

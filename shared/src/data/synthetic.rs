@@ -7,7 +7,7 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
 use super::{DataError, ImageDataset, ImageShape};
-use crate::crypto::haar::gaussian_fill;
+use crate::crypto::gaussian::gaussian_fill;
 
 /// The shapes, by class (mod 16).
 pub const SHAPES: [&str; 16] = [

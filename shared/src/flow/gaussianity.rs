@@ -10,7 +10,7 @@
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 
-use crate::crypto::haar::gaussian_fill;
+use crate::crypto::gaussian::gaussian_fill;
 
 /// The probe's figures.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]

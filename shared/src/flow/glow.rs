@@ -214,7 +214,7 @@ fn from_rows(rows: &DMatrix<f64>, device: &Device) -> Tensor<2> {
 impl InvConv1x1 {
     fn new(channels: usize, rng: &mut ChaCha20Rng, device: &Device) -> Self {
         let rot = HaarRotation::sample(rng, channels);
-        let w = DMatrix::from_row_slice(channels, channels, rot.entries());
+        let w = DMatrix::from_row_slice(channels, channels, &rot.entries());
         // nalgebra: P·W = L·U, so W = Pᵀ·L·U.
         let lu = w.lu();
         let (p, l, u) = lu.unpack();
@@ -773,7 +773,7 @@ mod tests {
     fn normal<const D: usize>(shape: [usize; D], scale: f64, device: &Device) -> Tensor<D> {
         let n = shape.iter().product();
         let mut v = vec![0.0f64; n];
-        RNG.with(|r| crate::crypto::haar::gaussian_fill(&mut *r.borrow_mut(), &mut v));
+        RNG.with(|r| crate::crypto::gaussian::gaussian_fill(&mut *r.borrow_mut(), &mut v));
         let v: Vec<f32> = v.iter().map(|x| (x * scale) as f32).collect();
         Tensor::from_data(TensorData::new(v, shape), device)
     }

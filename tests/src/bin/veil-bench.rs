@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use fantoccini::Locator;
 use serde_json::{Value, json};
 use veil::burn::tensor::Device;
-use veil::crypto::haar::HaarRotation;
+use veil::crypto::haar::{HaarRotation, RotationDerivation};
 use veil::data::digits;
 use veil::nn::model::{Classifier, demo};
 use veil_tests::{Browser, GpuMode, repo_root, start_server};
@@ -91,10 +91,17 @@ fn native() -> Result<Value> {
     let key = veil::crypto::testvectors::test_key();
     let sub = key.class_subkey(veil::crypto::keys::Scheme::FlowRotation, 0);
     let t = Instant::now();
-    let rot = HaarRotation::from_subkey(&sub, 3072);
+    let rot = HaarRotation::from_subkey(&sub, 3072, RotationDerivation::Householder);
     let haar_ms = t.elapsed().as_secs_f64() * 1000.0;
     let digest = veil::crypto::keys::to_hex(&rot.digest());
+    // Ready to encrypt on a device: the WY blocks as tensors.
+    let t = Instant::now();
+    let _ = veil::schemes::flow_rotation::DeviceRotation::new(&rot, &Device::flex());
+    let wy_ms = t.elapsed().as_secs_f64() * 1000.0;
     drop(rot);
+    let t = Instant::now();
+    let _ = HaarRotation::from_subkey(&sub, 3072, RotationDerivation::Qr);
+    let qr_ms = t.elapsed().as_secs_f64() * 1000.0;
 
     let card = demo::card();
     let device = Device::flex();
@@ -116,6 +123,8 @@ fn native() -> Result<Value> {
     Ok(json!({
         "haar_3072_ms": haar_ms,
         "haar_3072_digest": digest,
+        "haar_3072_to_device_ms": wy_ms,
+        "haar_qr_3072_ms": qr_ms,
         "inference_images_per_s": (batch * reps) as f64 / secs,
         "inference_batch": batch,
         "encrypt_digits_images_per_s": encrypt_digits_native()?,
@@ -347,20 +356,27 @@ fn flow_rotation() -> Result<Value> {
         let pre = Preprocess::EIGHT_BIT;
         let (s, _) = pre.to_logit(x.clone(), true);
         let glow = config.init(&device).data_init(s);
-        let enc = FlowEncryptor::new(
-            glow,
-            pre,
-            &key.class_subkey(veil::crypto::keys::Scheme::FlowRotation, 0),
-            &device,
-        );
-        let _ = enc.encrypt(x.clone()).into_data();
-        let reps = 3;
-        let t = Instant::now();
-        for _ in 0..reps {
+        // The current derivation (blocked above 256 dimensions), and the QR one (dense).
+        for (derivation, suffix) in [
+            (RotationDerivation::Householder, ""),
+            (RotationDerivation::Qr, "_qr"),
+        ] {
+            let enc = FlowEncryptor::new(
+                glow.clone(),
+                pre,
+                &key.class_subkey(veil::crypto::keys::Scheme::FlowRotation, 0),
+                derivation,
+                &device,
+            );
             let _ = enc.encrypt(x.clone()).into_data();
+            let reps = 3;
+            let t = Instant::now();
+            for _ in 0..reps {
+                let _ = enc.encrypt(x.clone()).into_data();
+            }
+            out[format!("encrypt_{c}x{side}x{side}{suffix}_images_per_s")] =
+                json!((128 * reps) as f64 / t.elapsed().as_secs_f64());
         }
-        out[format!("encrypt_{c}x{side}x{side}_images_per_s")] =
-            json!((128 * reps) as f64 / t.elapsed().as_secs_f64());
     }
     let data = digits();
     let (train, _) = data.split(0.2, 7);
@@ -589,7 +605,7 @@ fn markdown(r: &Value) -> String {
     );
     s += "## Keys and the demo model\n\n| What | Native (flex) | Browser CPU (wasm) | wasm / native | Browser WebGPU | WebGPU / native |\n|---|---|---|---|---|---|\n";
     s += &format!(
-        "| 3072×3072 Haar rotation from a key (time; lower is better) | {} | {} | {} | {} | {} |\n",
+        "| 3072×3072 Haar rotation from a key, Householder derivation (time; lower is better) | {} | {} | {} | {} | {} |\n",
         secs(f(&n["haar_3072_ms"])),
         secs(f(&cpu["haar_3072_ms"])),
         ratio(f(&cpu["haar_3072_ms"]), f(&n["haar_3072_ms"])),
@@ -655,6 +671,13 @@ fn markdown(r: &Value) -> String {
     }
     s += "The Haar rotation is computed on the CPU in f64 on every host (it must be bit-identical), so its \
           WebGPU column is the same computation in the same wasm module.\n\n";
+    s += &format!(
+        "The Householder key is the current derivation (Stewart 1980, O(m²)). Natively, turning it into \
+         the WY blocks a device applies takes {} more; the QR derivation that keys made before it keep \
+         (O(m³)) takes {} for the same size.\n\n",
+        secs(f(&n["haar_3072_to_device_ms"])),
+        secs(f(&n["haar_qr_3072_ms"])),
+    );
     for (name, v) in [("CPU", cpu), ("WebGPU", gpu)] {
         if let Some(d) = v["haar_3072_digest"].as_str() {
             let same = Some(d) == n["haar_3072_digest"].as_str();
@@ -673,9 +696,11 @@ fn markdown(r: &Value) -> String {
     let fr = &r["flow_rotation"];
     s += "## Flow rotation (native, flex CPU)\n\n| What | Figure |\n|---|---|\n";
     s += &format!(
-        "| Encryption, 16×16×1 images (2-level, 4-step Glow, 48 hidden) | {} |\n| Encryption, 32×32×3 images (same flow) | {} |\n| Flow training, one epoch of the {} digits training images (8×8, batch 32) | {} |\n\n",
+        "| Encryption, 16×16×1 images (2-level, 4-step Glow, 48 hidden, batch 128; Householder key, blocked) | {} |\n| Same, QR key (a dense 256² matrix) | {} |\n| Encryption, 32×32×3 images (same flow; Householder key, 48 WY blocks) | {} |\n| Same, QR key (a dense 3072² matrix) | {} |\n| Flow training, one epoch of the {} digits training images (8×8, batch 32) | {} |\n\n",
         ips(f(&fr["encrypt_1x16x16_images_per_s"])),
+        ips(f(&fr["encrypt_1x16x16_qr_images_per_s"])),
         ips(f(&fr["encrypt_3x32x32_images_per_s"])),
+        ips(f(&fr["encrypt_3x32x32_qr_images_per_s"])),
         fr["flow_train_images"],
         f(&fr["flow_train_epoch_digits_s"]).map_or("—".into(), |x| format!("{x:.2} s")),
     );

@@ -494,6 +494,7 @@ pub fn run(args: FlowArgs) -> Result<()> {
     let veil_settings = EncryptionSettings {
         temperature: args.temperature,
         cover_classes: true,
+        ..EncryptionSettings::ALGORITHM_1
     };
     veil_settings.validate().map_err(anyhow::Error::msg)?;
     let classes = s.train.num_classes();
@@ -639,6 +640,7 @@ pub fn run(args: FlowArgs) -> Result<()> {
         let settings = EncryptionSettings {
             temperature: tau,
             cover_classes: true,
+            ..EncryptionSettings::ALGORITHM_1
         };
         let owned;
         let ct = if tau == args.temperature {

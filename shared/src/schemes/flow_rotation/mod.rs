@@ -8,12 +8,14 @@
 //! decryption needs), so they must be stored as floats, never as 8-bit images.
 
 use burn::prelude::*;
-use burn::tensor::TensorData;
 use burn::tensor::activation::sigmoid;
 
-use crate::crypto::haar::HaarRotation;
+use crate::crypto::haar::{HaarRotation, RotationDerivation};
 use crate::crypto::keys::{MasterKey, Scheme, SubKey};
 use crate::flow::glow::{Glow, GlowConfig, Preprocess};
+
+mod rotation;
+pub use rotation::{DeviceRotation, DeviceWyBlock};
 
 /// One class's (or the class-agnostic) encryptor: a flow and a rotation on one device, with
 /// Veil's two optional refinements of Algorithm 1 ([`EncryptionSettings`]).
@@ -21,10 +23,8 @@ use crate::flow::glow::{Glow, GlowConfig, Preprocess};
 pub struct FlowEncryptor {
     glow: Glow,
     pre: Preprocess,
-    /// `Aᵀ` (latents are row vectors: `(A·e)ᵀ = eᵀ·Aᵀ`).
-    rotation_t: Tensor<2>,
-    /// `A` (to decrypt: `(Aᵀ·e)ᵀ = eᵀ·A`).
-    rotation: Tensor<2>,
+    /// `A`, on the device.
+    rotation: DeviceRotation,
     /// τ: encryption decodes `τ·A·f(s)`.
     temperature: f32,
     /// The flow that decodes the rotated latent (and encodes ciphertexts to decrypt): `None`
@@ -33,10 +33,22 @@ pub struct FlowEncryptor {
 }
 
 impl FlowEncryptor {
-    /// The encryptor for `key` (the rotation has the flow's latent dimension).
-    pub fn new(glow: Glow, pre: Preprocess, key: &SubKey, device: &Device) -> Self {
+    /// The encryptor for `key` (the rotation has the flow's latent dimension), its rotation
+    /// drawn by `derivation`.
+    pub fn new(
+        glow: Glow,
+        pre: Preprocess,
+        key: &SubKey,
+        derivation: RotationDerivation,
+        device: &Device,
+    ) -> Self {
         let dim: usize = glow.latent_shapes().iter().map(|s| s.len()).sum();
-        Self::with_rotation(glow, pre, &HaarRotation::from_subkey(key, dim), device)
+        Self::with_rotation(
+            glow,
+            pre,
+            &HaarRotation::from_subkey(key, dim, derivation),
+            device,
+        )
     }
 
     /// The encryptor for an explicit rotation.
@@ -46,13 +58,10 @@ impl FlowEncryptor {
         rotation: &HaarRotation,
         device: &Device,
     ) -> Self {
-        let d = rotation.dim();
-        let a = Tensor::<2>::from_data(TensorData::new(rotation.to_f32(), [d, d]), device);
         Self {
             glow,
             pre,
-            rotation_t: a.clone().transpose(),
-            rotation: a,
+            rotation: DeviceRotation::new(rotation, device),
             temperature: 1.0,
             cover: None,
         }
@@ -86,14 +95,19 @@ impl FlowEncryptor {
 
     /// `to⁻¹(scale · f(s) · matrix)` with `from` = this flow and `to` = the cover when
     /// encrypting, the other way round when decrypting.
-    fn rotate(&self, s: Tensor<4>, matrix: &Tensor<2>, scale: f32, encrypt: bool) -> Tensor<4> {
+    fn rotate(&self, s: Tensor<4>, scale: f32, encrypt: bool) -> Tensor<4> {
         let cover = self.cover.as_ref().unwrap_or(&self.glow);
         let (from, to) = if encrypt {
             (&self.glow, cover)
         } else {
             (cover, &self.glow)
         };
-        let flat = Glow::flatten_latents(from.forward(s).eps).matmul(matrix.clone());
+        let flat = Glow::flatten_latents(from.forward(s).eps);
+        let flat = if encrypt {
+            self.rotation.rotate_rows(flat)
+        } else {
+            self.rotation.unrotate_rows(flat)
+        };
         let flat = if scale == 1.0 { flat } else { flat * scale };
         to.decode_eps(&to.unflatten_latents(flat))
     }
@@ -101,7 +115,7 @@ impl FlowEncryptor {
     /// Encrypts pixels `[B, C, H, W]` in [0, 1] (quantised to the preprocessing's levels).
     pub fn encrypt(&self, x: Tensor<4>) -> Tensor<4> {
         let (s, _) = self.pre.to_logit(x, false);
-        self.logit_to_pixels(self.rotate(s, &self.rotation_t, self.temperature, true))
+        self.logit_to_pixels(self.rotate(s, self.temperature, true))
     }
 
     /// Encrypts images that may not be of this flow's class, for route (c) (model-routed
@@ -168,7 +182,7 @@ impl FlowEncryptor {
     pub fn decrypt(&self, c: Tensor<4>) -> Tensor<4> {
         let s = self.pixels_to_logit(c);
         self.pre
-            .from_logit(self.rotate(s, &self.rotation, 1.0 / self.temperature, false))
+            .from_logit(self.rotate(s, 1.0 / self.temperature, false))
     }
 
     /// Decrypts and re-quantises to the data's levels (`k/(levels − 1)`): the original pixels.
@@ -248,6 +262,10 @@ pub struct EncryptionSettings {
     /// looks like an image of class `π(c)` and a model trained on ciphertexts mislabels original
     /// images. Per-class flows only.
     pub cover_classes: bool,
+    /// How the key's rotations are drawn ([`RotationDerivation`]). Absent (settings written
+    /// before derivations were recorded): the QR derivation, which made them.
+    #[serde(default = "RotationDerivation::legacy")]
+    pub rotation: RotationDerivation,
 }
 
 impl Default for EncryptionSettings {
@@ -257,11 +275,22 @@ impl Default for EncryptionSettings {
 }
 
 impl EncryptionSettings {
-    /// The paper's Algorithm 1: τ = 1, no cover classes.
+    /// The paper's Algorithm 1: τ = 1, no cover classes (with the current rotation
+    /// derivation).
     pub const ALGORITHM_1: Self = Self {
         temperature: 1.0,
         cover_classes: false,
+        rotation: RotationDerivation::CURRENT,
     };
+
+    /// What a manifest or container without settings means: Algorithm 1 with the QR
+    /// derivation, the only one Veil had when it wrote them.
+    pub fn legacy() -> Self {
+        Self {
+            rotation: RotationDerivation::LEGACY,
+            ..Self::ALGORITHM_1
+        }
+    }
 
     /// Why the settings cannot be used, if they cannot.
     pub fn validate(&self) -> Result<(), String> {
@@ -319,8 +348,9 @@ pub struct FlowManifest {
     pub preprocess: Preprocess,
     /// The flows.
     pub flows: Vec<FlowEntry>,
-    /// How the flows encrypt (absent: Algorithm 1).
-    #[serde(default)]
+    /// How the flows encrypt (absent: Algorithm 1 with the QR derivation,
+    /// [`EncryptionSettings::legacy`]).
+    #[serde(default = "EncryptionSettings::legacy")]
     pub encryption: EncryptionSettings,
 }
 
@@ -440,6 +470,7 @@ pub fn class_encryptor(
         per_class[class].clone(),
         pre,
         &key.class_subkey(Scheme::FlowRotation, class as u32),
+        settings.rotation,
         device,
     )
     .with_temperature(settings.temperature);
@@ -464,6 +495,7 @@ pub fn agnostic_encryptor(
         glow.clone(),
         pre,
         &key.subkey(Scheme::FlowRotation, "agnostic"),
+        settings.rotation,
         device,
     )
     .with_temperature(settings.temperature)
@@ -524,6 +556,7 @@ mod tests {
     use crate::crypto::keys::{MasterKey, Scheme};
     use crate::data::digits;
     use crate::flow::glow::GlowConfig;
+    use burn::tensor::TensorData;
 
     /// The first `n` digits and an untrained (data-initialised) 8×8 Glow of them.
     fn digits_and_glow(n: usize) -> (Device, Preprocess, Tensor<4>, Glow) {
@@ -550,6 +583,7 @@ mod tests {
             glow.clone(),
             pre,
             &key.class_subkey(Scheme::FlowRotation, 0),
+            RotationDerivation::CURRENT,
             &device,
         );
         let c = enc.encrypt(x.clone());
@@ -572,6 +606,7 @@ mod tests {
             glow,
             pre,
             &key.class_subkey(Scheme::FlowRotation, 1),
+            RotationDerivation::CURRENT,
             &device,
         );
         let wrong = (other.decrypt_quantised(c) - x)
@@ -588,13 +623,14 @@ mod tests {
     fn the_public_flow_reads_a_ciphertext_as_the_rotated_scaled_latent() {
         let (device, pre, x, glow) = digits_and_glow(32);
         let key = MasterKey::from_bytes([9; 32]).class_subkey(Scheme::FlowRotation, 0);
-        let rotation = HaarRotation::from_subkey(&key, 64);
+        let rotation = HaarRotation::from_subkey(&key, 64, RotationDerivation::CURRENT);
         let enc = FlowEncryptor::with_rotation(glow.clone(), pre, &rotation, &device)
             .with_temperature(0.5);
         let c = enc.encrypt(x.clone());
         let seen = public_latents(&glow, pre, c);
         let z = crate::flow::train::flow_latents(&glow, x, pre);
-        let a = Tensor::<2>::from_data(TensorData::new(rotation.to_f32(), [64, 64]), &device);
+        let entries: Vec<f32> = rotation.entries().iter().map(|&v| v as f32).collect();
+        let a = Tensor::<2>::from_data(TensorData::new(entries, [64, 64]), &device);
         let expected = z.clone().matmul(a.transpose()) * 0.5;
         let err = (seen.clone() - expected).abs().max().into_scalar::<f32>();
         assert!(err < 1e-2, "g(c) differs from τ·A·g(s) by {err}");
@@ -610,7 +646,7 @@ mod tests {
     fn verified_encryption_names_the_images_that_do_not_round_trip() {
         let (device, pre, x, glow) = digits_and_glow(16);
         let key = MasterKey::from_bytes([4; 32]).class_subkey(Scheme::FlowRotation, 0);
-        let enc = FlowEncryptor::new(glow, pre, &key, &device);
+        let enc = FlowEncryptor::new(glow, pre, &key, RotationDerivation::CURRENT, &device);
         let (c, failures) = enc.encrypt_verified(x.clone());
         assert_eq!(failures, vec![None; 16]);
         // Pixels between levels (an unquantised image) are read at their nearest level, and
@@ -647,8 +683,16 @@ mod tests {
         let glow = GlowConfig::new(1, 8, 8).with_hidden(8).init(&device);
         let key = MasterKey::from_bytes([6; 32]);
         let sub = key.class_subkey(Scheme::FlowRotation, 3);
-        let a = FlowEncryptor::new(glow.clone(), pre, &sub, &device).encrypt(x.clone());
-        let b = FlowEncryptor::new(glow, pre, &sub, &device).encrypt(x);
+        let a = FlowEncryptor::new(
+            glow.clone(),
+            pre,
+            &sub,
+            RotationDerivation::CURRENT,
+            &device,
+        )
+        .encrypt(x.clone());
+        let b =
+            FlowEncryptor::new(glow, pre, &sub, RotationDerivation::CURRENT, &device).encrypt(x);
         assert_eq!(
             a.into_data().iter::<f32>().collect::<Vec<_>>(),
             b.into_data().iter::<f32>().collect::<Vec<_>>()
@@ -670,7 +714,7 @@ mod tests {
         let cover = config.clone().with_seed(99).init(&device).data_init(s);
         let key = MasterKey::from_bytes([8; 32]);
         let sub = key.class_subkey(Scheme::FlowRotation, 2);
-        let plain = FlowEncryptor::new(glow, pre, &sub, &device);
+        let plain = FlowEncryptor::new(glow, pre, &sub, RotationDerivation::CURRENT, &device);
         let values = |t: Tensor<4>| t.into_data().iter::<f32>().collect::<Vec<_>>();
         let base = values(plain.encrypt(x.clone()));
         for enc in [
@@ -739,8 +783,28 @@ mod tests {
             )
         };
         let file = |_: &str| Some(bytes.as_slice());
+        // Written before settings and derivations were recorded: Algorithm 1 with the QR
+        // derivation that made its ciphertexts.
         let set = FlowSet::load(&manifest(""), file, &device).unwrap();
+        assert_eq!(set.manifest.encryption, EncryptionSettings::legacy());
+        assert_eq!(set.manifest.encryption.rotation, RotationDerivation::Qr);
+        let set = FlowSet::load(
+            &manifest(r#","encryption":{"temperature":1.0,"cover_classes":false,"rotation":"householder"}"#),
+            file,
+            &device,
+        )
+        .unwrap();
         assert_eq!(set.manifest.encryption, EncryptionSettings::ALGORITHM_1);
+        assert!(
+            FlowSet::load(
+                &manifest(r#","encryption":{"rotation":"lu"}"#),
+                file,
+                &device
+            )
+            .unwrap_err()
+            .to_string()
+            .contains("unknown variant"),
+        );
         let set = FlowSet::load(
             &manifest(r#","encryption":{"temperature":0.5,"cover_classes":true}"#),
             file,
@@ -748,6 +812,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(set.manifest.encryption.temperature, 0.5);
+        assert_eq!(set.manifest.encryption.rotation, RotationDerivation::Qr);
         for bad in ["0", "-1", "1.5"] {
             let err = FlowSet::load(
                 &manifest(&format!(r#","encryption":{{"temperature":{bad}}}"#)),
@@ -757,5 +822,35 @@ mod tests {
             .unwrap_err();
             assert!(err.to_string().contains("temperature"), "{err}");
         }
+    }
+
+    #[test]
+    fn a_flow_with_a_blocked_rotation_round_trips() {
+        let device = Device::flex();
+        let pre = Preprocess {
+            levels: 17,
+            alpha: 0.05,
+        };
+        // 1×20×20 = 400 latent dimensions: blocked.
+        let data = crate::data::synthetic(crate::data::SyntheticConfig {
+            classes: 2,
+            per_class: 4,
+            shape: crate::data::ImageShape::new(1, 20, 20),
+            ..Default::default()
+        })
+        .unwrap();
+        let x = data.images_tensor(0..8, &device);
+        let (s, _) = pre.to_logit(x.clone(), true);
+        let glow = GlowConfig::new(1, 20, 20)
+            .with_hidden(8)
+            .init(&device)
+            .data_init(s);
+        let key = MasterKey::from_bytes([3; 32]).class_subkey(Scheme::FlowRotation, 0);
+        let enc = FlowEncryptor::new(glow, pre, &key, RotationDerivation::Householder, &device);
+        assert!(matches!(enc.rotation, DeviceRotation::Blocked { .. }));
+        let (c, failures) = enc.encrypt_verified(x.clone());
+        assert_eq!(failures, vec![None; 8]);
+        let dist = (c - x).abs().mean().into_scalar::<f32>();
+        assert!(dist > 0.1, "mean |c − x| = {dist}");
     }
 }
