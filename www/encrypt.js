@@ -208,9 +208,11 @@ $('check').addEventListener('click', async () => {
     const info = state.info;
     const len = imageLen(info.shape);
     const n = Math.min(24, summary.count);
-    const agnostic = (summary.description || '').includes('route (b)');
+    if (!summary.flow) throw new Error(`this file holds ${summary.scheme} images, not flow-rotation ciphertexts`);
+    const agnostic = summary.flow.route === 'agnostic';
     const back = await state.call('decrypt', {
       pixels: pixels.slice(0, n * len), labels: agnostic ? undefined : labels.slice(0, n), size: len,
+      madeWith: summary.flow,
     });
     showPairs($('decrypted'), pixels, back, labels, info, n);
     let note = `Decrypted the first ${n} of ${summary.count} images (top: ciphertext, bottom: decryption).`;

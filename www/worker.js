@@ -124,8 +124,9 @@ const ops = {
   async encryptAs({ pixels, size, cls }, progress) {
     return chunked(pixels, null, size, `encrypting as class ${cls}`, progress, (p) => veil.encryptAs(p, cls));
   },
-  async decrypt({ pixels, labels, size }, progress) {
-    return chunked(pixels, labels, size, 'decrypting', progress, (p, l) => veil.decrypt(p, l));
+  async decrypt({ pixels, labels, size, madeWith }, progress) {
+    const settings = madeWith ? JSON.stringify(madeWith) : undefined;
+    return chunked(pixels, labels, size, 'decrypting', progress, (p, l) => veil.decrypt(p, l, settings));
   },
   flowContainer: ({ ciphertexts, labels, agnostic }) => veil.flowContainer(ciphertexts, labels, agnostic),
   imagesBatch: ({ values }) => veil.imagesBatch(values),

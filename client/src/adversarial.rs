@@ -262,6 +262,7 @@ impl AdversarialEncryptor {
                 "adversarial data encryption ({method}, ε {:.3}, {} PGD steps), encrypted in the browser",
                 self.pgd.epsilon, self.pgd.iterations
             )),
+            settings: None,
         };
         container::encode(&data, &meta, PixelType::F32)
             .map_err(|e| ClientError::BadInput(e.to_string()))

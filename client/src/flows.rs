@@ -8,10 +8,14 @@
 //! decide ([`FlowRoute::Class`], [`model_routed`]).
 
 use veil::burn::tensor::{Device, Tensor};
+use veil::crypto::haar::RotationDerivation;
 use veil::crypto::keys::MasterKey;
 use veil::data::container::{self, ContainerMeta, PixelType};
 use veil::data::{ImageDataset, ImageShape, images_tensor};
-use veil::schemes::flow_rotation::{FlowEncryptor, FlowManifest, FlowSet};
+use veil::schemes::flow_rotation::{
+    CiphertextRoute, CiphertextSettings, EncryptionSettings, FlowEncryptor, FlowManifest, FlowSet,
+    agnostic_encryptor, class_encryptor,
+};
 
 use crate::error::ClientError;
 use crate::finetune::Slot;
@@ -41,7 +45,7 @@ pub struct FlowsInfo {
     /// What the flows were trained on (the manifest's `data`; fine-tuned flows say so).
     pub data: String,
     /// How they encrypt: Algorithm 1, or with a lower temperature and cover classes.
-    pub encryption: veil::schemes::flow_rotation::EncryptionSettings,
+    pub encryption: EncryptionSettings,
 }
 
 /// Which flows and keys encrypt a batch.
@@ -95,8 +99,17 @@ pub struct Flows {
     /// The files the manifest names (burnpack bytes), kept to start fine-tuning from and to
     /// export the family.
     files: NamedFiles,
-    /// `(key fingerprint, per-class encryptors, agnostic encryptor)`.
-    encryptors: Option<(String, Vec<FlowEncryptor>, Option<FlowEncryptor>)>,
+    /// The encryptors of the last key and rotation derivation used.
+    encryptors: Option<Encryptors>,
+}
+
+/// The encryptors of one key under one rotation derivation.
+#[derive(Debug)]
+struct Encryptors {
+    fingerprint: String,
+    rotation: RotationDerivation,
+    per_class: Vec<FlowEncryptor>,
+    agnostic: Option<FlowEncryptor>,
 }
 
 impl Flows {
@@ -241,17 +254,41 @@ impl Flows {
         self.set.per_class.len()
     }
 
-    /// Derives (once per key) the rotations of every class and of the agnostic flow.
-    fn prepare(&mut self, key: &MasterKey, device: &Device) {
-        let fp = key.fingerprint().to_string();
-        if self.encryptors.as_ref().is_some_and(|(f, _, _)| *f == fp) {
+    /// Derives (once per key and derivation) the rotations of every class and of the agnostic
+    /// flow, with the family's temperature and cover classes.
+    fn prepare(&mut self, key: &MasterKey, rotation: RotationDerivation, device: &Device) {
+        let fingerprint = key.fingerprint().to_string();
+        if self
+            .encryptors
+            .as_ref()
+            .is_some_and(|e| e.fingerprint == fingerprint && e.rotation == rotation)
+        {
             return;
         }
+        let settings = EncryptionSettings {
+            rotation,
+            ..self.set.manifest.encryption
+        };
+        let pre = self.set.manifest.preprocess;
         let per_class = (0..self.classes())
-            .map(|k| self.set.class_encryptor(key, k, device))
+            .map(|k| class_encryptor(&self.set.per_class, k, pre, key, settings, device))
             .collect();
-        let agnostic = self.set.agnostic_encryptor(key, device);
-        self.encryptors = Some((fp, per_class, agnostic));
+        let agnostic = self
+            .set
+            .agnostic
+            .as_ref()
+            .map(|g| agnostic_encryptor(g, pre, key, settings, device));
+        self.encryptors = Some(Encryptors {
+            fingerprint,
+            rotation,
+            per_class,
+            agnostic,
+        });
+    }
+
+    /// The rotation derivation this family encrypts with.
+    fn rotation(&self) -> RotationDerivation {
+        self.set.manifest.encryption.rotation
     }
 
     /// The encryptor of one flow under `key` (computing the key's rotations on first use).
@@ -261,12 +298,36 @@ impl Flows {
         slot: Slot,
         device: &Device,
     ) -> Option<FlowEncryptor> {
-        self.prepare(key, device);
-        let (_, per_class, agnostic) = self.encryptors.as_ref()?;
+        self.prepare(key, self.rotation(), device);
+        let e = self.encryptors.as_ref()?;
         match slot {
-            Slot::Class(k) => per_class.get(k).cloned(),
-            Slot::Agnostic => agnostic.clone(),
+            Slot::Class(k) => e.per_class.get(k).cloned(),
+            Slot::Agnostic => e.agnostic.clone(),
         }
+    }
+
+    /// How to decrypt ciphertexts that a container says were made with `made_with`: their
+    /// route and the rotation derivation to draw, or why these flows cannot decrypt them.
+    pub fn decryption(
+        &self,
+        made_with: &CiphertextSettings,
+        labels: Option<Vec<u32>>,
+    ) -> Result<(FlowRoute, RotationDerivation), ClientError> {
+        made_with
+            .check_flows(&self.set.manifest.encryption)
+            .map_err(ClientError::BadInput)?;
+        let route = match (made_with.route, labels) {
+            (CiphertextRoute::Agnostic, _) => FlowRoute::Agnostic,
+            (CiphertextRoute::PerClass, Some(labels)) => FlowRoute::TrueClass(labels),
+            (CiphertextRoute::PerClass, None) => {
+                return Err(ClientError::BadInput(
+                    "these ciphertexts went through route (a), one flow per class: decrypting \
+                     them needs their labels"
+                        .into(),
+                ));
+            }
+        };
+        Ok((route, made_with.encryption.rotation))
     }
 
     /// Checks a batch: a whole number of images of the flows' shape, finite values.
@@ -275,14 +336,29 @@ impl Flows {
     }
 
     /// The tensors a route produces for `pixels` (`[B, C, H, W]` values), chunk by chunk, in
-    /// image order, `decrypt` choosing Dec instead of Enc. The returned tensors are computed
-    /// lazily by the device; read them back with [`read_all`].
+    /// image order, `decrypt` choosing Dec instead of Enc, with the family's rotation
+    /// derivation. The returned tensors are computed lazily by the device; read them back with
+    /// [`read_all`].
     pub fn apply(
         &mut self,
         key: &MasterKey,
         pixels: &[f32],
         route: &FlowRoute,
         decrypt: bool,
+        device: &Device,
+    ) -> Result<Vec<(Vec<usize>, Tensor<4>)>, ClientError> {
+        self.apply_as(key, pixels, route, decrypt, self.rotation(), device)
+    }
+
+    /// [`Flows::apply`] with the rotations drawn by `rotation` (to decrypt ciphertexts made
+    /// under another derivation than the family's: see [`Flows::decryption`]).
+    pub fn apply_as(
+        &mut self,
+        key: &MasterKey,
+        pixels: &[f32],
+        route: &FlowRoute,
+        decrypt: bool,
+        rotation: RotationDerivation,
         device: &Device,
     ) -> Result<Vec<(Vec<usize>, Tensor<4>)>, ClientError> {
         let n = self.check_pixels(pixels)?;
@@ -314,8 +390,13 @@ impl Flows {
             }
             _ => {}
         }
-        self.prepare(key, device);
-        let Some((_, per_class, agnostic)) = &self.encryptors else {
+        self.prepare(key, rotation, device);
+        let Some(Encryptors {
+            per_class,
+            agnostic,
+            ..
+        }) = &self.encryptors
+        else {
             unreachable!("prepare sets the encryptors")
         };
         // Group the images by the encryptor that handles them, keeping their positions.
@@ -376,8 +457,17 @@ impl Flows {
         } else {
             "route (a), one flow and key per class"
         };
+        let settings = CiphertextSettings {
+            route: if agnostic {
+                CiphertextRoute::Agnostic
+            } else {
+                CiphertextRoute::PerClass
+            },
+            encryption: self.set.manifest.encryption,
+        };
         let meta = ContainerMeta {
             scheme: "flow-rotation".into(),
+            settings: Some(settings.to_json()),
             key_fingerprint: Some(key.fingerprint().to_string()),
             description: Some(format!(
                 "flow rotation of the {} family{}, {route}, encrypted in the browser",

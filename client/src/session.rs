@@ -8,6 +8,7 @@ use veil::crypto::keyfile::{KdfCost, KeyFile};
 use veil::crypto::keys::MasterKey;
 use veil::data::{ImageShape, images_tensor};
 use veil::nn::model::{Classifier, ModelCard, SmallCnn, demo};
+use veil::schemes::flow_rotation::{CiphertextSettings, EncryptionSettings};
 use veil::schemes::owsd::encoder::EncoderInfo;
 
 use crate::adversarial::{
@@ -96,6 +97,9 @@ pub struct ContainerSummary {
     pub key_fingerprint: Option<String>,
     /// Free text.
     pub description: Option<String>,
+    /// Flow-rotation ciphertexts: the route and settings they were made with (what
+    /// [`Session::flow_decrypt`] needs).
+    pub flow: Option<CiphertextSettings>,
 }
 
 impl Session {
@@ -290,6 +294,27 @@ impl Session {
         let parts = flows.apply(key, pixels, route, decrypt, &self.device)?;
         let len = flows.shape().len();
         Ok((parts, pixels.len() / len, len))
+    }
+
+    /// Decrypts ciphertexts that a container says were made with `made_with` (see
+    /// [`ContainerSummary::flow`]), refusing with the reason when the loaded flows cannot:
+    /// another temperature or cover classes, or route (a) without labels. The rotations are
+    /// drawn as the container says, so ciphertexts made under an earlier derivation decrypt.
+    pub async fn flow_decrypt(
+        &self,
+        ciphertexts: &[f32],
+        labels: Option<Vec<u32>>,
+        made_with: &CiphertextSettings,
+    ) -> Result<Vec<f32>, ClientError> {
+        let key = self.key()?;
+        let (parts, len) = {
+            let mut guard = self.flows.borrow_mut();
+            let flows = guard.as_mut().ok_or_else(no_flows)?;
+            let (route, rotation) = flows.decryption(made_with, labels)?;
+            let parts = flows.apply_as(&key, ciphertexts, &route, true, rotation, &self.device)?;
+            (parts, flows.shape().len())
+        };
+        read_all(parts, ciphertexts.len() / len, len, self.backend.label()).await
     }
 
     /// Encrypts (or, with `decrypt`, decrypts and re-quantises) a batch `[B, C, H, W]` of the
@@ -520,7 +545,20 @@ impl Session {
     ) -> Result<(ContainerSummary, Vec<f32>, Vec<u32>), ClientError> {
         let c = veil::data::container::decode(bytes)
             .map_err(|e| ClientError::BadInput(e.to_string()))?;
+        let flow = if c.meta.scheme == "flow-rotation" {
+            // A container without settings predates them: read it with the loaded flows'
+            // temperature and cover classes (or Algorithm 1's when none are loaded).
+            let flows = self
+                .flows
+                .borrow()
+                .as_ref()
+                .map_or_else(EncryptionSettings::legacy, |f| f.manifest().encryption);
+            Some(CiphertextSettings::of_container(&c.meta, &flows).map_err(ClientError::BadInput)?)
+        } else {
+            None
+        };
         let summary = ContainerSummary {
+            flow,
             count: c.dataset.len(),
             shape: c.dataset.shape,
             classes: c.dataset.class_names.clone(),

@@ -248,18 +248,34 @@ impl Veil {
             .map_err(err)
     }
 
-    /// Decrypts ciphertexts (route a with `labels`, route b without) to the original pixels.
+    /// Decrypts ciphertexts to the original pixels. `madeWith` is the JSON of a container
+    /// summary's `flow` (its route and settings, see `readContainer`); without it, ciphertexts
+    /// the loaded flows made (route a with `labels`, route b without).
     pub async fn decrypt(
         &self,
         ciphertexts: Vec<f32>,
         labels: Option<Vec<u32>>,
+        made_with: Option<String>,
     ) -> Result<Vec<f32>, JsError> {
         let session = Rc::clone(&self.inner);
-        let route = labels.map_or(FlowRoute::Agnostic, FlowRoute::TrueClass);
-        session
-            .flow_apply(&ciphertexts, &route, true)
-            .await
-            .map_err(err)
+        match made_with {
+            Some(json) => {
+                let made_with = serde_json::from_str(&json).map_err(|e| {
+                    JsError::new(&format!("the ciphertexts' settings are malformed: {e}"))
+                })?;
+                session
+                    .flow_decrypt(&ciphertexts, labels, &made_with)
+                    .await
+                    .map_err(err)
+            }
+            None => {
+                let route = labels.map_or(FlowRoute::Agnostic, FlowRoute::TrueClass);
+                session
+                    .flow_apply(&ciphertexts, &route, true)
+                    .await
+                    .map_err(err)
+            }
+        }
     }
 
     /// A dataset container of ciphertexts, their labels and the key's fingerprint.

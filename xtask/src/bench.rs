@@ -7,17 +7,45 @@ use anyhow::Result;
 
 use crate::{build_wasm, cargo, run, tools};
 
-pub fn run_bench(root: &Path) -> Result<()> {
+/// `cargo xtask bench [--peers]`. With `--peers`, also the references a user would pick
+/// instead, measured in the same run: numpy from PyPI, in a virtual environment made under
+/// `target/bench-venv` (never needed by the tests).
+pub fn run_bench(root: &Path, args: &[String]) -> Result<()> {
+    let peers = args.iter().any(|a| a == "--peers");
     tools::ensure_chromium()?;
     build_wasm(root, true)?;
-    run(cargo().args([
+    let mut cmd = cargo();
+    cmd.args([
         "run",
         "--release",
         "-p",
         "veil-tests",
         "--bin",
         "veil-bench",
-    ]))
+    ]);
+    if peers {
+        cmd.env("VEIL_BENCH_PYTHON", bench_venv(root)?);
+    }
+    run(&mut cmd)
+}
+
+/// The Python of `target/bench-venv`, made (with numpy) if missing.
+fn bench_venv(root: &Path) -> Result<std::path::PathBuf> {
+    let venv = root.join("target").join("bench-venv");
+    let python = venv.join("bin").join("python");
+    if !python.exists() {
+        run(std::process::Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv))?;
+    }
+    let has_numpy = std::process::Command::new(&python)
+        .args(["-c", "import numpy"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_numpy {
+        run(std::process::Command::new(&python).args(["-m", "pip", "install", "--quiet", "numpy"]))?;
+    }
+    Ok(python)
 }
 
 /// `cargo xtask cold-test`: a fresh clone of HEAD with an empty target directory, then

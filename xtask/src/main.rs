@@ -20,7 +20,7 @@ fn usage() -> ! {
          commands:\n  \
            serve [--fast] [-- <veil serve args>]  build the wasm client (size-optimised; --fast: plain release)\n                                          and run the server at http://127.0.0.1:8080/\n  \
            test                                   every check: fmt, clippy (native and wasm32), native tests,\n                                          wasm tests and end-to-end tests in headless Chromium\n  \
-           bench                                  measure, and write docs/BENCHMARKS.md and docs/benchmarks.json\n  \
+           bench [--peers]                        measure, and write docs/BENCHMARKS.md and docs/benchmarks.json\n                                          (--peers: also numpy's QR key, from PyPI in target/bench-venv)\n  \
            cold-test                              time `cargo xtask test` on a fresh clone (docs/cold-test.json)\n  \
            fuzz [--seconds N]                     fuzz the dataset container decoder with cargo-fuzz (nightly;\n                                          default 120 s); new inputs join fuzz/corpus/, which `test` replays"
     );
@@ -36,7 +36,7 @@ fn main() -> Result<()> {
     match command.as_str() {
         "serve" => serve(&root, &rest),
         "test" => test(&root),
-        "bench" => bench::run_bench(&root),
+        "bench" => bench::run_bench(&root, &rest),
         "cold-test" => bench::cold_test(&root),
         "fuzz" => tools::fuzz(&root, &rest),
         "build-wasm" => build_wasm(&root, rest.iter().any(|a| a == "--size")).map(|_| ()),

@@ -7,10 +7,15 @@ use std::path::PathBuf;
 use crate::common::block_on;
 
 use veil::burn::tensor::Device;
+use veil::crypto::haar::RotationDerivation;
 use veil::crypto::keys::MasterKey;
 use veil::data::ImageDataset;
+use veil::data::container::{self, ContainerMeta, PixelType};
 use veil::data::digits;
-use veil::schemes::flow_rotation::{FlowEncryptor, FlowSet};
+use veil::schemes::flow_rotation::{
+    CiphertextRoute, CiphertextSettings, EncryptionSettings, FlowEncryptor, FlowSet,
+    class_encryptor,
+};
 use veil_client::{FlowRoute, Session};
 
 fn shipped_flows() -> (String, Vec<(String, Vec<u8>)>) {
@@ -127,7 +132,7 @@ fn the_page_follows_the_manifests_encryption_settings() {
     let m: serde_json::Value = serde_json::from_str(&shipped_flows().0).unwrap();
     assert_eq!(
         m["encryption"],
-        serde_json::json!({ "temperature": 0.5, "cover_classes": true })
+        serde_json::json!({ "temperature": 0.5, "cover_classes": true, "rotation": "householder" })
     );
     let session = session_with(&key, None);
     let info = session.flows_info().unwrap();
@@ -142,12 +147,12 @@ fn the_page_follows_the_manifests_encryption_settings() {
     let len = data.shape.len();
     for i in [0, 11, 29] {
         let k = data.labels[i] as usize;
-        let algorithm_1 = veil::schemes::flow_rotation::class_encryptor(
+        let algorithm_1 = class_encryptor(
             &plain.per_class,
             k,
             plain.manifest.preprocess,
             &key,
-            veil::schemes::flow_rotation::EncryptionSettings::ALGORITHM_1,
+            EncryptionSettings::ALGORITHM_1,
             &device,
         );
         let veil = algorithm_1
@@ -196,6 +201,90 @@ fn containers_carry_ciphertexts_and_the_fingerprint_never_the_key() {
     let hex = veil::crypto::keys::to_hex(key.as_bytes());
     assert!(!bytes.windows(32).any(|w| w == key.as_bytes()));
     assert!(!String::from_utf8_lossy(&bytes).contains(&hex));
+    // The container records how its ciphertexts were made, and decrypts from that record.
+    let made_with = summary.flow.expect("flow-rotation settings");
+    assert_eq!(made_with.route, CiphertextRoute::PerClass);
+    assert_eq!(
+        made_with.encryption,
+        session.flows_info().unwrap().encryption
+    );
+    assert_eq!(
+        made_with.encryption.rotation,
+        RotationDerivation::Householder
+    );
+    let back = block_on(session.flow_decrypt(&pixels, Some(labels.clone()), &made_with)).unwrap();
+    assert_eq!(back, data.images);
+    let err = block_on(session.flow_decrypt(&pixels, None, &made_with)).unwrap_err();
+    assert!(err.to_string().contains("needs their labels"), "{err}");
+}
+
+/// A container written before containers recorded their settings holds QR-derived ciphertexts
+/// and no `settings`: it still decrypts (the QR derivation is drawn for it), and a container
+/// made at another temperature is refused with the reason instead of decrypting to wrong pixels.
+#[test]
+fn containers_decrypt_under_the_derivation_they_record_and_refuse_other_settings() {
+    let key = MasterKey::from_bytes([24; 32]);
+    let session = session_with_key(&key);
+    let data = digits().subset(&(0..10).collect::<Vec<_>>());
+    let info = session.flows_info().unwrap();
+    // An older Veil's ciphertexts: the same flows and settings, the QR rotations.
+    let device = Device::flex();
+    let set = shipped_set(&device);
+    let legacy = EncryptionSettings {
+        rotation: RotationDerivation::Qr,
+        ..info.encryption
+    };
+    let mut old = Vec::new();
+    for i in 0..data.len() {
+        let k = data.labels[i] as usize;
+        let enc = class_encryptor(
+            &set.per_class,
+            k,
+            set.manifest.preprocess,
+            &key,
+            legacy,
+            &device,
+        );
+        old.extend(encrypt_one(&enc, &data, i, &device));
+    }
+    let meta = ContainerMeta {
+        scheme: "flow-rotation".into(),
+        key_fingerprint: Some(key.fingerprint().to_string()),
+        description: Some("route (a), one flow and key per class".into()),
+        settings: None,
+    };
+    let mut old_data = data.clone();
+    old_data.images = old.clone();
+    let bytes = container::encode(&old_data, &meta, PixelType::F32).unwrap();
+    let (summary, pixels, labels) = session.read_container(&bytes).unwrap();
+    let made_with = summary.flow.unwrap();
+    assert_eq!(made_with.encryption, legacy);
+    let back = block_on(session.flow_decrypt(&pixels, Some(labels.clone()), &made_with)).unwrap();
+    assert_eq!(back, data.images, "a QR container does not decrypt");
+    // Decrypted with the family's own (Householder) rotations, the same ciphertexts give
+    // other pixels: the record is what makes them decrypt.
+    let wrong =
+        block_on(session.flow_apply(&pixels, &FlowRoute::TrueClass(labels.clone()), true)).unwrap();
+    assert!(max_abs_diff(&wrong, &data.images) > 0.5);
+    // Made at τ = 1 (Algorithm 1): these τ = 0.5 flows refuse, and say why.
+    let other = CiphertextSettings {
+        route: CiphertextRoute::PerClass,
+        encryption: EncryptionSettings::ALGORITHM_1,
+    };
+    let meta = ContainerMeta {
+        settings: Some(other.to_json()),
+        ..meta
+    };
+    let bytes = container::encode(&old_data, &meta, PixelType::F32).unwrap();
+    let (summary, pixels, labels) = session.read_container(&bytes).unwrap();
+    let err =
+        block_on(session.flow_decrypt(&pixels, Some(labels), &summary.flow.unwrap())).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("temperature 1 without cover classes")
+            && text.contains("temperature 0.5 with cover classes"),
+        "{text}"
+    );
 }
 
 #[test]

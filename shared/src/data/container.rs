@@ -17,6 +17,7 @@
 //! | `scheme`          | yes      | how the images were produced: `plain`, `flow-rotation`, …  |
 //! | `key_fingerprint` | no       | the [fingerprint](crate::crypto::keys) of the key that encrypted them |
 //! | `description`     | no       | free text, at most 1,000 characters                        |
+//! | `settings`        | no       | a JSON object of the scheme's public settings, at most 1,000 characters (flow rotation: [`crate::schemes::flow_rotation::CiphertextSettings`]) |
 //!
 //! A container never holds a key: only a key's *fingerprint*, so that the owner can tell which
 //! key a dataset needs. Unknown metadata keys are refused rather than carried along, so that
@@ -63,6 +64,11 @@ pub struct ContainerMeta {
     pub key_fingerprint: Option<String>,
     /// Free text.
     pub description: Option<String>,
+    /// The scheme's public settings, a JSON object (what decryption needs besides the key: for
+    /// flow rotation, the route, the temperature, cover classes and the rotation derivation).
+    /// Never secret. Absent in containers written before it existed.
+    #[serde(default)]
+    pub settings: Option<String>,
 }
 
 impl ContainerMeta {
@@ -72,6 +78,7 @@ impl ContainerMeta {
             scheme: "plain".into(),
             key_fingerprint: None,
             description: None,
+            settings: None,
         }
     }
 }
@@ -152,6 +159,21 @@ fn check_scheme(scheme: &str) -> Result<(), ContainerError> {
             "scheme",
             format!("{scheme:?} is not 1 to {MAX_SCHEME} characters of a-z, 0-9 and '-'"),
         ))
+    }
+}
+
+/// A `settings` value: a JSON object of at most [`MAX_DESCRIPTION`] characters.
+fn check_settings(settings: &str) -> Result<(), ContainerError> {
+    if settings.chars().count() > MAX_DESCRIPTION {
+        return Err(meta_err(
+            "settings",
+            format!("longer than {MAX_DESCRIPTION} characters"),
+        ));
+    }
+    match serde_json::from_str::<serde_json::Value>(settings) {
+        Ok(serde_json::Value::Object(_)) => Ok(()),
+        Ok(_) => Err(meta_err("settings", "not a JSON object")),
+        Err(e) => Err(meta_err("settings", format!("not JSON: {e}"))),
     }
 }
 
@@ -269,6 +291,10 @@ pub fn encode(
     if let Some(d) = &meta.description {
         info.insert("description".to_owned(), d.clone());
     }
+    if let Some(settings) = &meta.settings {
+        check_settings(settings).map_err(|e| ContainerError::Encode(e.to_string()))?;
+        info.insert("settings".to_owned(), settings.clone());
+    }
     safetensors::tensor::serialize([("images", images), ("labels", labels)], Some(info))
         .map_err(|e| ContainerError::Encode(format!("safetensors: {e}")))
 }
@@ -313,13 +339,13 @@ pub fn decode(bytes: &[u8]) -> Result<Container, ContainerError> {
     if let Some(unknown) = keys.iter().find(|k| {
         !matches!(
             k.as_str(),
-            "format" | "classes" | "scheme" | "key_fingerprint" | "description"
+            "format" | "classes" | "scheme" | "key_fingerprint" | "description" | "settings"
         )
     }) {
         return Err(meta_err(
             unknown,
             "unknown metadata field: a container carries only format, classes, scheme, \
-             key_fingerprint and description (and never a key)",
+             key_fingerprint, description and settings (and never a key)",
         ));
     }
     let scheme = info
@@ -340,6 +366,10 @@ pub fn decode(bytes: &[u8]) -> Result<Container, ContainerError> {
             "description",
             format!("longer than {MAX_DESCRIPTION} characters"),
         ));
+    }
+    let settings = info.get("settings").cloned();
+    if let Some(settings) = &settings {
+        check_settings(settings)?;
     }
     let classes: Vec<String> = serde_json::from_str(
         info.get("classes")
@@ -400,6 +430,7 @@ pub fn decode(bytes: &[u8]) -> Result<Container, ContainerError> {
             scheme,
             key_fingerprint,
             description,
+            settings,
         },
     })
 }
@@ -585,6 +616,7 @@ mod tests {
             scheme: "flow-rotation".into(),
             key_fingerprint: Some("3f9a-1c2e-77b0-d415".into()),
             description: Some("five tiny images".into()),
+            settings: Some(r#"{"route":"agnostic"}"#.into()),
         };
         let f = decode(&encode(&data, &meta, PixelType::F32).unwrap()).unwrap();
         assert_eq!(f.dataset, data);
@@ -686,6 +718,17 @@ mod tests {
         ))
         .unwrap_err();
         assert!(matches!(err, ContainerError::Metadata { .. }), "{err}");
+        // Settings that are not a JSON object.
+        for bad in ["[1, 2]", "{not json", "\"route\""] {
+            let err = decode(&with_meta(&[("settings", bad)], images(), labels())).unwrap_err();
+            assert!(
+                matches!(&err, ContainerError::Metadata { key, .. } if key == "settings"),
+                "{bad}: {err}"
+            );
+        }
+        let long = format!(r#"{{"x":"{}"}}"#, "a".repeat(MAX_DESCRIPTION));
+        let err = decode(&with_meta(&[("settings", &long)], images(), labels())).unwrap_err();
+        assert!(err.to_string().contains("longer than"), "{err}");
     }
 
     #[test]

@@ -36,6 +36,7 @@ fn main() -> Result<()> {
     let mut results = json!({});
     eprintln!("native: 3072×3072 Haar rotation…");
     results["native"] = native()?;
+    results["peers"] = peers()?;
     eprintln!("native: flow rotation…");
     results["flow_rotation"] = flow_rotation()?;
     eprintln!("native: gradient leakage…");
@@ -85,6 +86,40 @@ fn main() -> Result<()> {
     std::fs::write(docs.join("BENCHMARKS.md"), markdown(&results))?;
     eprintln!("wrote docs/BENCHMARKS.md and docs/benchmarks.json");
     Ok(())
+}
+
+/// The references a user would pick instead, when `cargo xtask bench --peers` names a Python
+/// with numpy (`VEIL_BENCH_PYTHON`): numpy's QR route to a 3072² Haar matrix (Gaussian draw, QR,
+/// sign correction), best of two, with numpy's default BLAS threads. `null` without it.
+fn peers() -> Result<Value> {
+    let Ok(python) = std::env::var("VEIL_BENCH_PYTHON") else {
+        return Ok(Value::Null);
+    };
+    eprintln!("peers: numpy QR of a 3072×3072 Gaussian matrix…");
+    let script = r#"
+import json, os, time
+import numpy as np
+rng = np.random.default_rng(0)
+best = None
+for _ in range(2):
+    t = time.perf_counter()
+    z = rng.standard_normal((3072, 3072))
+    q, r = np.linalg.qr(z)
+    q *= np.sign(np.diag(r))
+    dt = time.perf_counter() - t
+    best = dt if best is None else min(best, dt)
+print(json.dumps({"numpy": np.__version__, "cpus": os.cpu_count(), "numpy_qr_3072_ms": best * 1000}))
+"#;
+    let out = std::process::Command::new(&python)
+        .args(["-c", script])
+        .output()
+        .with_context(|| format!("running {python}"))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "the numpy reference failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(serde_json::from_slice(&out.stdout)?)
 }
 
 fn native() -> Result<Value> {
@@ -671,6 +706,19 @@ fn markdown(r: &Value) -> String {
     }
     s += "The Haar rotation is computed on the CPU in f64 on every host (it must be bit-identical), so its \
           WebGPU column is the same computation in the same wasm module.\n\n";
+    let p = &r["peers"];
+    if let Some(numpy) = f(&p["numpy_qr_3072_ms"]) {
+        s += &format!(
+            "Reference, measured in the same run: numpy {} draws the same-size Haar matrix by QR (Gaussian \
+             draw, `np.linalg.qr`, sign correction; {} CPUs) in {}. Veil's Householder key takes {} of that \
+             natively and {} in the browser (CPU).\n\n",
+            p["numpy"].as_str().unwrap_or("?"),
+            p["cpus"],
+            secs(Some(numpy)),
+            ratio(f(&n["haar_3072_ms"]), Some(numpy)),
+            ratio(f(&cpu["haar_3072_ms"]), Some(numpy)),
+        );
+    }
     s += &format!(
         "The Householder key is the current derivation (Stewart 1980, O(m²)). Natively, turning it into \
          the WY blocks a device applies takes {} more; the QR derivation that keys made before it keep \

@@ -304,6 +304,94 @@ impl EncryptionSettings {
     }
 }
 
+/// Which flows a set of ciphertexts went through: route (a), each image with its class's flow
+/// and key, or route (b), the class-agnostic flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CiphertextRoute {
+    /// Route (a): decrypting needs each ciphertext's label.
+    PerClass,
+    /// Route (b).
+    Agnostic,
+}
+
+/// What decrypting a container of flow-rotation ciphertexts needs besides the key and the
+/// flows, written in its `settings` metadata ([`crate::data::container`]): the route and the
+/// [`EncryptionSettings`] (temperature, cover classes, rotation derivation) they were made with.
+/// All public, like the flows.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CiphertextSettings {
+    /// The route.
+    pub route: CiphertextRoute,
+    /// How they were encrypted.
+    pub encryption: EncryptionSettings,
+}
+
+impl CiphertextSettings {
+    /// The `settings` metadata value.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self)
+            .unwrap_or_else(|_| unreachable!("the settings always serialise"))
+    }
+
+    /// The settings a flow-rotation container records. A container written before they were
+    /// recorded (no `settings`) was made by Algorithm 1's QR derivation at the loaded flows'
+    /// `temperature` and `cover_classes` (they cannot be checked), its route named in the
+    /// description.
+    pub fn of_container(
+        meta: &crate::data::container::ContainerMeta,
+        flows: &EncryptionSettings,
+    ) -> Result<Self, String> {
+        match &meta.settings {
+            Some(json) => serde_json::from_str(json)
+                .map_err(|e| format!("the container's flow-rotation settings are malformed: {e}")),
+            None => Ok(Self {
+                route: if meta
+                    .description
+                    .as_deref()
+                    .is_some_and(|d| d.contains("route (b)"))
+                {
+                    CiphertextRoute::Agnostic
+                } else {
+                    CiphertextRoute::PerClass
+                },
+                encryption: EncryptionSettings {
+                    rotation: RotationDerivation::LEGACY,
+                    ..*flows
+                },
+            }),
+        }
+    }
+
+    /// Why flows that encrypt with `flows` cannot decrypt these ciphertexts, if they cannot.
+    /// The temperature and cover classes belong to a flow family and must match; the rotation
+    /// derivation need not: decryption draws the rotation these ciphertexts name.
+    pub fn check_flows(&self, flows: &EncryptionSettings) -> Result<(), String> {
+        let theirs = &self.encryption;
+        let describe = |s: &EncryptionSettings| {
+            format!(
+                "temperature {}{}",
+                s.temperature,
+                if s.cover_classes {
+                    " with cover classes"
+                } else {
+                    " without cover classes"
+                }
+            )
+        };
+        if theirs.temperature != flows.temperature || theirs.cover_classes != flows.cover_classes {
+            return Err(format!(
+                "these ciphertexts were encrypted at {}, but the loaded flows encrypt at {}: \
+                 load the flows they were made with",
+                describe(theirs),
+                describe(flows)
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// The secret cover-class derangement `π` of a key: class `c`'s images are encrypted with class
 /// `c`'s flow and decoded by class `π(c)`'s, so that they look like class `π(c)`. Uniform over the
 /// derangements of `classes` (rejection sampling: a uniform shuffle is a derangement with

@@ -74,11 +74,9 @@ impl DeviceRotation {
                     })
                     .collect(),
             },
-            _ => {
-                Self::Dense {
-                    a: tensor(&rotation.entries(), m, m),
-                }
-            }
+            _ => Self::Dense {
+                a: tensor(&rotation.entries(), m, m),
+            },
         }
     }
 
