@@ -27,6 +27,7 @@ async function runBenchmarks(preferGpu) {
     status.textContent = 'Starting the client…';
     const { backend } = await call('start', { preferGpu });
     results.backend = backend.kind;
+    results.wasm_simd128 = (await call('buildInfo', {})).simd128;
     status.textContent = `Haar key generation (3072×3072) on the CPU…`;
     const haar = await call('benchHaar', { dim: 3072, derivation: 'householder' });
     results.haar_3072_ms = haar.ms;

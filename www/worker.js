@@ -194,6 +194,7 @@ const ops = {
   adversarialBaseModel: () => veil.adversarialBaseModel(),
 
   // Benchmarks (bench.html): wall-clock time in this worker.
+  buildInfo: () => veil.buildInfo(),
   benchHaar({ dim, derivation }) {
     const t0 = performance.now();
     const digest = veil.haarDigest(dim, 0, true, derivation);

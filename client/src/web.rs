@@ -97,6 +97,12 @@ impl Veil {
         session.logits(&pixels).await.map_err(err)
     }
 
+    /// How this module was built: `{simd128}` (whether it uses WebAssembly SIMD).
+    #[wasm_bindgen(js_name = buildInfo)]
+    pub fn build_info(&self) -> Result<JsValue, JsError> {
+        serde_wasm(&serde_json::json!({ "simd128": cfg!(target_feature = "simd128") }))
+    }
+
     /// Hex SHA-256 of the Haar rotation of `dim` dimensions for class `class` of the loaded key
     /// (or of the public test key when `testKey` is true), drawn by `derivation` (`qr` or
     /// `householder`).

@@ -169,6 +169,7 @@ pub(crate) fn build_wasm(root: &Path, size: bool) -> Result<PathBuf> {
                     "--enable-mutable-globals",
                     "--enable-reference-types",
                     "--enable-multivalue",
+                    "--enable-simd",
                     "-o",
                 ])
                 .arg(&bg)

@@ -638,6 +638,8 @@ fn markdown(r: &Value) -> String {
         m["chromium"].as_str().unwrap_or("?"),
         m["gpu"].as_str().unwrap_or("?"),
     );
+    s += "Native figures use burn's flex backend with its SIMD kernels and rayon threads; the browser's CPU \
+          column is flex in the wasm module described under \"Shipped wasm client\" (its SIMD, no threads).\n\n";
     s += "## Keys and the demo model\n\n| What | Native (flex) | Browser CPU (wasm) | wasm / native | Browser WebGPU | WebGPU / native |\n|---|---|---|---|---|---|\n";
     s += &format!(
         "| 3072×3072 Haar rotation from a key, Householder derivation (time; lower is better) | {} | {} | {} | {} | {} |\n",
@@ -799,9 +801,14 @@ fn markdown(r: &Value) -> String {
         fa["classify_errors"],
     );
     let w = &r["wasm_size"];
+    let simd = match cpu["wasm_simd128"].as_bool() {
+        Some(true) => "WebAssembly SIMD (`+simd128`)",
+        Some(false) => "no WebAssembly SIMD",
+        None => "SIMD not recorded",
+    };
     s += "## Shipped wasm client\n\n| Build | Raw | gzip |\n|---|---|---|\n";
     s += &format!(
-        "| `wasm-size` profile (LTO, opt-level z) + `wasm-opt -Oz`, WebGPU + CPU backends | {:.1} MB | {:.1} MB |\n\n",
+        "| `wasm-size` profile (LTO, opt-level z) + `wasm-opt -Oz`, {simd}, WebGPU + CPU backends | {:.1} MB | {:.1} MB |\n\n",
         f(&w["raw_bytes"]).unwrap_or(0.0) / 1e6,
         f(&w["gzip_bytes"]).unwrap_or(0.0) / 1e6,
     );
