@@ -580,19 +580,7 @@ mod tests {
     #[test]
     fn trace_of_16x16_householder_draws_has_mean_0_and_variance_1() {
         let mut rng = ChaCha20Rng::seed_from_u64(13);
-        let draws = 4000;
-        let traces: Vec<f64> = (0..draws)
-            .map(|_| HaarRotation::sample_householder(&mut rng, 16).trace())
-            .collect();
-        let n = draws as f64;
-        let mean = traces.iter().sum::<f64>() / n;
-        let var = traces.iter().map(|t| (t - mean).powi(2)).sum::<f64>() / (n - 1.0);
-        let (se_mean, se_var) = ((1.0 / n).sqrt(), (2.0 / n).sqrt());
-        assert!(mean.abs() < 3.0 * se_mean, "mean {mean} (se {se_mean})");
-        assert!(
-            (var - 1.0).abs() < 3.0 * se_var,
-            "variance {var} (se {se_var})"
-        );
+        assert_haar_trace_moments(|| HaarRotation::sample_householder(&mut rng, 16));
     }
 
     /// The two-sample Kolmogorov–Smirnov statistic sup |F₁ − F₂|.
@@ -656,10 +644,13 @@ mod tests {
     #[test]
     fn trace_of_16x16_draws_has_mean_0_and_variance_1() {
         let mut rng = ChaCha20Rng::seed_from_u64(3);
+        assert_haar_trace_moments(|| HaarRotation::sample(&mut rng, 16));
+    }
+
+    /// The traces of 4,000 draws have mean 0 and variance 1 within 3 standard errors.
+    fn assert_haar_trace_moments(mut draw: impl FnMut() -> HaarRotation) {
         let draws = 4000;
-        let traces: Vec<f64> = (0..draws)
-            .map(|_| HaarRotation::sample(&mut rng, 16).trace())
-            .collect();
+        let traces: Vec<f64> = (0..draws).map(|_| draw().trace()).collect();
         let n = draws as f64;
         let mean = traces.iter().sum::<f64>() / n;
         let var = traces.iter().map(|t| (t - mean).powi(2)).sum::<f64>() / (n - 1.0);
