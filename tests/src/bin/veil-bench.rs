@@ -762,7 +762,7 @@ fn markdown(r: &Value) -> String {
     let fr = &r["flow_rotation"];
     s += "## Flow rotation (native, flex CPU)\n\n| What | Figure |\n|---|---|\n";
     s += &format!(
-        "| Encryption, 16×16×1 images (2-level, 4-step Glow, 48 hidden, batch 128; Householder key, blocked) | {} |\n| Same, QR key (a dense 256² matrix) | {} |\n| Encryption, 32×32×3 images (same flow; Householder key, 48 WY blocks) | {} |\n| Same, QR key (a dense 3072² matrix) | {} |\n| Flow training, one epoch of the {} digits training images (8×8, batch 32) | {} |\n\n",
+        "| Encryption, 16×16×1 images (2-level, 4-step Glow, 48 hidden, batch 128; Householder key, formed as a 256² matrix) | {} |\n| Same, QR key (a dense 256² matrix) | {} |\n| Encryption, 32×32×3 images (same flow; Householder key, 48 WY blocks) | {} |\n| Same, QR key (a dense 3072² matrix) | {} |\n| Flow training, one epoch of the {} digits training images (8×8, batch 32) | {} |\n\n",
         ips(f(&fr["encrypt_1x16x16_images_per_s"])),
         ips(f(&fr["encrypt_1x16x16_qr_images_per_s"])),
         ips(f(&fr["encrypt_3x32x32_images_per_s"])),
