@@ -130,18 +130,11 @@ struct Reflections {
 impl Reflections {
     /// `(j, vⱼ)` for every reflection, first to last.
     fn iter(&self, dim: usize) -> impl DoubleEndedIterator<Item = (usize, &[f64])> {
-        let mut start = 0;
-        let spans: Vec<(usize, usize)> = (0..dim.saturating_sub(1))
-            .map(|j| {
-                let span = (start, start + dim - j);
-                start += dim - j;
-                span
-            })
-            .collect();
-        spans
-            .into_iter()
-            .enumerate()
-            .map(|(j, (a, b))| (j, &self.vectors[a..b]))
+        // vⱼ starts after v₀ … vⱼ₋₁, that is at Σᵢ₍ᵢ<ⱼ₎ (m − i) = j·m − j(j−1)/2.
+        (0..dim.saturating_sub(1)).map(move |j| {
+            let start = j * dim - j * j.saturating_sub(1) / 2;
+            (j, &self.vectors[start..start + dim - j])
+        })
     }
 }
 

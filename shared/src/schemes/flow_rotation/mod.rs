@@ -915,10 +915,7 @@ mod tests {
     #[test]
     fn a_flow_with_a_blocked_rotation_round_trips() {
         let device = Device::flex();
-        let pre = Preprocess {
-            levels: 17,
-            alpha: 0.05,
-        };
+        let pre = Preprocess::EIGHT_BIT;
         // 1×20×20 = 400 latent dimensions: blocked.
         let data = crate::data::synthetic(crate::data::SyntheticConfig {
             classes: 2,
