@@ -62,6 +62,13 @@ enum Experiment {
     /// Adversarial data encryption (Hu et al.): Tables 1, 3, 5, 7 and 8, a factory that fights
     /// back (adversarial training, pre-processing), and ε against PSNR.
     Adversarial(experiments::adversarial::AdversarialArgs),
+    /// Known-plaintext key recovery against flow rotation: how many (image, ciphertext) pairs
+    /// of a class give its rotation back (orthogonal Procrustes), for Algorithm 1 and Veil's
+    /// settings.
+    KnownPlaintext(experiments::flow_attacks::known_plaintext::KnownPlaintextArgs),
+    /// Ciphertext-only key recovery against flow rotation (Theorem 1 made concrete): moment
+    /// matching of the data's and the ciphertexts' latents, against the flows' Gaussianity.
+    CiphertextOnly(experiments::flow_attacks::ciphertext_only::CiphertextOnlyArgs),
 }
 
 #[derive(clap::Args)]
@@ -145,6 +152,12 @@ fn main() -> Result<()> {
         Command::Experiment(Experiment::Leakage(args)) => experiments::leakage::run(args),
         Command::Experiment(Experiment::Owsd(args)) => experiments::owsd::run(args),
         Command::Experiment(Experiment::Adversarial(args)) => experiments::adversarial::run(args),
+        Command::Experiment(Experiment::KnownPlaintext(args)) => {
+            experiments::flow_attacks::known_plaintext::run(args)
+        }
+        Command::Experiment(Experiment::CiphertextOnly(args)) => {
+            experiments::flow_attacks::ciphertext_only::run(args)
+        }
         Command::Flow(FlowCommand::Train(args)) => flows::train(args),
         Command::Factory(args) => factory::run(args),
         Command::DataSynth(args) => {

@@ -3,14 +3,21 @@
 
 pub mod adversarial;
 pub mod flow;
+pub mod flow_attacks;
 pub mod leakage;
 pub mod owsd;
 
-use anyhow::{Context, Result};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
 use veil::burn::prelude::*;
-use veil::data::ImageDataset;
+use veil::data::{ImageDataset, ImageShape};
 use veil::nn::model::Classifier;
 use veil::nn::train::{Control, TrainOptions, train_classifier};
+use veil::schemes::flow_rotation::FlowSet;
+
+use crate::datasets::DataSource;
 
 /// A share as a percentage with one decimal, for reports.
 pub fn pct(x: f64) -> String {
@@ -28,7 +35,7 @@ pub fn baseline_failed(accuracy: f64, classes: usize, n: usize) -> bool {
 
 /// Writes `results.json` and `report.md` into `out` and says so.
 pub fn write_outputs<R: serde::Serialize>(
-    out: &std::path::Path,
+    out: &Path,
     results: &R,
     report: String,
     started: std::time::Instant,
@@ -38,8 +45,13 @@ pub fn write_outputs<R: serde::Serialize>(
         serde_json::to_string_pretty(results)? + "\n",
     )?;
     std::fs::write(out.join("report.md"), report)?;
+    let figure = if out.join("figure.png").exists() {
+        " and figure.png"
+    } else {
+        ""
+    };
     eprintln!(
-        "wrote {}/report.md, results.json and figure.png in {:.0} s",
+        "wrote {}/report.md, results.json{figure} in {:.0} s",
         out.display(),
         started.elapsed().as_secs_f64()
     );
@@ -52,7 +64,7 @@ pub fn bar(len: u64, prefix: &str) -> crate::progress::Progress {
 }
 
 /// A PNG grid: one row per dataset, the images `picks` of each, scaled up to about 64 pixels.
-pub fn image_grid(path: &std::path::Path, rows: &[&ImageDataset], picks: &[usize]) -> Result<()> {
+pub fn image_grid(path: &Path, rows: &[&ImageDataset], picks: &[usize]) -> Result<()> {
     let shape = rows[0].shape;
     let scale = (64 / shape.height.max(shape.width)).max(1) as u32;
     let (h, w) = (shape.height as u32 * scale, shape.width as u32 * scale);
@@ -118,4 +130,73 @@ pub fn fit_with<M: Classifier>(
     label: &str,
 ) -> Result<M> {
     Ok(fit_autodiff(model, options, data, label)?.valid())
+}
+
+/// The flows that encrypt `data` from `source`: the shipped digits flows for the digits (unless
+/// `flows` names others), otherwise the folder `flows` written by `veil flow train`, checked
+/// against the data's shape and classes. Also returns where the flows came from, for reports.
+pub fn data_and_flows(
+    source: &DataSource,
+    data: ImageDataset,
+    flows: Option<&Path>,
+) -> Result<(ImageDataset, FlowSet, String)> {
+    if *source == DataSource::Digits && data.shape == ImageShape::new(1, 8, 8) && flows.is_none()
+    {
+        let flows = veil_server::embedded::digits_flows(&Device::flex())?;
+        return Ok((data, flows, "assets/flows/digits".into()));
+    }
+    let Some(dir) = flows else {
+        bail!(
+            "encrypting {source} at {} needs flows trained on it: train them with `veil flow train \
+             --data {source} --out DIR` (with the same --size/--channels) and pass `--flows DIR`",
+            data.shape
+        );
+    };
+    let flows = load_flow_dir(dir)?;
+    let g = &flows.manifest.glow;
+    let flow_shape = ImageShape::new(g.channels, g.height, g.width);
+    if flow_shape != data.shape {
+        bail!(
+            "the flows in {} encrypt images of {flow_shape}, but {source} holds images of {} (give \
+             --size and --channels as for `veil flow train`)",
+            dir.display(),
+            data.shape
+        );
+    }
+    if flows.per_class.len() != data.num_classes() {
+        bail!(
+            "the flows in {} have {} class flows, but {source} has {} classes",
+            dir.display(),
+            flows.per_class.len(),
+            data.num_classes()
+        );
+    }
+    Ok((data, flows, dir.display().to_string()))
+}
+
+/// The flows in a folder written by `veil flow train` (its `flows.json` and `.bpk` files).
+pub fn load_flow_dir(dir: &Path) -> Result<FlowSet> {
+    let manifest_path = dir.join("flows.json");
+    let manifest = std::fs::read_to_string(&manifest_path)
+        .with_context(|| format!("reading {}", manifest_path.display()))?;
+    let mut files = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "bpk") {
+            let name = path
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            let bytes =
+                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            files.insert(name, bytes);
+        }
+    }
+    FlowSet::load(
+        &manifest,
+        |name| files.get(name).map(Vec::as_slice),
+        &Device::flex(),
+    )
+    .with_context(|| format!("loading the flows in {}", dir.display()))
 }

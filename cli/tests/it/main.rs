@@ -5,6 +5,7 @@ mod datasets;
 mod experiment_adversarial;
 mod experiment_data;
 mod experiment_flow;
+mod experiment_flow_attacks;
 mod experiment_leakage;
 mod serve;
 

@@ -3,10 +3,16 @@
 //!
 //! - [`adversarial`]: correspondence recovery (paper §3.4, §4.3) and a factory that fights
 //!   back (adversarial training, pre-processing) against adversarial data encryption.
+//! - [`ciphertext_only`]: recovering flow rotation's rotation from ciphertexts and the data
+//!   distribution alone, by moment matching (the paper's Theorem 1 made concrete).
+//! - [`known_plaintext`]: recovering flow rotation's secret rotation from known
+//!   (image, ciphertext) pairs by orthogonal Procrustes.
 //! - [`leakage`]: gradient leakage (DLG, iDLG, Inverting Gradients, the analytic first-layer
 //!   attack) against plain and encrypted training.
 //! - [`owsd_inverter`]: the autoencoder that inverts OWSD's scrambles from known pairs (§5.3).
 
 pub mod adversarial;
+pub mod ciphertext_only;
+pub mod known_plaintext;
 pub mod leakage;
 pub mod owsd_inverter;

@@ -749,6 +749,13 @@ impl Preprocess {
         ((sigmoid(s) - self.alpha) / (1.0 - self.alpha)).clamp(0.0, 1.0)
     }
 
+    /// A continuous pixel value `y` ([`Preprocess::from_logit`]) back to its quantisation
+    /// level, `k/(levels − 1)`: the bin `y` falls in.
+    pub fn quantise(&self, y: Tensor<4>) -> Tensor<4> {
+        let levels = self.levels as f32;
+        (y * levels - 0.5).round().clamp(0.0, levels - 1.0) / (levels - 1.0)
+    }
+
     /// Negative log-likelihood of the discrete pixels in bits per dimension, per sample:
     /// `(−log p(y) + D·ln levels)/(D·ln 2)` with `log p(y) = log p(z) + log|det| (flow) +
     /// log|det| (preprocessing)`.

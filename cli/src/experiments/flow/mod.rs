@@ -52,7 +52,7 @@ pub struct FlowArgs {
 /// The temperature of Veil's settings in this experiment (chosen from the sweep in
 /// docs/RESULTS.md: the largest τ of the sweep whose flows trained on per-class ciphertexts come
 /// within 10 % of the bits/dim of the one trained on originals).
-pub const DEFAULT_TEMPERATURE: f32 = 0.5;
+pub const DEFAULT_TEMPERATURE: f32 = EncryptionSettings::VEIL.temperature;
 
 /// The temperatures of the sweep (the run's `--temperature` is added when missing).
 const SWEEP: [f32; 4] = [1.0, 0.8, 0.65, 0.5];

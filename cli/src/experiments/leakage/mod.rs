@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use burn::module::Module;
 use burn::tensor::Device;
 use std::collections::BTreeMap;
@@ -25,13 +25,13 @@ use veil::attacks::leakage::{
 };
 use veil::burn;
 use veil::crypto::keys::MasterKey;
-use veil::data::{ImageDataset, ImageShape};
+use veil::data::ImageDataset;
 use veil::nn::model::SmallCnnConfig;
 use veil::nn::train::{Control, TrainOptions, accuracy, train_classifier};
 use veil::schemes::flow_rotation::FlowSet;
 
 use super::bar;
-use crate::datasets::{CommonArgs, DataSource, SourceDefaults};
+use crate::datasets::{CommonArgs, SourceDefaults};
 
 mod results;
 pub use results::*;
@@ -462,8 +462,7 @@ pub fn run(args: LeakageArgs) -> Result<()> {
     super::write_outputs(&args.common.out, &results, report(&results, &args), started)
 }
 
-/// The data and the flows that encrypt it: the digits with the shipped digits flows, any other
-/// source with the flows of `--flows`, checked against the data's shape and classes.
+/// The data and the flows that encrypt it (see [`super::data_and_flows`]).
 fn load_data_and_flows(args: &LeakageArgs) -> Result<(ImageDataset, FlowSet, String)> {
     let loaded = args.common.load(SourceDefaults {
         size: 16,
@@ -472,60 +471,5 @@ fn load_data_and_flows(args: &LeakageArgs) -> Result<(ImageDataset, FlowSet, Str
         per_class: 100,
         seed: args.common.seed,
     })?;
-    let data = loaded.data;
-    if args.common.data == DataSource::Digits && args.flows.is_none() {
-        let flows = veil_server::embedded::digits_flows(&Device::flex())?;
-        return Ok((data, flows, "assets/flows/digits".into()));
-    }
-    let Some(dir) = &args.flows else {
-        bail!(
-            "the encrypted cases need flows trained on {}: train them with `veil flow train --data {} \
-             --out DIR` (with the same --size/--channels) and pass `--flows DIR`",
-            args.common.data,
-            args.common.data
-        );
-    };
-    let manifest_path = dir.join("flows.json");
-    let manifest = std::fs::read_to_string(&manifest_path)
-        .with_context(|| format!("reading {}", manifest_path.display()))?;
-    let mut files = BTreeMap::new();
-    for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
-        let path = entry?.path();
-        if path.extension().is_some_and(|e| e == "bpk") {
-            let name = path
-                .file_name()
-                .unwrap_or_default()
-                .to_string_lossy()
-                .into_owned();
-            let bytes =
-                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-            files.insert(name, bytes);
-        }
-    }
-    let flows = FlowSet::load(
-        &manifest,
-        |name| files.get(name).map(Vec::as_slice),
-        &Device::flex(),
-    )
-    .with_context(|| format!("loading the flows in {}", dir.display()))?;
-    let g = &flows.manifest.glow;
-    let flow_shape = ImageShape::new(g.channels, g.height, g.width);
-    if flow_shape != data.shape {
-        bail!(
-            "the flows in {} encrypt images of {flow_shape}, but {} holds images of {} (give --size and --channels as for `veil flow train`)",
-            dir.display(),
-            args.common.data,
-            data.shape
-        );
-    }
-    if flows.per_class.len() != data.num_classes() {
-        bail!(
-            "the flows in {} have {} class flows, but {} has {} classes",
-            dir.display(),
-            flows.per_class.len(),
-            args.common.data,
-            data.num_classes()
-        );
-    }
-    Ok((data, flows, dir.display().to_string()))
+    super::data_and_flows(&args.common.data, loaded.data, args.flows.as_deref())
 }

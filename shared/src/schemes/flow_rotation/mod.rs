@@ -187,9 +187,7 @@ impl FlowEncryptor {
 
     /// Decrypts and re-quantises to the data's levels (`k/(levels − 1)`): the original pixels.
     pub fn decrypt_quantised(&self, c: Tensor<4>) -> Tensor<4> {
-        let levels = self.pre.levels as f32;
-        let y = self.decrypt(c);
-        (y * levels - 0.5).round().clamp(0.0, levels - 1.0) / (levels - 1.0)
+        self.pre.quantise(self.decrypt(c))
     }
 
     fn logit_to_pixels(&self, s: Tensor<4>) -> Tensor<4> {
@@ -280,6 +278,14 @@ impl EncryptionSettings {
     pub const ALGORITHM_1: Self = Self {
         temperature: 1.0,
         cover_classes: false,
+        rotation: RotationDerivation::CURRENT,
+    };
+
+    /// Veil's refinements as `veil experiment flow` measures them: cover classes and τ = 0.5,
+    /// chosen from its temperature sweep (docs/RESULTS.md).
+    pub const VEIL: Self = Self {
+        temperature: 0.5,
+        cover_classes: true,
         rotation: RotationDerivation::CURRENT,
     };
 

@@ -1,0 +1,134 @@
+//! Attacks on flow rotation's key, as experiments on any data source with flows trained on it:
+//! `veil experiment known-plaintext` ([`known_plaintext`]) and `veil experiment ciphertext-only`
+//! ([`ciphertext_only`]). Both encrypt each attacked class with its own key-derived rotation
+//! (route a) under the paper's Algorithm 1 and under Veil's settings, and measure how well the
+//! attacker decrypts ciphertexts it never saw in the clear.
+
+pub mod ciphertext_only;
+pub mod known_plaintext;
+
+use veil::attacks::known_plaintext::{ciphertext_latents, plaintext_latents};
+use veil::attacks::leakage::metrics::psnr;
+use veil::burn::prelude::*;
+use veil::crypto::keys::MasterKey;
+use veil::data::ImageDataset;
+use veil::flow::glow::{Glow, Preprocess};
+use veil::schemes::flow_rotation::{EncryptionSettings, FlowSet};
+
+/// The settings both attacks run against: the paper's Algorithm 1 and Veil's.
+pub const SETTINGS: [(&str, EncryptionSettings); 2] = [
+    ("algorithm-1", EncryptionSettings::ALGORITHM_1),
+    ("veil", EncryptionSettings::VEIL),
+];
+
+/// The owner's key of an attack experiment, from its seed (the run must be reproducible) and a
+/// tag per experiment.
+pub fn experiment_key(seed: u64, tag: u8) -> MasterKey {
+    let mut kb = [0u8; 32];
+    kb[..8].copy_from_slice(&seed.to_le_bytes());
+    kb[8] = tag;
+    MasterKey::from_bytes(kb)
+}
+
+/// What an attacker who knows nothing of the key decodes: the prior's mean (latent 0) through
+/// class flow `glow`, `count` times.
+pub fn prior_mean_images(glow: &Glow, pre: Preprocess, count: usize, device: &Device) -> Tensor<4> {
+    let dim: usize = glow.latent_shapes().iter().map(|s| s.len()).sum();
+    let flat = Tensor::<2>::zeros([count, dim], device);
+    pre.quantise(pre.from_logit(glow.decode_eps(&glow.unflatten_latents(flat))))
+}
+
+/// Encryption batch size.
+pub const BATCH: usize = 128;
+
+/// Encrypts `data` with class `class`'s encryptor, keeping the images that round-trip (the owner
+/// never shares the others), in batches.
+pub fn encrypt_class(
+    flows: &FlowSet,
+    key: &MasterKey,
+    class: usize,
+    settings: EncryptionSettings,
+    data: &ImageDataset,
+    device: &Device,
+) -> (ImageDataset, Tensor<4>, usize) {
+    let enc = veil::schemes::flow_rotation::class_encryptor(
+        &flows.per_class,
+        class,
+        flows.manifest.preprocess,
+        key,
+        settings,
+        device,
+    );
+    let mut kept = Vec::new();
+    let mut cts = Vec::new();
+    for start in (0..data.len()).step_by(BATCH) {
+        let end = (start + BATCH).min(data.len());
+        let (c, failures) = enc.encrypt_verified(data.images_tensor(start..end, device));
+        let ok: Vec<usize> = (0..end - start).filter(|&i| failures[i].is_none()).collect();
+        if ok.len() == end - start {
+            cts.push(c);
+        } else if !ok.is_empty() {
+            let idx: Vec<i64> = ok.iter().map(|&i| i as i64).collect();
+            cts.push(c.select(0, Tensor::<1, Int>::from_data(idx.as_slice(), device)));
+        }
+        kept.extend(ok.iter().map(|i| start + i));
+    }
+    let lost = data.len() - kept.len();
+    let shape = data.shape;
+    let ct = if cts.is_empty() {
+        Tensor::<4>::zeros(
+            [0, shape.channels, shape.height, shape.width],
+            device,
+        )
+    } else {
+        Tensor::cat(cts, 0)
+    };
+    (data.subset(&kept), ct, lost)
+}
+
+/// Plaintext latents of a whole set under `glow`, in batches.
+pub fn latents_of(glow: &Glow, pre: Preprocess, data: &ImageDataset, device: &Device) -> Vec<f32> {
+    (0..data.len())
+        .step_by(BATCH)
+        .flat_map(|s| {
+            let e = (s + BATCH).min(data.len());
+            plaintext_latents(glow, pre, data.images_tensor(s..e, device))
+        })
+        .collect()
+}
+
+/// Ciphertext latents of `c` under `glow`, in batches.
+pub fn cipher_latents_of(glow: &Glow, pre: Preprocess, c: &Tensor<4>) -> Vec<f32> {
+    let n = c.dims()[0];
+    (0..n)
+        .step_by(BATCH)
+        .flat_map(|s| {
+            let e = (s + BATCH).min(n);
+            ciphertext_latents(glow, pre, c.clone().narrow(0, s, e - s))
+        })
+        .collect()
+}
+
+/// Per-victim PSNR and exactness of `decrypted` (`[B, C, H, W]`) against `victims` as
+/// encryption read them (quantised to the data's levels: a folder's 8-bit pixels are already).
+pub fn score(decrypted: Tensor<4>, victims: &ImageDataset, levels: usize) -> (Vec<f64>, usize) {
+    let got: Vec<f32> = decrypted.into_data().iter::<f32>().collect();
+    let per = victims.shape.len();
+    let top = (levels - 1) as f32;
+    let half_level = 0.5 / top;
+    let mut psnrs = Vec::with_capacity(victims.len());
+    let mut exact = 0;
+    for (i, d) in got.chunks(per).enumerate() {
+        let o: Vec<f32> = victims
+            .image(i)
+            .iter()
+            .map(|v| (v * top).round_ties_even() / top)
+            .collect();
+        psnrs.push(psnr(d, &o));
+        if d.iter().zip(&o).all(|(a, b)| (a - b).abs() < half_level) {
+            exact += 1;
+        }
+    }
+    (psnrs, exact)
+}
+
