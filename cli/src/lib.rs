@@ -9,6 +9,7 @@
 //! - [`flows`]: `veil flow train`, flow rotation's public flows.
 //! - [`demo`]: `veil train-demo`, the built-in models.
 //! - [`factory`]: `veil factory …`, the factory's client over HTTP.
+//! - [`security`]: `veil security-cards`, docs/SECURITY.md from the results files.
 //! - [`progress`]: progress of long work, as a bar on a terminal and as lines elsewhere.
 
 pub mod datasets;
@@ -17,3 +18,4 @@ pub mod experiments;
 pub mod factory;
 pub mod flows;
 pub mod progress;
+pub mod security;

@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-use veil_cli::{datasets, demo, experiments, factory, flows};
+use veil_cli::{datasets, demo, experiments, factory, flows, security};
 
 #[derive(Parser)]
 #[command(
@@ -32,6 +32,8 @@ enum Command {
     /// Write the synthetic class-conditional image set as an image folder (one sub-folder per
     /// class, PNG files), for scale tests.
     DataSynth(DataSynthArgs),
+    /// Write docs/SECURITY.md, one card per scheme, from the experiments' results files.
+    SecurityCards(security::SecurityArgs),
     /// Reproduce a paper's experiments (report.md, results.json, figures).
     #[command(subcommand)]
     Experiment(Experiment),
@@ -177,6 +179,7 @@ fn main() -> Result<()> {
             );
             Ok(())
         }
+        Command::SecurityCards(args) => security::run(args),
         Command::DataInfo(args) => {
             let shape = veil::data::ImageShape::new(args.channels, args.size, args.size);
             let data = datasets::load_split(&args.path, args.format, shape, args.split)?;

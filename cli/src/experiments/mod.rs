@@ -140,8 +140,7 @@ pub fn data_and_flows(
     data: ImageDataset,
     flows: Option<&Path>,
 ) -> Result<(ImageDataset, FlowSet, String)> {
-    if *source == DataSource::Digits && data.shape == ImageShape::new(1, 8, 8) && flows.is_none()
-    {
+    if *source == DataSource::Digits && data.shape == ImageShape::new(1, 8, 8) && flows.is_none() {
         let flows = veil_server::embedded::digits_flows(&Device::flex())?;
         return Ok((data, flows, "assets/flows/digits".into()));
     }

@@ -42,7 +42,11 @@ fn known_pairs_break_a_digits_key() {
         // Below m the rotation is known on a subspace only; at m and beyond, exactly.
         for p in &s.curve {
             if p.known_pairs < 64 {
-                assert!(p.rotation_max_error.is_none(), "{name} n = {}", p.known_pairs);
+                assert!(
+                    p.rotation_max_error.is_none(),
+                    "{name} n = {}",
+                    p.known_pairs
+                );
                 assert!(p.exact < 1.0, "{name} n = {}: {}", p.known_pairs, p.exact);
             } else {
                 let err = p.rotation_max_error.expect("full rank");
@@ -59,7 +63,10 @@ fn known_pairs_break_a_digits_key() {
         }
         // More pairs, better decryptions; the attacker with none gets the prior's mean.
         let psnr: Vec<f64> = s.curve.iter().map(|p| p.psnr_mean).collect();
-        assert!(psnr.windows(2).all(|w| w[1] >= w[0] - 0.5), "{name}: {psnr:?}");
+        assert!(
+            psnr.windows(2).all(|w| w[1] >= w[0] - 0.5),
+            "{name}: {psnr:?}"
+        );
         assert!(s.no_pairs.psnr_mean < psnr[2], "{name}");
         assert!(s.no_pairs.exact == 0.0);
         // Energy in the known span grows about as n/m.
@@ -113,7 +120,12 @@ fn ciphertexts_alone_do_not_break_the_digits_key() {
     let q = &r.flows[0];
     assert_eq!(q.flows, "assets/flows/digits");
     // The shipped flows' latents are measurably non-Gaussian, above the estimator's floor.
-    assert!(q.sliced_w1 > q.sliced_w1_floor, "{} {}", q.sliced_w1, q.sliced_w1_floor);
+    assert!(
+        q.sliced_w1 > q.sliced_w1_floor,
+        "{} {}",
+        q.sliced_w1,
+        q.sliced_w1_floor
+    );
     let names: Vec<&str> = q.settings.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["algorithm-1", "veil"]);
     for s in &q.settings {
@@ -134,4 +146,17 @@ fn ciphertexts_alone_do_not_break_the_digits_key() {
         );
         assert!(s.psnr > 5.0 && s.psnr < 30.0, "{}: {}", s.name, s.psnr);
     }
+}
+
+/// docs/SECURITY.md is what `veil security-cards` makes of docs/results: a card cannot claim a
+/// figure the results files do not hold.
+#[test]
+fn security_cards_match_the_results() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let want = veil_cli::security::render(&root.join("docs/results")).unwrap();
+    let have = std::fs::read_to_string(root.join("docs/SECURITY.md")).unwrap();
+    assert!(
+        want == have,
+        "docs/SECURITY.md is stale: run `cargo run --release -p veil-cli --bin veil -- security-cards`"
+    );
 }

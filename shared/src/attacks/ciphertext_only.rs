@@ -44,7 +44,7 @@ pub fn moment_matching(
     dim: usize,
     scale: f64,
 ) -> Result<MomentMatch, KnownPlaintextError> {
-    if dim == 0 || data.len() % dim != 0 || cipher.len() % dim != 0 {
+    if dim == 0 || !data.len().is_multiple_of(dim) || !cipher.len().is_multiple_of(dim) {
         return Err(KnownPlaintextError::Shape {
             plain: data.len(),
             cipher: cipher.len(),
@@ -77,8 +77,16 @@ pub fn moment_matching(
     let noise = |l: f64| GAP_STANDARD_ERRORS * l.abs() * (2.0 / samples).sqrt();
     let confident: Vec<usize> = (0..dim)
         .filter(|&i| {
-            let below = if i + 1 < dim { lambda[i] - lambda[i + 1] } else { f64::INFINITY };
-            let above = if i > 0 { lambda[i - 1] - lambda[i] } else { f64::INFINITY };
+            let below = if i + 1 < dim {
+                lambda[i] - lambda[i + 1]
+            } else {
+                f64::INFINITY
+            };
+            let above = if i > 0 {
+                lambda[i - 1] - lambda[i]
+            } else {
+                f64::INFINITY
+            };
             below.min(above) > noise(lambda[i])
         })
         .collect();
@@ -128,7 +136,12 @@ fn moments(z: &DMatrix<f64>, w: &DVector<f64>) -> (f64, f64) {
 /// norm, so the right `g` gives ciphertext latent norms `‖g(c)‖/τ` distributed as the data's
 /// `‖f(x)‖`. Returns per candidate the Kolmogorov–Smirnov distance of the two samples of norms
 /// (∞ for a candidate under which a ciphertext's latent is not finite) and the best candidate.
-pub fn decoder_by_norms(data: &[f32], candidates: &[Vec<f32>], dim: usize, scale: f64) -> (usize, Vec<f64>) {
+pub fn decoder_by_norms(
+    data: &[f32],
+    candidates: &[Vec<f32>],
+    dim: usize,
+    scale: f64,
+) -> (usize, Vec<f64>) {
     let norms = |rows: &[f32], factor: f64| -> Vec<f64> {
         let mut v: Vec<f64> = rows
             .chunks(dim)

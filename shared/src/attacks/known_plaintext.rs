@@ -28,7 +28,9 @@ use crate::schemes::flow_rotation::public_latents;
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum KnownPlaintextError {
     /// The two sides do not hold the same number of latents of the same dimension.
-    #[error("{plain} plaintext latent values against {cipher} ciphertext latent values of dimension {dim}: the pairs do not match")]
+    #[error(
+        "{plain} plaintext latent values against {cipher} ciphertext latent values of dimension {dim}: the pairs do not match"
+    )]
     Shape {
         /// Values on the plaintext side.
         plain: usize,
@@ -76,7 +78,7 @@ impl RecoveredRotation {
         dim: usize,
         scale: f64,
     ) -> Result<Self, KnownPlaintextError> {
-        if dim == 0 || plain.len() != cipher.len() || plain.len() % dim != 0 {
+        if dim == 0 || plain.len() != cipher.len() || !plain.len().is_multiple_of(dim) {
             return Err(KnownPlaintextError::Shape {
                 plain: plain.len(),
                 cipher: cipher.len(),
@@ -298,7 +300,9 @@ pub fn find_decoder(
         .first()
         .map(|g| g.latent_shapes().iter().map(|s| s.len()).sum())
         .unwrap_or(1);
-    let n = (plain.len() / dim).min(ciphertexts.dims()[0]).min(GRAM_PAIRS);
+    let n = (plain.len() / dim)
+        .min(ciphertexts.dims()[0])
+        .min(GRAM_PAIRS);
     let c = ciphertexts.narrow(0, 0, n);
     let gram = |rows: &[f32], s: f64| -> Vec<f64> {
         let mut g = vec![0.0; n * n];
@@ -486,7 +490,8 @@ mod tests {
             KnownPlaintextError::Empty
         );
         assert_eq!(
-            RecoveredRotation::procrustes(&[1.0, 2.0, 3.0, f32::NAN], &[1.0; 4], 2, 1.0).unwrap_err(),
+            RecoveredRotation::procrustes(&[1.0, 2.0, 3.0, f32::NAN], &[1.0; 4], 2, 1.0)
+                .unwrap_err(),
             KnownPlaintextError::NonFinite(1)
         );
     }

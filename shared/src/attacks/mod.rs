@@ -9,10 +9,13 @@
 //!   (image, ciphertext) pairs by orthogonal Procrustes.
 //! - [`leakage`]: gradient leakage (DLG, iDLG, Inverting Gradients, the analytic first-layer
 //!   attack) against plain and encrypted training.
+//! - [`owsd_generator`]: recovering OWSD's key function by fitting a generator of the public
+//!   architecture to (embedding, scramble) pairs.
 //! - [`owsd_inverter`]: the autoencoder that inverts OWSD's scrambles from known pairs (§5.3).
 
 pub mod adversarial;
 pub mod ciphertext_only;
 pub mod known_plaintext;
 pub mod leakage;
+pub mod owsd_generator;
 pub mod owsd_inverter;

@@ -64,7 +64,9 @@ pub fn encrypt_class(
     for start in (0..data.len()).step_by(BATCH) {
         let end = (start + BATCH).min(data.len());
         let (c, failures) = enc.encrypt_verified(data.images_tensor(start..end, device));
-        let ok: Vec<usize> = (0..end - start).filter(|&i| failures[i].is_none()).collect();
+        let ok: Vec<usize> = (0..end - start)
+            .filter(|&i| failures[i].is_none())
+            .collect();
         if ok.len() == end - start {
             cts.push(c);
         } else if !ok.is_empty() {
@@ -76,10 +78,7 @@ pub fn encrypt_class(
     let lost = data.len() - kept.len();
     let shape = data.shape;
     let ct = if cts.is_empty() {
-        Tensor::<4>::zeros(
-            [0, shape.channels, shape.height, shape.width],
-            device,
-        )
+        Tensor::<4>::zeros([0, shape.channels, shape.height, shape.width], device)
     } else {
         Tensor::cat(cts, 0)
     };
@@ -131,4 +130,3 @@ pub fn score(decrypted: Tensor<4>, victims: &ImageDataset, levels: usize) -> (Ve
     }
     (psnrs, exact)
 }
-

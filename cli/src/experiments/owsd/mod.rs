@@ -25,6 +25,7 @@ use burn::tensor::activation::softmax;
 use std::collections::BTreeMap;
 
 use veil::attacks::leakage::metrics::psnr;
+use veil::attacks::owsd_generator::{FitOptions, fit_generator};
 use veil::attacks::owsd_inverter::inversion_attack;
 use veil::burn;
 use veil::crypto::keys::{MasterKey, Scheme};
@@ -653,6 +654,69 @@ pub fn run(args: OwsdArgs) -> Result<()> {
         });
     }
     pb.finish();
+
+    // Key recovery: the attacker fits a generator of the public architecture to the same N
+    // (embedding, scramble) pairs (the encoder is taken as public), then makes as many pairs as
+    // it has images of its own with the copy and trains the inverter on those.
+    let attacker_start = {
+        let mut kb = [0u8; 32];
+        kb[..8].copy_from_slice(&seed.to_le_bytes());
+        kb[8] = 0x06;
+        MasterKey::from_bytes(kb).subkey(Scheme::Owsd, "attacker")
+    };
+    let blind = ScrambleConfig::new(width(&encoder), shape).init(&attacker_start, &cpu)?;
+    let scramble_psnr = |sc: &[f32]| -> f64 {
+        (0..test.len())
+            .map(|i| {
+                psnr(
+                    &sc[i * dim..(i + 1) * dim],
+                    &sc_test[i * dim..(i + 1) * dim],
+                )
+            })
+            .sum::<f64>()
+            / test.len() as f64
+    };
+    let blind_scramble_psnr = scramble_psnr(&scramble(&blind, &emb_test, test.len())?);
+    let emb_width = width(&encoder);
+    let fit_steps = if q { 600 } else { 3000 };
+    let pb = bar(sizes.len() as u64 * 2, "generator fit attack");
+    let mut fit_rows = Vec::new();
+    for &n in &sizes {
+        let (copy, fit) = fit_generator(
+            *scrambler.config(),
+            &emb_att[..n * emb_width],
+            &sc_att[..n * dim],
+            &attacker_start,
+            FitOptions {
+                steps: fit_steps,
+                seed,
+                ..FitOptions::default()
+            },
+            &cpu,
+        )?;
+        pb.inc(1);
+        let copied_test = scramble(&copy, &emb_test, test.len())?;
+        let own_pairs = scramble(&copy, &emb_att, attack_pool.len())?;
+        let (p, m) = inversion_attack(
+            &own_pairs,
+            &attack_pool.images,
+            attack_pool.len(),
+            &sc_test,
+            &test.images,
+            dim,
+            (steps, seed),
+        );
+        pb.inc(1);
+        fit_rows.push(GeneratorFitRow {
+            pairs: n,
+            train_logit_mse: fit.train_logit_mse,
+            scramble_psnr: scramble_psnr(&copied_test),
+            inverter_pairs: attack_pool.len(),
+            psnr: p,
+            mse: m,
+        });
+    }
+    pb.finish();
     let attack_s = t.elapsed().as_secs_f64();
 
     // Figure: originals above their scrambled images.
@@ -712,6 +776,8 @@ pub fn run(args: OwsdArgs) -> Result<()> {
         table5,
         attack: attack_rows,
         attack_mean_image_psnr: mean_image_psnr,
+        generator_fit: fit_rows,
+        generator_fit_blind_scramble_psnr: blind_scramble_psnr,
         timing_s: OwsdTiming {
             models: models_s,
             iin: iin_s,

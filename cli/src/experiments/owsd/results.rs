@@ -32,6 +32,12 @@ pub struct OwsdResults {
     pub attack: Vec<AttackRow>,
     /// PSNR of guessing the mean image (what a reconstruction must beat).
     pub attack_mean_image_psnr: f64,
+    /// Key recovery: a generator of the public architecture fitted to the same N pairs, then
+    /// the inverter trained on pairs the copy makes from all the attacker's own images.
+    pub generator_fit: Vec<GeneratorFitRow>,
+    /// PSNR of a random key's scrambles against the owner's (what a blind guess of the key
+    /// gives; the fitted copies must beat it).
+    pub generator_fit_blind_scramble_psnr: f64,
     pub timing_s: OwsdTiming,
 }
 
@@ -139,6 +145,25 @@ pub struct AttackRow {
     pub mse: f64,
     pub baseline_original_psnr: f64,
     pub baseline_original_mse: f64,
+}
+
+/// The generator fitted on `pairs` known pairs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GeneratorFitRow {
+    /// Known (image, scramble) pairs the generator was fitted on.
+    pub pairs: usize,
+    /// The fit's final logit MSE on its pairs.
+    pub train_logit_mse: f64,
+    /// PSNR of the copy's scrambles of the test images against the owner's scrambles (mean per
+    /// image): how well the key's function was copied.
+    pub scramble_psnr: f64,
+    /// Pairs the inverter was then trained on (all the attacker's images, scrambled by the copy).
+    pub inverter_pairs: usize,
+    /// PSNR of the inverter's reconstructions of the owner's test images from their real
+    /// scrambles.
+    pub psnr: f64,
+    /// Their MSE.
+    pub mse: f64,
 }
 
 /// Wall times, seconds, and scramble throughput.
@@ -258,6 +283,16 @@ pub(super) fn report(r: &OwsdResults, args: &OwsdArgs) -> String {
         "\nGuessing the average image scores {:.2} dB: a reconstruction must beat that to show anything of the image.\n",
         r.attack_mean_image_psnr
     );
+    s += &format!(
+        "\n## Key recovery: fitting the generator\n\nThe generator's architecture is public and only its weights are the key. An attacker with N (image, scramble) pairs and the encoder fits a generator of that architecture to the (embedding, scramble) pairs, scrambles all its own images with the copy, and trains the same inverter on those pairs. A random key's scrambles score {:.2} dB against the owner's.\n\n| pairs N | scramble PSNR of the copy | inverter pairs | PSNR of the reconstruction | MSE |\n|---|---|---|---|---|\n",
+        r.generator_fit_blind_scramble_psnr
+    );
+    for row in &r.generator_fit {
+        s += &format!(
+            "| {} | {:.2} dB | {} | {:.2} dB | {:.4} |\n",
+            row.pairs, row.scramble_psnr, row.inverter_pairs, row.psnr, row.mse
+        );
+    }
     s += "\n## Figure\n\n![originals above their scrambled images](figure.png)\n";
     s
 }

@@ -75,6 +75,9 @@ pub enum OwsdError {
         /// The budget.
         budget: u64,
     },
+    /// Weights that do not fit the generator's architecture.
+    #[error("the weights do not fit the generator: {0}")]
+    Weights(String),
 }
 
 /// The architecture of a scramble generator (the key is the weights, drawn from a subkey).
@@ -157,7 +160,6 @@ impl ScrambleConfig {
         }
         Ok(ScrambleKey {
             config: *self,
-            start,
             project,
             deconvs,
         })
@@ -168,7 +170,6 @@ impl ScrambleConfig {
 #[derive(Debug, Clone)]
 pub struct ScrambleKey {
     config: ScrambleConfig,
-    start: usize,
     project: Tensor<2>,
     /// `[in, out, 4, 4]` each.
     deconvs: Vec<Tensor<4>>,
@@ -191,33 +192,80 @@ impl ScrambleKey {
                 want: self.config.embedding,
             });
         }
-        let c0 = self.config.base_channels;
-        let mut h: Tensor<4> = embeddings
-            .matmul(self.project.clone())
-            .reshape([b, c0, self.start, self.start]);
-        let last = self.deconvs.len() - 1;
-        for (i, w) in self.deconvs.iter().enumerate() {
-            h = relu(h);
-            h = conv_transpose2d(
-                h,
-                w.clone(),
-                None,
-                ConvTransposeOptions::new([2, 2], [1, 1], [0, 0], [1, 1], 1),
-            );
-            if i == last {
-                break;
-            }
-        }
-        let flat: Tensor<2> = h.clone().flatten(1, 3);
-        let mean = flat.clone().mean_dim(1);
-        let std = (flat.clone() - mean.clone())
-            .powi_scalar(2)
-            .mean_dim(1)
-            .sqrt()
-            .add_scalar(1e-6);
         let s = self.config.output;
-        Ok(sigmoid((flat - mean) / std).reshape([b, s.channels, s.height, s.width]))
+        Ok(sigmoid(generator_logits(
+            self.project.clone(),
+            &self.deconvs,
+            &self.config,
+            embeddings,
+        ))
+        .reshape([b, s.channels, s.height, s.width]))
     }
+
+    /// The weights: the projection `[embedding, base·side²]` and the transposed convolutions'
+    /// kernels `[in, out, 4, 4]`, first to last. They are the secret.
+    pub fn weights(&self) -> (Tensor<2>, Vec<Tensor<4>>) {
+        (self.project.clone(), self.deconvs.clone())
+    }
+
+    /// A generator of `config`'s architecture with the given weights (shaped as
+    /// [`ScrambleKey::weights`] returns them): for instance weights an attacker fitted.
+    pub fn from_weights(
+        config: ScrambleConfig,
+        project: Tensor<2>,
+        deconvs: Vec<Tensor<4>>,
+    ) -> Result<Self, OwsdError> {
+        let (stages, side) = config.stages()?;
+        let first = config.base_channels * side * side;
+        if project.dims() != [config.embedding, first] || deconvs.len() != stages {
+            return Err(OwsdError::Weights(format!(
+                "a projection of {:?} and {} kernels for a generator of {} stages from {} values",
+                project.dims(),
+                deconvs.len(),
+                stages,
+                config.embedding
+            )));
+        }
+        Ok(Self {
+            config,
+            project,
+            deconvs,
+        })
+    }
+}
+
+/// The generator's layers (paper §3.2) before the final sigmoid: `project`, then ReLU and a 4×4
+/// stride-2 transposed convolution per kernel of `deconvs`, then a per-image standardisation.
+/// Returns `[B, C·H·W]`. [`ScrambleKey::scramble`] and an attacker fitting the weights
+/// ([`crate::attacks::owsd_generator`]) both run this.
+pub fn generator_logits(
+    project: Tensor<2>,
+    deconvs: &[Tensor<4>],
+    config: &ScrambleConfig,
+    embeddings: Tensor<2>,
+) -> Tensor<2> {
+    let [b, _] = embeddings.dims();
+    let first = project.dims()[1];
+    let c0 = config.base_channels;
+    let start = ((first / c0) as f64).sqrt().round() as usize;
+    let mut h: Tensor<4> = embeddings.matmul(project).reshape([b, c0, start, start]);
+    for w in deconvs {
+        h = relu(h);
+        h = conv_transpose2d(
+            h,
+            w.clone(),
+            None,
+            ConvTransposeOptions::new([2, 2], [1, 1], [0, 0], [1, 1], 1),
+        );
+    }
+    let flat: Tensor<2> = h.flatten(1, 3);
+    let mean = flat.clone().mean_dim(1);
+    let std = (flat.clone() - mean.clone())
+        .powi_scalar(2)
+        .mean_dim(1)
+        .sqrt()
+        .add_scalar(1e-6);
+    (flat - mean) / std
 }
 
 /// How many images a scramble key has scrambled, against its budget (paper §5.4: about 9,000

@@ -77,7 +77,8 @@ pub fn run(args: CiphertextOnlyArgs) -> Result<()> {
     }
     let m = data.shape.len();
     let k = data.num_classes();
-    let classes: Vec<usize> = (0..args.classes.unwrap_or(if quick { 2 } else { k }).min(k)).collect();
+    let classes: Vec<usize> =
+        (0..args.classes.unwrap_or(if quick { 2 } else { k }).min(k)).collect();
     std::fs::create_dir_all(&args.common.out)
         .with_context(|| format!("creating {}", args.common.out.display()))?;
     let device = Device::flex();

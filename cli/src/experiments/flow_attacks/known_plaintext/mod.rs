@@ -137,7 +137,8 @@ pub fn run(args: KnownPlaintextArgs) -> Result<()> {
         data_and_flows(&args.common.data, loaded.data, args.flows.as_deref())?;
     let m = data.shape.len();
     let k = data.num_classes();
-    let classes: Vec<usize> = (0..args.classes.unwrap_or(if quick { 2 } else { k }).min(k)).collect();
+    let classes: Vec<usize> =
+        (0..args.classes.unwrap_or(if quick { 2 } else { k }).min(k)).collect();
     std::fs::create_dir_all(&args.common.out)
         .with_context(|| format!("creating {}", args.common.out.display()))?;
     let device = Device::flex();
@@ -188,14 +189,8 @@ pub fn run(args: KnownPlaintextArgs) -> Result<()> {
         let mut unencryptable = 0;
         for (&c, (victim_idx, pool_idx)) in classes.iter().zip(&split) {
             pb.set_message(format!("{name}: class {c}, encrypting"));
-            let (victims, victims_ct, lost_v) = encrypt_class(
-                &flows,
-                &key,
-                c,
-                setting,
-                &data.subset(victim_idx),
-                &device,
-            );
+            let (victims, victims_ct, lost_v) =
+                encrypt_class(&flows, &key, c, setting, &data.subset(victim_idx), &device);
             let (pool, pool_ct, lost_p) =
                 encrypt_class(&flows, &key, c, setting, &data.subset(pool_idx), &device);
             unencryptable += lost_v + lost_p;
@@ -228,8 +223,10 @@ pub fn run(args: KnownPlaintextArgs) -> Result<()> {
             } else {
                 vec![c]
             };
-            let candidate_flows: Vec<Glow> =
-                candidates.iter().map(|&j| flows.per_class[j].clone()).collect();
+            let candidate_flows: Vec<Glow> = candidates
+                .iter()
+                .map(|&j| flows.per_class[j].clone())
+                .collect();
             let zp = latents_of(own, pre, &case.pool, &device);
             // No pairs: the prior's mean decoded by the class's flow.
             let mean_image = prior_mean_images(own, pre, case.victims.len(), &device);

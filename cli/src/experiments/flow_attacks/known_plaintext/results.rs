@@ -80,10 +80,7 @@ pub struct Point {
 
 /// The smallest number of pairs at which every victim of every attacked class decrypted exactly.
 pub fn pairs_that_break(curve: &[Point]) -> Option<usize> {
-    curve
-        .iter()
-        .find(|p| p.exact >= 1.0)
-        .map(|p| p.known_pairs)
+    curve.iter().find(|p| p.exact >= 1.0).map(|p| p.known_pairs)
 }
 
 /// The markdown report.
@@ -98,14 +95,7 @@ pub fn report(r: &KnownPlaintextResults) -> String {
          Classes attacked: {:?} (each has its own rotation). Wall time {:.0} s.\n\n\
          [figure.png](figure.png): the first class's first victims, then their decryptions by \
          the attacker at each n, for Algorithm 1 and then Veil's settings.\n",
-        r.command,
-        r.data,
-        r.shape,
-        r.dim,
-        r.flows,
-        r.victims_per_class,
-        r.classes,
-        r.seconds
+        r.command, r.data, r.shape, r.dim, r.flows, r.victims_per_class, r.classes, r.seconds
     );
     for set in &r.settings {
         let _ = writeln!(
