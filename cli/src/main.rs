@@ -71,6 +71,9 @@ enum Experiment {
     /// Ciphertext-only key recovery against flow rotation (Theorem 1 made concrete): moment
     /// matching of the data's and the ciphertexts' latents, against the flows' Gaussianity.
     CiphertextOnly(experiments::flow_attacks::ciphertext_only::CiphertextOnlyArgs),
+    /// The survey's black-box attacks (membership inference, model extraction) against a model
+    /// trained on plaintext and one trained on flow-rotation ciphertexts.
+    BlackBox(experiments::black_box::BlackBoxArgs),
 }
 
 #[derive(clap::Args)]
@@ -157,6 +160,7 @@ fn main() -> Result<()> {
         Command::Experiment(Experiment::KnownPlaintext(args)) => {
             experiments::flow_attacks::known_plaintext::run(args)
         }
+        Command::Experiment(Experiment::BlackBox(args)) => experiments::black_box::run(args),
         Command::Experiment(Experiment::CiphertextOnly(args)) => {
             experiments::flow_attacks::ciphertext_only::run(args)
         }

@@ -11,6 +11,7 @@ use anyhow::{Context, Result};
 use serde::de::DeserializeOwned;
 
 use crate::experiments::adversarial::AdversarialResults;
+use crate::experiments::black_box::BlackBoxResults;
 use crate::experiments::flow_attacks::ciphertext_only::CiphertextOnlyResults;
 use crate::experiments::flow_attacks::known_plaintext::{KnownPlaintextResults, pairs_that_break};
 use crate::experiments::owsd::OwsdResults;
@@ -77,6 +78,7 @@ pub fn render(dir: &Path) -> Result<String> {
 fn flow_rotation(s: &mut String, dir: &Path) -> Result<()> {
     let known: Vec<(String, KnownPlaintextResults)> = load(dir, "known-plaintext-")?;
     let alone: Vec<(String, CiphertextOnlyResults)> = load(dir, "ciphertext-only-")?;
+    let black_box: Vec<(String, BlackBoxResults)> = load(dir, "black-box-")?;
     s.push_str(
         "## Flow rotation (Wu, Du, Yuan)\n\n\
          **The untrusted party sees** the ciphertexts (f32 images), their labels, the public flows \
@@ -133,8 +135,42 @@ fn flow_rotation(s: &mut String, dir: &Path) -> Result<()> {
             }
         }
     }
+    for (file, r) in &black_box {
+        let v = &r.flow_rotation;
+        if v.baseline_failed || r.plain.baseline_failed {
+            let _ = writeln!(
+                s,
+                "| membership inference, querying the model | — | {} {} (`{file}`) | a model was at chance: a failed run, no figure |",
+                r.data, r.shape
+            );
+            continue;
+        }
+        let _ = writeln!(
+            s,
+            "| membership inference (loss threshold) | the model's answers; candidate ciphertexts | {} {} (`{file}`) | AUC {:.3}, TPR {} at 1 % FPR (the same model trained on plaintext: AUC {:.3}) |",
+            r.data,
+            r.shape,
+            v.membership.auc,
+            pct(v.membership.tpr_at_1pct_fpr),
+            r.plain.membership.auc
+        );
+        let _ = writeln!(
+            s,
+            "| querying the model with plain images (cover classes) | the classify route; {} labelled plain images of its own | {} {} | **the cover permutation in {} of {} classes**; relabelled, the model classifies plain images at {} (trained on plaintext: {}) |",
+            r.query_pool,
+            r.data,
+            r.shape,
+            r.relabelling_matches_cover,
+            r.cover_permutation.len(),
+            pct(v.plain_accuracy_relabelled),
+            pct(r.plain.test_accuracy)
+        );
+    }
     s.push_str(
         "\n**Not protected.**\n\
+         - Cover classes against anyone who can query the model: a ciphertext of class c looks \
+         like an image of class π(c), so the model trained on ciphertexts is a classifier of plain \
+         images up to π, which a few hundred labelled plain images reveal (rows above).\n\
          - Known pairs: m pairs of a class (m = the values in an image) give its rotation back, \
          whatever τ and cover classes; fewer give partial decryptions. Never let originals out \
          beside their ciphertexts; a new key for data whose originals may be public.\n\
@@ -148,7 +184,7 @@ fn flow_rotation(s: &mut String, dir: &Path) -> Result<()> {
 }
 
 fn owsd(s: &mut String, dir: &Path) -> Result<()> {
-    let runs: Vec<(String, OwsdResults)> = load(dir, "owsd-")?;
+    let runs: Vec<(String, OwsdResults)> = load(dir, "owsd-keyfit-")?;
     s.push_str(
         "## OWSD (Savransky, Mateless, Katz)\n\n\
          **The untrusted party sees** scrambled images (what a random generator makes of the \

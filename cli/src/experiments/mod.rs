@@ -2,6 +2,7 @@
 //! figures and a `results.json` with stable keys.
 
 pub mod adversarial;
+pub mod black_box;
 pub mod flow;
 pub mod flow_attacks;
 pub mod leakage;

@@ -3,6 +3,7 @@
 
 mod datasets;
 mod experiment_adversarial;
+mod experiment_black_box;
 mod experiment_data;
 mod experiment_flow;
 mod experiment_flow_attacks;

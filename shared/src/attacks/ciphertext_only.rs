@@ -198,6 +198,7 @@ pub fn relative_error(recovered: &[f64], truth: &[f64]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::attacks::known_plaintext::tests::rotate_rows as rotate;
     use crate::crypto::haar::HaarRotation;
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
@@ -212,15 +213,6 @@ mod tests {
                     let sd = 1.0 + spread * (m - j) as f64 / m as f64;
                     (sd * (x + 0.3 * (x * x - 1.0))) as f32
                 })
-            })
-            .collect()
-    }
-
-    fn rotate(a: &HaarRotation, rows: &[f32], scale: f64) -> Vec<f32> {
-        rows.chunks(a.dim())
-            .flat_map(|r| {
-                let x: Vec<f64> = r.iter().map(|&v| f64::from(v)).collect();
-                a.apply(&x).into_iter().map(move |v| (v * scale) as f32)
             })
             .collect()
     }

@@ -3,6 +3,8 @@
 //!
 //! - [`adversarial`]: correspondence recovery (paper §3.4, §4.3) and a factory that fights
 //!   back (adversarial training, pre-processing) against adversarial data encryption.
+//! - [`black_box`]: the survey's black-box attacks on a trained model (membership inference by
+//!   the loss threshold, model extraction by querying).
 //! - [`ciphertext_only`]: recovering flow rotation's rotation from ciphertexts and the data
 //!   distribution alone, by moment matching (the paper's Theorem 1 made concrete).
 //! - [`known_plaintext`]: recovering flow rotation's secret rotation from known
@@ -14,6 +16,7 @@
 //! - [`owsd_inverter`]: the autoencoder that inverts OWSD's scrambles from known pairs (§5.3).
 
 pub mod adversarial;
+pub mod black_box;
 pub mod ciphertext_only;
 pub mod known_plaintext;
 pub mod leakage;

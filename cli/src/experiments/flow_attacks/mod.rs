@@ -130,3 +130,41 @@ pub fn score(decrypted: Tensor<4>, victims: &ImageDataset, levels: usize) -> (Ve
     }
     (psnrs, exact)
 }
+
+/// A labelled set encrypted class by class (route a) under `settings`: the ciphertexts as a
+/// dataset with the same labels, the originals that could be encrypted, and how many could not.
+pub fn encrypt_dataset(
+    flows: &FlowSet,
+    key: &MasterKey,
+    settings: EncryptionSettings,
+    data: &ImageDataset,
+    device: &Device,
+) -> anyhow::Result<(ImageDataset, ImageDataset, usize)> {
+    let mut cipher: Option<ImageDataset> = None;
+    let mut plain: Option<ImageDataset> = None;
+    let mut lost = 0;
+    for c in 0..data.num_classes() {
+        let idx = data.class_indices(c as u32);
+        if idx.is_empty() {
+            continue;
+        }
+        let (kept, ct, l) = encrypt_class(flows, key, c, settings, &data.subset(&idx), device);
+        lost += l;
+        let ct = ImageDataset {
+            images: ct.into_data().iter::<f32>().collect(),
+            ..kept.clone()
+        };
+        cipher = Some(match cipher {
+            Some(all) => all.concat(&ct)?,
+            None => ct,
+        });
+        plain = Some(match plain {
+            Some(all) => all.concat(&kept)?,
+            None => kept,
+        });
+    }
+    match (cipher, plain) {
+        (Some(c), Some(p)) => Ok((c, p, lost)),
+        _ => anyhow::bail!("no image could be encrypted"),
+    }
+}

@@ -29,7 +29,7 @@ pub struct KnownPlaintextResults {
     /// Per encryption setting (`algorithm-1`, `veil`): the attack against the number of pairs.
     pub settings: Vec<SettingCurve>,
     /// Pair counts asked for but not measured: the attacked classes do not hold that many
-    /// images beside the victims.
+    /// images beside the victims, or the run capped them (`--max-pairs`).
     pub not_measured: Vec<usize>,
     /// Wall time of the run in seconds.
     pub seconds: f64,
@@ -141,7 +141,7 @@ pub fn report(r: &KnownPlaintextResults) -> String {
     if !r.not_measured.is_empty() {
         let _ = writeln!(
             s,
-            "Not measured (too few images per class): n = {:?}.",
+            "Not measured (too few images per class, or above --max-pairs): n = {:?}.",
             r.not_measured
         );
     }
