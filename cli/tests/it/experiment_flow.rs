@@ -128,13 +128,17 @@ fn quick_flow_experiment_writes_a_consistent_report() {
             .stdout(std::process::Stdio::null());
         cmd
     };
-    // Nobody reads the first run's log: it must not fill a pipe and block.
-    let mut child = run().stderr(std::process::Stdio::null()).spawn().unwrap();
-    // (flows finished, flows stopped after an epoch) in the checkpoints.
+    // (flows finished, flows stopped after an epoch) in the checkpoints: their state files, not
+    // the hidden temporary files they are written through (a kill between writing one and
+    // renaming it leaves a state the resumed run never sees).
     let checkpointed = || -> (usize, usize) {
         let states: Vec<String> = std::fs::read_dir(killed.path().join("checkpoints"))
             .map(|d| {
                 d.flatten()
+                    .filter(|e| {
+                        let name = e.file_name().to_string_lossy().into_owned();
+                        name.ends_with(".json") && !name.starts_with('.')
+                    })
                     .filter_map(|e| std::fs::read_to_string(e.path()).ok())
                     .collect()
             })
@@ -143,21 +147,35 @@ fn quick_flow_experiment_writes_a_consistent_report() {
         (count("\"done\":true"), count("\"done\":false"))
     };
     // Killed with three flows trained and a fourth stopped mid-training, so that the resumed run
-    // reads finished flows and also continues one from its last epoch.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
-    while !matches!(checkpointed(), (done, 1) if done >= 3) {
+    // reads finished flows and also continues one from its last epoch. A flow trains in a tenth
+    // of a second: on a busy machine it can finish between the look and the kill, and then no
+    // flow is left mid-training; the run is then started again from nothing.
+    for attempt in 1.. {
+        // Nobody reads the first run's log: it must not fill a pipe and block.
+        let mut child = run().stderr(std::process::Stdio::null()).spawn().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+        while !matches!(checkpointed(), (done, 1) if done >= 3) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no flow was checkpointed"
+            );
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "the run ended before it was killed"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        if checkpointed().1 == 1 {
+            break;
+        }
         assert!(
-            std::time::Instant::now() < deadline,
-            "no flow was checkpointed"
+            attempt < 5,
+            "no kill left a flow mid-training in {attempt} attempts"
         );
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the run ended before it was killed"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(5));
+        std::fs::remove_dir_all(killed.path().join("checkpoints")).unwrap();
     }
-    child.kill().unwrap();
-    child.wait().unwrap();
     assert!(!killed.path().join("results.json").exists());
     let resumed = run().output().unwrap();
     let log = String::from_utf8_lossy(&resumed.stderr);

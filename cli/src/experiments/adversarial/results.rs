@@ -33,6 +33,9 @@ pub struct AdversarialResults {
     pub base_accuracy: f64,
     /// Whether the base classifier is too close to chance for its perturbations to carry any
     /// class's features (then the encryption, and every figure built on it, is a failure).
+    /// Absent from runs written before the flag existed (docs/results/adversarial-28.json and
+    /// -32.json): read as false; their `base_accuracy` shows it.
+    #[serde(default)]
     pub base_failed: bool,
     /// Distortion of each encryption of the training set against the originals.
     pub distortion: BTreeMap<String, Distortion>,
