@@ -212,9 +212,9 @@ pub fn run(args: BlackBoxArgs) -> Result<()> {
     let key = experiment_key(args.common.seed, 0x23);
     let device = Device::flex();
     let settings = EncryptionSettings::VEIL;
-    let (enc_members, _, lost_m) = encrypt_dataset(&flows, &key, settings, &members, &device)?;
+    let (enc_members, _, lost_m) = encrypt_dataset(&flows, &key, settings, &members, &device);
     let (enc_non, plain_non, lost_n) =
-        encrypt_dataset(&flows, &key, settings, &non_members, &device)?;
+        encrypt_dataset(&flows, &key, settings, &non_members, &device);
     let enc_model = fit_victim(&enc_members, "victim on ciphertexts")?;
     let mut flow_rotation = attack(
         &enc_model,

@@ -13,7 +13,9 @@ use veil::burn::prelude::*;
 use veil::crypto::keys::MasterKey;
 use veil::data::ImageDataset;
 use veil::flow::glow::{Glow, Preprocess};
-use veil::schemes::flow_rotation::{EncryptionSettings, FlowSet};
+use veil::schemes::flow_rotation::{EncryptionSettings, FlowEncryptor, FlowSet};
+
+use super::flow::encrypt_all;
 
 /// The settings both attacks run against: the paper's Algorithm 1 and Veil's.
 pub const SETTINGS: [(&str, EncryptionSettings); 2] = [
@@ -41,8 +43,10 @@ pub fn prior_mean_images(glow: &Glow, pre: Preprocess, count: usize, device: &De
 /// Encryption batch size.
 pub const BATCH: usize = 128;
 
-/// Encrypts `data` with class `class`'s encryptor, keeping the images that round-trip (the owner
-/// never shares the others), in batches.
+/// Encrypts `data` with class `class`'s encryptor under `settings`, keeping the images that
+/// round-trip (the owner never shares the others): the kept originals, their ciphertexts
+/// (`[B, C, H, W]` on `device`), and how many were lost ([`crate::experiments::flow::encrypt_all`]
+/// with one encryptor).
 pub fn encrypt_class(
     flows: &FlowSet,
     key: &MasterKey,
@@ -51,38 +55,27 @@ pub fn encrypt_class(
     data: &ImageDataset,
     device: &Device,
 ) -> (ImageDataset, Tensor<4>, usize) {
-    let enc = veil::schemes::flow_rotation::class_encryptor(
+    let enc = class_encryptor(flows, key, class, settings, device);
+    let out = encrypt_all(data, |_| enc.clone(), Some(class as u32));
+    let ct = out.data.images_tensor(0..out.data.len(), device);
+    (data.subset(&out.kept), ct, out.failures.len())
+}
+
+fn class_encryptor(
+    flows: &FlowSet,
+    key: &MasterKey,
+    class: usize,
+    settings: EncryptionSettings,
+    device: &Device,
+) -> FlowEncryptor {
+    veil::schemes::flow_rotation::class_encryptor(
         &flows.per_class,
         class,
         flows.manifest.preprocess,
         key,
         settings,
         device,
-    );
-    let mut kept = Vec::new();
-    let mut cts = Vec::new();
-    for start in (0..data.len()).step_by(BATCH) {
-        let end = (start + BATCH).min(data.len());
-        let (c, failures) = enc.encrypt_verified(data.images_tensor(start..end, device));
-        let ok: Vec<usize> = (0..end - start)
-            .filter(|&i| failures[i].is_none())
-            .collect();
-        if ok.len() == end - start {
-            cts.push(c);
-        } else if !ok.is_empty() {
-            let idx: Vec<i64> = ok.iter().map(|&i| i as i64).collect();
-            cts.push(c.select(0, Tensor::<1, Int>::from_data(idx.as_slice(), device)));
-        }
-        kept.extend(ok.iter().map(|i| start + i));
-    }
-    let lost = data.len() - kept.len();
-    let shape = data.shape;
-    let ct = if cts.is_empty() {
-        Tensor::<4>::zeros([0, shape.channels, shape.height, shape.width], device)
-    } else {
-        Tensor::cat(cts, 0)
-    };
-    (data.subset(&kept), ct, lost)
+    )
 }
 
 /// Plaintext latents of a whole set under `glow`, in batches.
@@ -139,32 +132,19 @@ pub fn encrypt_dataset(
     settings: EncryptionSettings,
     data: &ImageDataset,
     device: &Device,
-) -> anyhow::Result<(ImageDataset, ImageDataset, usize)> {
-    let mut cipher: Option<ImageDataset> = None;
-    let mut plain: Option<ImageDataset> = None;
-    let mut lost = 0;
-    for c in 0..data.num_classes() {
-        let idx = data.class_indices(c as u32);
-        if idx.is_empty() {
-            continue;
-        }
-        let (kept, ct, l) = encrypt_class(flows, key, c, settings, &data.subset(&idx), device);
-        lost += l;
-        let ct = ImageDataset {
-            images: ct.into_data().iter::<f32>().collect(),
-            ..kept.clone()
-        };
-        cipher = Some(match cipher {
-            Some(all) => all.concat(&ct)?,
-            None => ct,
-        });
-        plain = Some(match plain {
-            Some(all) => all.concat(&kept)?,
-            None => kept,
-        });
-    }
-    match (cipher, plain) {
-        (Some(c), Some(p)) => Ok((c, p, lost)),
-        _ => anyhow::bail!("no image could be encrypted"),
-    }
+) -> (ImageDataset, ImageDataset, usize) {
+    let out = encrypt_all(
+        data,
+        |c| class_encryptor(flows, key, c as usize, settings, device),
+        None,
+    );
+    // Class by class, as the owner encrypts them (one key and flow per class).
+    let mut order: Vec<usize> = (0..out.kept.len()).collect();
+    order.sort_by_key(|&i| out.data.labels[i]);
+    let kept: Vec<usize> = order.iter().map(|&i| out.kept[i]).collect();
+    (
+        out.data.subset(&order),
+        data.subset(&kept),
+        out.failures.len(),
+    )
 }

@@ -112,6 +112,34 @@ pub fn run(args: CiphertextOnlyArgs) -> Result<()> {
         let pre = flows.manifest.preprocess;
         let (mut w1, mut floor, mut bpd, mut bpd_n) = (0.0, 0.0, 0.0, 0usize);
         let mut per_setting = Vec::new();
+        // Per class, what the attacker holds whatever the owner's settings: its own images'
+        // latents under the class's public flow, and their mean image (what knowing the domain
+        // gives without any ciphertext).
+        let mut own_data = Vec::with_capacity(classes.len());
+        for (&c, (own_idx, _)) in classes.iter().zip(&split) {
+            let attacker = data.subset(own_idx);
+            let zd = latents_of(&flows.per_class[c], pre, &attacker, &device);
+            let report = probe(&zd, m, 64, args.common.seed);
+            w1 += report.sliced_wasserstein;
+            floor += report.sliced_wasserstein_gaussian_floor;
+            if let Some(b) = flows
+                .manifest
+                .flows
+                .iter()
+                .find(|f| f.name == format!("class-{c}"))
+                .and_then(|f| f.held_out_bits_per_dim)
+            {
+                bpd += b;
+                bpd_n += 1;
+            }
+            let mut avg = vec![0.0f32; m];
+            for i in 0..attacker.len() {
+                for (a, v) in avg.iter_mut().zip(attacker.image(i)) {
+                    *a += v / attacker.len() as f32;
+                }
+            }
+            own_data.push((zd, avg));
+        }
         for (sname, setting) in SETTINGS {
             let tau = f64::from(setting.temperature);
             let mut acc = [0.0f64; 6];
@@ -119,26 +147,9 @@ pub fn run(args: CiphertextOnlyArgs) -> Result<()> {
             let mut lost = 0usize;
             let mut directions = 0.0;
             let mut domain = 0.0;
-            for (&c, (own_idx, secret_idx)) in classes.iter().zip(&split) {
+            for ((&c, (_, secret_idx)), (zd, avg)) in classes.iter().zip(&split).zip(&own_data) {
                 pb.set_message(format!("{name}: {sname}, class {c}"));
                 let own = &flows.per_class[c];
-                let attacker = data.subset(own_idx);
-                let zd = latents_of(own, pre, &attacker, &device);
-                if sname == SETTINGS[0].0 {
-                    let report = probe(&zd, m, 64, args.common.seed);
-                    w1 += report.sliced_wasserstein;
-                    floor += report.sliced_wasserstein_gaussian_floor;
-                    if let Some(b) = flows
-                        .manifest
-                        .flows
-                        .iter()
-                        .find(|f| f.name == format!("class-{c}"))
-                        .and_then(|f| f.held_out_bits_per_dim)
-                    {
-                        bpd += b;
-                        bpd_n += 1;
-                    }
-                }
                 let (secret, ct, unencryptable) =
                     encrypt_class(flows, &key, c, setting, &data.subset(secret_idx), &device);
                 lost += unencryptable;
@@ -156,12 +167,12 @@ pub fn run(args: CiphertextOnlyArgs) -> Result<()> {
                     .iter()
                     .map(|&j| cipher_latents_of(&flows.per_class[j], pre, &ct))
                     .collect();
-                let (best, _) = decoder_by_norms(&zd, &latents, m, tau);
+                let (best, _) = decoder_by_norms(zd, &latents, m, tau);
                 let decoder = candidates[best];
                 let true_decoder = if setting.cover_classes { pi[c] } else { c };
                 found += usize::from(decoder == true_decoder);
                 let zc = &latents[best];
-                let got = moment_matching(&zd, zc, m, tau)
+                let got = moment_matching(zd, zc, m, tau)
                     .with_context(|| format!("{name}: class {c}: moment matching"))?;
                 let truth = HaarRotation::from_subkey(
                     &key.class_subkey(Scheme::FlowRotation, c as u32),
@@ -188,14 +199,6 @@ pub fn run(args: CiphertextOnlyArgs) -> Result<()> {
                     &originals,
                     pre.levels,
                 );
-                // The attacker's knowledge of the domain alone: its own images' mean.
-                let per = data.shape.len();
-                let mut avg = vec![0.0f32; per];
-                for i in 0..attacker.len() {
-                    for (a, v) in avg.iter_mut().zip(attacker.image(i)) {
-                        *a += v / attacker.len() as f32;
-                    }
-                }
                 let avg_images =
                     veil::data::images_tensor(&avg.repeat(scored), data.shape, &device);
                 let (p_domain, _) = score(avg_images, &originals, pre.levels);

@@ -225,11 +225,15 @@ pub fn run(args: KnownPlaintextArgs) -> Result<()> {
                 ));
             }
             let own = &flows.per_class[c];
+            // The key's rotation as a matrix, formed once per class (O(m³) for a Householder
+            // one), only to score the attacker.
             let truth = HaarRotation::from_subkey(
                 &key.class_subkey(Scheme::FlowRotation, c as u32),
                 m,
                 setting.rotation,
-            );
+            )
+            .entries()
+            .into_owned();
             let true_decoder = if setting.cover_classes { pi[c] } else { c };
             // The attacker knows π is a derangement: class c's own flow is never the decoder.
             let candidates: Vec<usize> = if setting.cover_classes {
@@ -296,8 +300,7 @@ pub fn run(args: KnownPlaintextArgs) -> Result<()> {
                 tally.rank += fit.rank() as f64;
                 tally.energy += energy.iter().sum::<f64>() / energy.len().max(1) as f64;
                 if let Some(a) = fit.rotation() {
-                    let entries = truth.entries();
-                    let diffs = a.iter().zip(entries.iter()).map(|(x, y)| (x - y).abs());
+                    let diffs = a.iter().zip(&truth).map(|(x, y)| (x - y).abs());
                     let err = diffs.clone().fold(0.0, f64::max);
                     // ‖A‖_F = √m for a rotation.
                     let rel = diffs.map(|d| d * d).sum::<f64>().sqrt() / (m as f64).sqrt();
