@@ -8,6 +8,7 @@ use veil::nn::train::{accuracy, predict_logits};
 
 #[test]
 fn demo_model_reaches_95_percent_on_the_held_out_digits() {
+    let _rng = crate::device_rng();
     let card = demo::card();
     let device = Device::flex();
     let model = card.config.load(demo::WEIGHTS, &device).unwrap();
@@ -23,6 +24,7 @@ fn demo_model_reaches_95_percent_on_the_held_out_digits() {
 
 #[test]
 fn native_inference_reproduces_the_reference_logits() {
+    let _rng = crate::device_rng();
     let card = demo::card();
     let device = Device::flex();
     let model = card.config.load(demo::WEIGHTS, &device).unwrap();
@@ -38,6 +40,7 @@ fn native_inference_reproduces_the_reference_logits() {
 
 #[test]
 fn corrupt_or_non_finite_weights_are_refused_with_a_reason() {
+    let _rng = crate::device_rng();
     let card = demo::card();
     let device = Device::flex();
     let err = card
@@ -61,6 +64,7 @@ fn corrupt_or_non_finite_weights_are_refused_with_a_reason() {
 /// keep meaning the network they were trained in.
 #[test]
 fn the_small_cnn_pools_large_images_and_old_configs_read_as_unpooled() {
+    let _rng = crate::device_rng();
     use veil::burn::tensor::{Distribution, Tensor};
     use veil::data::ImageShape;
     use veil::nn::model::{Classifier, SmallCnnConfig};

@@ -54,6 +54,7 @@ fn write(tensors: &[(String, safetensors::Dtype, Vec<usize>, Vec<u8>)]) -> Vec<u
 
 #[test]
 fn burn_and_pytorch_layouts_give_the_saved_embeddings() {
+    let _rng = crate::device_rng();
     for (f, h) in [(16, 64), (8, 32)] {
         let model = encoder(f, h, 3);
         let want = embeddings(&model);
@@ -78,6 +79,7 @@ fn burn_and_pytorch_layouts_give_the_saved_embeddings() {
 /// here no classifier head and one extra tensor.
 #[test]
 fn a_pytorch_file_without_a_head_is_read_by_its_shapes() {
+    let _rng = crate::device_rng();
     let model = encoder(16, 64, 4);
     let want = embeddings(&model);
     let mut t = tensors(&export_encoder(&model, WeightLayout::PyTorch).unwrap());
@@ -104,6 +106,7 @@ fn refusal(bytes: &[u8], input: ImageShape) -> String {
 
 #[test]
 fn unusable_files_are_refused_with_a_reason() {
+    let _rng = crate::device_rng();
     let model = encoder(16, 64, 5);
     let good = tensors(&export_encoder(&model, WeightLayout::Burn).unwrap());
 
@@ -154,6 +157,7 @@ fn unusable_files_are_refused_with_a_reason() {
 /// Sanity of the test's own helper: rewriting a file unchanged keeps it importable and equal.
 #[test]
 fn rewriting_a_file_keeps_it() {
+    let _rng = crate::device_rng();
     let model = encoder(16, 64, 6);
     let t = tensors(&export_encoder(&model, WeightLayout::Burn).unwrap());
     let (back, info) = import_encoder(&write(&t), SHAPE, &Device::flex()).unwrap();

@@ -20,12 +20,9 @@ fn small_digits_glow(levels: usize) -> (Preprocess, GlowConfig) {
     (pre, config)
 }
 
-/// The flex device's RNG is global: tests that seed it must not run at the same time.
-static DEVICE_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 #[test]
 fn training_lowers_held_out_bits_per_dim() {
-    let _rng = DEVICE_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let _rng = crate::device_rng();
     let (train, test) = digits().split(0.2, 7);
     let train = train.subset(&(0..400).collect::<Vec<_>>());
     let pre = Preprocess {
@@ -73,7 +70,7 @@ fn training_lowers_held_out_bits_per_dim() {
 /// exactly.
 #[test]
 fn a_resumed_run_matches_an_uninterrupted_one() {
-    let _rng = DEVICE_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let _rng = crate::device_rng();
     use veil::burn::module::{ModuleVisitor, Param};
     use veil::burn::tensor::Tensor;
     use veil::flow::train::{FlowCheckpoint, train_flow_resumable};
@@ -169,7 +166,7 @@ fn a_resumed_run_matches_an_uninterrupted_one() {
 /// reloaded from a checkpoint, whose parameters all train, took other steps than the original).
 #[test]
 fn every_parameter_of_a_data_initialised_flow_gets_a_gradient() {
-    let _rng = DEVICE_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let _rng = crate::device_rng();
     use veil::burn::module::{ModuleVisitor, Param};
     use veil::burn::optim::GradientsParams;
     use veil::burn::tensor::Tensor;

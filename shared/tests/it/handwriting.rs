@@ -6,6 +6,7 @@ use veil::nn::model::{HandwritingScore, demo};
 
 #[test]
 fn the_demo_model_reads_90_percent_of_scripted_handwriting_as_its_card_says() {
+    let _rng = crate::device_rng();
     let device = Device::flex();
     let card = demo::card();
     let model = card.config.load(demo::WEIGHTS, &device).unwrap();
