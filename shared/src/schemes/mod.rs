@@ -5,7 +5,9 @@
 //! - [`flow_rotation`]: Wu, Du, Yuan, *Secure Data Sharing With Flow Model*.
 //! - [`owsd`]: Savransky, Mateless, Katz, *One Way Scrambling by Deconvolution*.
 //! - [`adversarial`]: Hu, Zhang, Shan, Qin, Qi, Wu, Yuan, *Adversarial Data Encryption*.
+//! - [`rtas`]: *Private Machine Learning by Random Transformations* (RTAS, RTAS-fast).
 
 pub mod adversarial;
 pub mod flow_rotation;
 pub mod owsd;
+pub mod rtas;
