@@ -14,6 +14,8 @@
 //! - [`owsd_generator`]: recovering OWSD's key function by fitting a generator of the public
 //!   architecture to (embedding, scramble) pairs.
 //! - [`owsd_inverter`]: the autoencoder that inverts OWSD's scrambles from known pairs (§5.3).
+//! - [`rtas_helper`]: what RTAS's helper learns from its permuted views (their multiset) and
+//!   RTAS-fast's helper from the first layer's output.
 
 pub mod adversarial;
 pub mod black_box;
@@ -22,3 +24,4 @@ pub mod known_plaintext;
 pub mod leakage;
 pub mod owsd_generator;
 pub mod owsd_inverter;
+pub mod rtas_helper;

@@ -160,6 +160,9 @@ pub enum NetworkError {
     /// The protocol failed under the network.
     #[error(transparent)]
     Protocol(#[from] RtasError),
+    /// A run of several parties failed: the first real cause (not a peer's closed link).
+    #[error("{0}")]
+    Run(String),
 }
 
 impl NetworkSpec {

@@ -47,6 +47,10 @@ pub struct RunConfig {
     pub positive: u32,
     /// RTAS or RTAS-fast.
     pub mode: Mode,
+    /// After the timed inference, classify the test set once more in batches of this size (the
+    /// helper-view attacks read what the helper sees then); no effect on the predictions.
+    #[serde(default)]
+    pub view_batch: Option<usize>,
 }
 
 /// The sizes P1 knows: how many training and test images, never which.
@@ -90,6 +94,8 @@ pub struct HolderOutcome {
     pub inference_batch_seconds: Vec<f64>,
     /// Bytes per link after training (before inference).
     pub traffic_after_training: Traffic,
+    /// Bytes per link after the timed inference (before any view pass).
+    pub traffic_after_inference: Traffic,
     /// Bytes per link at the end.
     pub traffic: Traffic,
     /// Triples and helper calls.
@@ -286,6 +292,7 @@ pub fn run_holder<H: Holder>(
         train_batch_seconds: vec![],
         inference_batch_seconds: vec![],
         traffic_after_training: Traffic::default(),
+        traffic_after_inference: Traffic::default(),
         traffic: Traffic::default(),
         stats: PartyStats::default(),
     };
@@ -320,17 +327,20 @@ pub fn run_holder<H: Holder>(
     }
     outcome.traffic_after_training = holder.traffic();
     let all: Vec<usize> = (0..sizes.test).collect();
+    let mut classify =
+        |holder: &mut H, chunk: &[usize]| -> Result<Option<PlainMatrix>, NetworkError> {
+            let x = owner.map(|(_, test)| batch_of(test, chunk).0);
+            let xs = holder.input(x.as_ref(), chunk.len(), d)?;
+            if fast {
+                holder.fast_predict(spec, &params, &xs)
+            } else {
+                let out = spec.predict(holder, &params, &xs)?;
+                Ok(holder.output(&out)?.map(|o| classes_of(&o)))
+            }
+        };
     for chunk in all.chunks(config.inference_batch.max(1)) {
         let started = Instant::now();
-        let x = owner.map(|(_, test)| batch_of(test, chunk).0);
-        let xs = holder.input(x.as_ref(), chunk.len(), d)?;
-        let classes = if fast {
-            holder.fast_predict(spec, &params, &xs)?
-        } else {
-            let out = spec.predict(holder, &params, &xs)?;
-            holder.output(&out)?.map(|o| classes_of(&o))
-        };
-        if let Some(c) = classes {
+        if let Some(c) = classify(holder, chunk)? {
             outcome.predictions.extend(c.data.iter().map(|&v| v as u32));
         }
         outcome
@@ -340,6 +350,12 @@ pub fn run_holder<H: Holder>(
             done: chunk.last().map_or(0, |&i| i + 1),
             total: sizes.test,
         });
+    }
+    outcome.traffic_after_inference = holder.traffic();
+    if let Some(b) = config.view_batch {
+        for chunk in all.chunks(b.max(1)) {
+            classify(holder, chunk)?;
+        }
     }
     outcome.traffic = holder.traffic();
     outcome.stats = holder.stats();
@@ -356,6 +372,18 @@ pub fn truth(config: &RunConfig, labels: &[u32]) -> Vec<u32> {
     } else {
         labels.to_vec()
     }
+}
+
+fn is_rtas_symptom(e: &super::wire::RtasError) -> bool {
+    use super::wire::RtasError;
+    matches!(
+        e,
+        RtasError::Disconnected { .. } | RtasError::Timeout { .. }
+    )
+}
+
+fn is_symptom(e: &NetworkError) -> bool {
+    matches!(e, NetworkError::Protocol(r) if is_rtas_symptom(r))
 }
 
 /// Everything one in-process run of the four parties measured.
@@ -455,13 +483,32 @@ pub fn simulate(
         let p1 = p1.join().expect("P1 thread");
         let dealer = dealer.join().expect("dealer thread");
         let helper = helper.join().expect("helper thread");
-        // The first failure is the cause; the others are peers noticing it.
-        let p0 = p0?;
-        Ok(Simulation {
-            p0,
-            p1: p1?,
-            dealer: dealer?,
-            helper: helper?.0,
-        })
+        // A party that fails makes its peers see a closed link or a timeout: report the cause.
+        let cause = [
+            p0.as_ref().err().map(|e| (is_symptom(e), e.to_string())),
+            p1.as_ref().err().map(|e| (is_symptom(e), e.to_string())),
+            dealer
+                .as_ref()
+                .err()
+                .map(|e| (is_rtas_symptom(e), e.to_string())),
+            helper
+                .as_ref()
+                .err()
+                .map(|e| (is_rtas_symptom(e), e.to_string())),
+        ]
+        .into_iter()
+        .flatten()
+        .min_by_key(|(symptom, _)| *symptom);
+        match (p0, p1, dealer, helper) {
+            (Ok(p0), Ok(p1), Ok(dealer), Ok((helper, _))) => Ok(Simulation {
+                p0,
+                p1,
+                dealer,
+                helper,
+            }),
+            _ => Err(NetworkError::Run(
+                cause.map_or_else(|| "a party failed".into(), |c| c.1),
+            )),
+        }
     })
 }

@@ -288,6 +288,7 @@ fn a_run_killed_mid_protocol_ends_every_party_with_an_error() {
         order_seed: 1,
         positive: 0,
         mode: Mode::Rtas,
+        view_batch: None,
     };
     let run = RunId([3; 16]);
     let [t0, t1, td, th] = in_memory_network(Duration::from_secs(3));
@@ -368,6 +369,7 @@ fn quick_config(spec: NetworkSpec, mode: Mode, lr: f64, epochs: usize) -> RunCon
         order_seed: 6,
         positive: 0,
         mode,
+        view_batch: None,
     }
 }
 
