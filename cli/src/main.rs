@@ -74,6 +74,10 @@ enum Experiment {
     /// The survey's black-box attacks (membership inference, model extraction) against a model
     /// trained on plaintext and one trained on flow-rotation ciphertexts.
     BlackBox(experiments::black_box::BlackBoxArgs),
+    /// RTAS (random transformations + arithmetic sharing): logistic regression and the paper's
+    /// CNN trained and evaluated through the protocol and in the clear, time and bytes per
+    /// batch and link, and what the helper learns.
+    Rtas(experiments::rtas::RtasArgs),
 }
 
 #[derive(clap::Args)]
@@ -161,6 +165,7 @@ fn main() -> Result<()> {
             experiments::flow_attacks::known_plaintext::run(args)
         }
         Command::Experiment(Experiment::BlackBox(args)) => experiments::black_box::run(args),
+        Command::Experiment(Experiment::Rtas(args)) => experiments::rtas::run(args),
         Command::Experiment(Experiment::CiphertextOnly(args)) => {
             experiments::flow_attacks::ciphertext_only::run(args)
         }

@@ -7,6 +7,7 @@ pub mod flow;
 pub mod flow_attacks;
 pub mod leakage;
 pub mod owsd;
+pub mod rtas;
 
 use std::collections::BTreeMap;
 use std::path::Path;

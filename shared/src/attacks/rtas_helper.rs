@@ -125,6 +125,8 @@ pub struct LinearMap {
     m: DMatrix<f64>,
     /// 1 × w.
     c: DMatrix<f64>,
+    /// M⁺ (w × d), the Moore–Penrose inverse, computed once.
+    inverse: DMatrix<f64>,
 }
 
 impl LinearMap {
@@ -135,24 +137,23 @@ impl LinearMap {
         let x = DMatrix::from_fn(n, d + 1, |i, j| if j < d { images[i][j] } else { 1.0 });
         let z = DMatrix::from_fn(n, w, |i, j| outputs[i][j]);
         let sol = x.svd(true, true).solve(&z, 1e-9).ok()?;
+        let m = sol.rows(0, d).into_owned();
+        let inverse = m.clone().pseudo_inverse(1e-9).ok()?;
         Some(Self {
-            m: sol.rows(0, d).into_owned(),
+            m,
             c: sol.rows(d, 1).into_owned(),
+            inverse,
         })
     }
 
     /// The least-squares (minimum-norm where M has a null space) image of an output.
     pub fn invert(&self, output: &[f64]) -> Option<Vec<f64>> {
         let w = self.m.ncols();
+        if output.len() != w {
+            return None;
+        }
         let z = DMatrix::from_fn(1, w, |_, j| output[j]) - &self.c;
-        // x·M = z  ⇔  Mᵀ·xᵀ = zᵀ.
-        let x = self
-            .m
-            .transpose()
-            .svd(true, true)
-            .solve(&z.transpose(), 1e-9)
-            .ok()?;
-        Some(x.iter().copied().collect())
+        Some((z * &self.inverse).iter().copied().collect())
     }
 
     /// The map's output for `image`.

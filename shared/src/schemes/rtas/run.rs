@@ -327,17 +327,16 @@ pub fn run_holder<H: Holder>(
     }
     outcome.traffic_after_training = holder.traffic();
     let all: Vec<usize> = (0..sizes.test).collect();
-    let mut classify =
-        |holder: &mut H, chunk: &[usize]| -> Result<Option<PlainMatrix>, NetworkError> {
-            let x = owner.map(|(_, test)| batch_of(test, chunk).0);
-            let xs = holder.input(x.as_ref(), chunk.len(), d)?;
-            if fast {
-                holder.fast_predict(spec, &params, &xs)
-            } else {
-                let out = spec.predict(holder, &params, &xs)?;
-                Ok(holder.output(&out)?.map(|o| classes_of(&o)))
-            }
-        };
+    let classify = |holder: &mut H, chunk: &[usize]| -> Result<Option<PlainMatrix>, NetworkError> {
+        let x = owner.map(|(_, test)| batch_of(test, chunk).0);
+        let xs = holder.input(x.as_ref(), chunk.len(), d)?;
+        if fast {
+            holder.fast_predict(spec, &params, &xs)
+        } else {
+            let out = spec.predict(holder, &params, &xs)?;
+            Ok(holder.output(&out)?.map(|o| classes_of(&o)))
+        }
+    };
     for chunk in all.chunks(config.inference_batch.max(1)) {
         let started = Instant::now();
         if let Some(c) = classify(holder, chunk)? {
