@@ -9,6 +9,7 @@
 //! - [`flows`]: `veil flow train`, flow rotation's public flows.
 //! - [`demo`]: `veil train-demo`, the built-in models.
 //! - [`factory`]: `veil factory …`, the factory's client over HTTP.
+//! - [`rtas`]: `veil party` and `veil rtas demo`, RTAS's parties as processes over TCP.
 //! - [`security`]: `veil security-cards`, docs/SECURITY.md from the results files.
 //! - [`progress`]: progress of long work, as a bar on a terminal and as lines elsewhere.
 
@@ -18,4 +19,5 @@ pub mod experiments;
 pub mod factory;
 pub mod flows;
 pub mod progress;
+pub mod rtas;
 pub mod security;

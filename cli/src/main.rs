@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-use veil_cli::{datasets, demo, experiments, factory, flows, security};
+use veil_cli::{datasets, demo, experiments, factory, flows, rtas, security};
 
 #[derive(Parser)]
 #[command(
@@ -43,6 +43,18 @@ enum Command {
     /// Talk to a running factory over HTTP: upload, train, status, list, cancel, classify,
     /// download.
     Factory(factory::FactoryArgs),
+    /// Run one RTAS party (p0, p1, dealer or helper) over TCP, on this host or another.
+    Party(rtas::PartyArgs),
+    /// RTAS's parties on this machine.
+    #[command(subcommand)]
+    Rtas(RtasCommand),
+}
+
+#[derive(Subcommand)]
+enum RtasCommand {
+    /// Start all four parties as processes on loopback, train and classify, and print the
+    /// bytes each one sent.
+    Demo(rtas::DemoArgs),
 }
 
 #[derive(Subcommand)]
@@ -171,6 +183,8 @@ fn main() -> Result<()> {
         }
         Command::Flow(FlowCommand::Train(args)) => flows::train(args),
         Command::Factory(args) => factory::run(args),
+        Command::Party(args) => rtas::run_party(args),
+        Command::Rtas(RtasCommand::Demo(args)) => rtas::run_demo(args),
         Command::DataSynth(args) => {
             let data = veil::data::synthetic(veil::data::SyntheticConfig {
                 classes: args.classes,

@@ -8,6 +8,7 @@ mod experiment_data;
 mod experiment_flow;
 mod experiment_flow_attacks;
 mod experiment_leakage;
+mod rtas;
 mod serve;
 
 /// Runs `veil ARGS --out TMP`, checks that it succeeded, and returns the folder and its

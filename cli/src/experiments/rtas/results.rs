@@ -134,7 +134,7 @@ pub struct HelperAttacks {
     pub mean_image_psnr: f64,
     /// RTAS-fast: the class of one image from its (unpermuted) first-layer output.
     pub fast_class_accuracy: f64,
-    /// RTAS-fast: known (image, output) pairs used to fit the first layer.
+    /// RTAS-fast: known (image, output) pairs used to fit the first layer (all the known views).
     pub fast_known_pairs: usize,
     /// RTAS-fast: mean PSNR of the images inverted from their first-layer outputs, dB.
     pub fast_inversion_psnr: f64,

@@ -12,7 +12,9 @@ use serde::{Deserialize, Serialize};
 use super::network::{Arith, NetworkError, NetworkSpec, Params, Plain, classes_of};
 use super::party::{Dealer, Helper, HelperReport, HelperView, Party, PartyStats};
 use super::ring::{FixedPoint, Matrix, PlainMatrix, RingMatrix};
-use super::wire::{Channel, Role, RunId, Traffic, Transport, in_memory_network};
+use super::wire::{
+    Channel, Message, Role, RtasError, RunId, Traffic, Transport, in_memory_network,
+};
 use crate::data::ImageDataset;
 
 /// RTAS, or RTAS-fast (§4.3).
@@ -373,16 +375,12 @@ pub fn truth(config: &RunConfig, labels: &[u32]) -> Vec<u32> {
     }
 }
 
-fn is_rtas_symptom(e: &super::wire::RtasError) -> bool {
-    use super::wire::RtasError;
+/// A peer's closed link or silence: how a party sees another one fail, not a cause.
+pub fn is_symptom(e: &NetworkError) -> bool {
     matches!(
         e,
-        RtasError::Disconnected { .. } | RtasError::Timeout { .. }
+        NetworkError::Protocol(RtasError::Disconnected { .. } | RtasError::Timeout { .. })
     )
-}
-
-fn is_symptom(e: &NetworkError) -> bool {
-    matches!(e, NetworkError::Protocol(r) if is_rtas_symptom(r))
 }
 
 /// Everything one in-process run of the four parties measured.
@@ -408,6 +406,98 @@ pub fn party_rng(key: &crate::crypto::keys::MasterKey, role: Role, run: RunId) -
     .rng()
 }
 
+/// The public set-up P0 sends to P1 and the helper before a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSetup {
+    /// The run's configuration.
+    pub config: RunConfig,
+    /// How many training and test images.
+    pub sizes: Sizes,
+}
+
+fn recv_setup<T: Transport>(chan: &mut Channel<T>) -> Result<RunSetup, NetworkError> {
+    match chan.recv(Role::P0)? {
+        Message::Config(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+            NetworkError::Protocol(RtasError::Malformed {
+                peer: Role::P0,
+                reason: format!("the run's set-up does not parse: {e}"),
+            })
+        }),
+        m => Err(NetworkError::Protocol(RtasError::Unexpected {
+            peer: Role::P0,
+            expected: "Config",
+            got: m.name(),
+        })),
+    }
+}
+
+/// P0's whole run: sends the set-up, trains and classifies `test`, and ends the protocol.
+pub fn run_p0<T: Transport>(
+    mut chan: Channel<T>,
+    config: &RunConfig,
+    train: &ImageDataset,
+    test: &ImageDataset,
+    rng: ChaCha20Rng,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<HolderOutcome, NetworkError> {
+    let sizes = Sizes {
+        train: train.len(),
+        test: test.len(),
+    };
+    let setup = serde_json::to_vec(&RunSetup {
+        config: config.clone(),
+        sizes,
+    })
+    .expect("a run set-up serialises");
+    chan.send(Role::P1, &Message::Config(setup.clone()))?;
+    chan.send(Role::Helper, &Message::Config(setup))?;
+    let mut p = Party::connect(chan, config.fixed_point, rng)?;
+    let out = run_holder(&mut p, config, Some((train, test)), sizes, progress)?;
+    p.finish()?;
+    Ok(HolderOutcome {
+        traffic: p.traffic(),
+        ..out
+    })
+}
+
+/// P1's whole run: learns the set-up from P0, then holds its shares to the end.
+pub fn run_p1<T: Transport>(
+    mut chan: Channel<T>,
+    rng: ChaCha20Rng,
+) -> Result<HolderOutcome, NetworkError> {
+    let setup = recv_setup(&mut chan)?;
+    let mut p = Party::connect(chan, setup.config.fixed_point, rng)?;
+    run_holder(&mut p, &setup.config, None, setup.sizes, &mut |_| {})
+}
+
+/// The helper's whole run: learns the set-up from P0 (and for RTAS-fast the upper layers'
+/// initial weights), then serves until P0 is done.
+pub fn run_helper<T: Transport>(
+    mut chan: Channel<T>,
+    rng: ChaCha20Rng,
+    observer: Option<&mut (dyn FnMut(HelperView<'_>) + Send)>,
+) -> Result<HelperReport, NetworkError> {
+    let setup = recv_setup(&mut chan)?;
+    let config = setup.config;
+    let mut h = Helper::new(chan, config.fixed_point, rng);
+    if config.mode == Mode::RtasFast {
+        let init = config.spec.init(config.init_seed)?;
+        h = h.with_upper_layers(config.spec.clone(), init, config.lr);
+    }
+    if let Some(o) = observer {
+        h = h.observe(o);
+    }
+    Ok(h.serve()?.0)
+}
+
+/// The dealer's whole run.
+pub fn run_dealer<T: Transport>(
+    chan: Channel<T>,
+    rng: ChaCha20Rng,
+) -> Result<(u64, Traffic), NetworkError> {
+    Ok(Dealer::new(chan, rng).serve()?)
+}
+
 /// Runs all four parties of `config` in this process, over in-memory channels, each on its own
 /// thread. `observer` sees what the helper reconstructs.
 pub fn simulate(
@@ -424,61 +514,26 @@ pub fn simulate(
     rand::Rng::fill_bytes(&mut rng, &mut run);
     let run = RunId(run);
     let [t0, t1, td, th] = in_memory_network(timeout);
-    let sizes = Sizes {
-        train: train.len(),
-        test: test.len(),
-    };
-    let fp = config.fixed_point;
+    let chan = |t, role| Channel::new(t, role, run);
     std::thread::scope(|s| {
-        let dealer = s.spawn(|| {
-            Dealer::new(
-                Channel::new(td, Role::Dealer, run),
-                party_rng(key, Role::Dealer, run),
-            )
-            .serve()
-        });
-        let helper = s.spawn(move || {
-            let mut h = Helper::new(
-                Channel::new(th, Role::Helper, run),
-                fp,
+        let dealer =
+            s.spawn(|| run_dealer(chan(td, Role::Dealer), party_rng(key, Role::Dealer, run)));
+        let helper = s.spawn(|| {
+            run_helper(
+                chan(th, Role::Helper),
                 party_rng(key, Role::Helper, run),
-            );
-            if config.mode == Mode::RtasFast {
-                let init = config
-                    .spec
-                    .init(config.init_seed)
-                    .map_err(|e| e.to_string());
-                match init {
-                    Ok(p) => h = h.with_upper_layers(config.spec.clone(), p, config.lr),
-                    Err(e) => return Err(super::wire::RtasError::Protocol(e)),
-                }
-            }
-            if let Some(o) = observer {
-                h = h.observe(o);
-            }
-            h.serve()
+                observer,
+            )
         });
-        let p1 = s.spawn(move || -> Result<HolderOutcome, NetworkError> {
-            let mut p = Party::connect(
-                Channel::new(t1, Role::P1, run),
-                fp,
-                party_rng(key, Role::P1, run),
-            )?;
-            run_holder(&mut p, config, None, sizes, &mut |_| {})
-        });
-        let p0 = (|| -> Result<HolderOutcome, NetworkError> {
-            let mut p = Party::connect(
-                Channel::new(t0, Role::P0, run),
-                fp,
-                party_rng(key, Role::P0, run),
-            )?;
-            let out = run_holder(&mut p, config, Some((train, test)), sizes, progress)?;
-            p.finish()?;
-            Ok(HolderOutcome {
-                traffic: p.traffic(),
-                ..out
-            })
-        })();
+        let p1 = s.spawn(|| run_p1(chan(t1, Role::P1), party_rng(key, Role::P1, run)));
+        let p0 = run_p0(
+            chan(t0, Role::P0),
+            config,
+            train,
+            test,
+            party_rng(key, Role::P0, run),
+            progress,
+        );
         let p1 = p1.join().expect("P1 thread");
         let dealer = dealer.join().expect("dealer thread");
         let helper = helper.join().expect("helper thread");
@@ -489,17 +544,17 @@ pub fn simulate(
             dealer
                 .as_ref()
                 .err()
-                .map(|e| (is_rtas_symptom(e), e.to_string())),
+                .map(|e| (is_symptom(e), e.to_string())),
             helper
                 .as_ref()
                 .err()
-                .map(|e| (is_rtas_symptom(e), e.to_string())),
+                .map(|e| (is_symptom(e), e.to_string())),
         ]
         .into_iter()
         .flatten()
         .min_by_key(|(symptom, _)| *symptom);
         match (p0, p1, dealer, helper) {
-            (Ok(p0), Ok(p1), Ok(dealer), Ok((helper, _))) => Ok(Simulation {
+            (Ok(p0), Ok(p1), Ok(dealer), Ok(helper)) => Ok(Simulation {
                 p0,
                 p1,
                 dealer,

@@ -219,6 +219,9 @@ pub enum Message {
     Public(RingMatrix),
     /// The protocol is over; the dealer and the helper stop serving.
     Done,
+    /// P0 → P1 and the helper at the start: the public set-up of the run (JSON of
+    /// [`super::run::RunSetup`]).
+    Config(Vec<u8>),
 }
 
 impl Message {
@@ -234,6 +237,7 @@ impl Message {
             Message::FastForward { .. } => 8,
             Message::Public(_) => 9,
             Message::Done => 10,
+            Message::Config(_) => 11,
         }
     }
 
@@ -250,6 +254,7 @@ impl Message {
             Message::FastForward { .. } => "FastForward",
             Message::Public(_) => "Public",
             Message::Done => "Done",
+            Message::Config(_) => "Config",
         }
     }
 
@@ -303,6 +308,10 @@ impl Message {
                 }
             }
             Message::Done => {}
+            Message::Config(bytes) => {
+                put_u32(out, bytes.len());
+                out.extend_from_slice(bytes);
+            }
         }
     }
 
@@ -360,6 +369,10 @@ impl Message {
             }
             9 => Message::Public(r.matrix()?),
             10 => Message::Done,
+            11 => {
+                let n = r.u32()?;
+                Message::Config(r.bytes(n)?.to_vec())
+            }
             t => return Err(format!("unknown message tag {t}")),
         };
         if r.rest() != 0 {
