@@ -45,9 +45,11 @@ fn main() -> Result<()> {
     results["owsd"] = owsd()?;
     eprintln!("native: adversarial data encryption (PGD)…");
     results["adversarial"] = adversarial()?;
+    eprintln!("native: RTAS inference (four parties in one process)…");
+    results["rtas"] = rtas()?;
     eprintln!(
-        "{} {} {}",
-        results["native"], results["flow_rotation"], results["leakage"]
+        "{} {} {} {}",
+        results["native"], results["flow_rotation"], results["leakage"], results["rtas"]
     );
     let runtime = tokio::runtime::Runtime::new()?;
     eprintln!("factory: training throughput and classify load…");
@@ -335,6 +337,68 @@ fn adversarial() -> Result<Value> {
         let _ = pgd_l2(&model, x, targets, Goal::Toward, &config)?.into_data();
         out[format!("pgd100_{c}x{side}x{side}_images_per_s")] =
             json!(n as f64 / t.elapsed().as_secs_f64());
+    }
+    Ok(out)
+}
+
+/// RTAS and RTAS-fast inference through the protocol (all four parties on this machine, each on
+/// its own thread, over in-memory links): images/s and MB on all links per image, for the
+/// paper's CNN on a batch of 2048 synthetic images (untrained weights: the cost does not depend
+/// on them).
+fn rtas() -> Result<Value> {
+    use veil::data::{ImageShape, SyntheticConfig, synthetic};
+    use veil::schemes::rtas::{FixedPoint, Mode, NetworkSpec, RunConfig, simulate};
+    let mut out = json!({});
+    for (c, side) in [(1usize, 8usize), (1, 28), (3, 32)] {
+        let shape = ImageShape::new(c, side, side);
+        let data = synthetic(SyntheticConfig {
+            classes: 10,
+            per_class: 205,
+            shape,
+            noise: 0.05,
+            seed: 1,
+        })?;
+        let test = data.subset(&(0..2048).collect::<Vec<_>>());
+        for (mode, name) in [(Mode::Rtas, "rtas"), (Mode::RtasFast, "rtas_fast")] {
+            let config = RunConfig {
+                spec: NetworkSpec::paper_cnn(shape, 10),
+                fixed_point: FixedPoint::default(),
+                lr: 1.0,
+                epochs: 0,
+                batch_size: 32,
+                inference_batch: 2048,
+                init_seed: 1,
+                order_seed: 1,
+                positive: 0,
+                mode,
+                view_batch: None,
+            };
+            let key = veil::crypto::testvectors::test_key();
+            let sim = simulate(
+                &config,
+                &test,
+                &test,
+                &key,
+                Duration::from_secs(600),
+                None,
+                &mut |_| {},
+            )?;
+            let seconds = sim.p0.inference_batch_seconds.iter().sum::<f64>();
+            let sent = |a: &veil::schemes::rtas::Traffic, b: &veil::schemes::rtas::Traffic| {
+                a.total_sent() - b.total_sent()
+            };
+            let bytes = sent(
+                &sim.p0.traffic_after_inference,
+                &sim.p0.traffic_after_training,
+            ) + sent(
+                &sim.p1.traffic_after_inference,
+                &sim.p1.traffic_after_training,
+            ) + sim.dealer.1.total_sent()
+                + sim.helper.traffic.total_sent();
+            out[format!("{name}_{c}x{side}x{side}_images_per_s")] = json!(2048.0 / seconds);
+            out[format!("{name}_{c}x{side}x{side}_mb_per_image")] =
+                json!(bytes as f64 / 2048.0 / 1e6);
+        }
     }
     Ok(out)
 }
@@ -776,6 +840,24 @@ fn markdown(r: &Value) -> String {
         ips(f(&ow["scramble_1x8x8_images_per_s"])),
         ips(f(&ow["scramble_3x32x32_images_per_s"])),
     );
+    let rt = &r["rtas"];
+    s += "## RTAS inference (native; P0, P1, dealer and helper on this machine, in-memory links; paper CNN, batch 2048)\n\n| Images | RTAS | RTAS-fast |\n|---|---|---|\n";
+    for shape in ["1x8x8", "1x28x28", "3x32x32"] {
+        let cell = |name: &str| match (
+            f(&rt[format!("{name}_{shape}_images_per_s")]),
+            f(&rt[format!("{name}_{shape}_mb_per_image")]),
+        ) {
+            (Some(ips), Some(mb)) => format!("{ips:.0} images/s, {:.1} kB/image", mb * 1e3),
+            _ => "—".into(),
+        };
+        s += &format!(
+            "| {} | {} | {} |\n",
+            shape.replace('x', "×"),
+            cell("rtas"),
+            cell("rtas_fast")
+        );
+    }
+    s += "\nThe paper's RTAS (MNIST CNN, batch 8192, LAN, 16 cores and a T4): 772 images/s, 1.25 kB/image (Table 3 and 4; its traffic figure is below the size of the images themselves).\n\n";
     let ad = &r["adversarial"];
     s += &format!(
         "## Adversarial data encryption (native, flex CPU, batch 128, 100 PGD steps through the SmallCnn)\n\n| What | Figure |\n|---|---|\n| Encrypt 1×8×8 | {} |\n| Encrypt 1×28×28 | {} |\n| Encrypt 3×32×32 | {} |\n\nThe browser's figures (CPU and WebGPU, through the client) are in the first table, for the digits.\n\n",
