@@ -238,23 +238,17 @@ pub fn run_party(args: PartyArgs) -> Result<()> {
             .map_err(party)?;
             bar.finish();
             let truth = truth(&config, &test.labels);
-            let correct = o
-                .predictions
-                .iter()
-                .zip(&truth)
-                .filter(|(a, b)| a == b)
-                .count();
             let mut r = report(me, args.run, started, o.traffic);
-            r.accuracy = Some(correct as f64 / truth.len() as f64);
+            r.accuracy = Some(veil::attacks::black_box::agreement(&o.predictions, &truth));
             r.train_batches = o.train_batch_seconds.len();
-            r.train_seconds_per_batch = median(&o.train_batch_seconds);
+            r.train_seconds_per_batch = crate::experiments::rtas::median(&o.train_batch_seconds);
             r
         }
         Role::P1 => {
             let o = run_p1(chan, rng).map_err(party)?;
             let mut r = report(me, args.run, started, o.traffic);
             r.train_batches = o.train_batch_seconds.len();
-            r.train_seconds_per_batch = median(&o.train_batch_seconds);
+            r.train_seconds_per_batch = crate::experiments::rtas::median(&o.train_batch_seconds);
             r
         }
         Role::Dealer => report(
@@ -277,12 +271,6 @@ pub fn run_party(args: PartyArgs) -> Result<()> {
     }
     println!("{json}");
     Ok(())
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    s.get(s.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// Options of `veil rtas demo`.

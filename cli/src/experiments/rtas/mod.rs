@@ -7,6 +7,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use veil::attacks::black_box::agreement;
 use veil::attacks::leakage::metrics::psnr;
 use veil::attacks::rtas_helper::{LinearMap, argmax, histogram, knn_average, l1, quantiles};
 use veil::crypto::keys::MasterKey;
@@ -83,18 +84,6 @@ impl Views {
     }
 }
 
-fn accuracy(predictions: &[u32], truth: &[u32]) -> f64 {
-    if truth.is_empty() {
-        return 0.0;
-    }
-    predictions
-        .iter()
-        .zip(truth)
-        .filter(|(a, b)| a == b)
-        .count() as f64
-        / truth.len() as f64
-}
-
 fn chance(labels: &[u32]) -> f64 {
     let k = labels.iter().max().map_or(1, |&m| m as usize + 1);
     let h = histogram(labels, k);
@@ -107,7 +96,8 @@ fn at_chance(accuracy: f64, chance: f64, n: usize) -> bool {
     accuracy < chance + 3.0 * (chance * (1.0 - chance) / n.max(1) as f64).sqrt()
 }
 
-fn median(v: &[f64]) -> f64 {
+/// The median of `v` (0 when empty).
+pub(crate) fn median(v: &[f64]) -> f64 {
     if v.is_empty() {
         return 0.0;
     }
@@ -156,7 +146,7 @@ fn figures(
         .copied()
         .unwrap_or(0.0);
     let inference_batch = config.inference_batch.min(sizes.test);
-    let accuracy = accuracy(&sim.p0.predictions, truth);
+    let accuracy = agreement(&sim.p0.predictions, truth);
     ProtocolFigures {
         accuracy,
         gap_points: 100.0 * (accuracy - reference),
@@ -473,7 +463,7 @@ pub fn run(args: RtasArgs) -> Result<()> {
             &mut tracker(&bar, epochs),
         )?;
         bar.finish();
-        let reference = accuracy(&plain.predictions, &truth);
+        let reference = agreement(&plain.predictions, &truth);
         let mut rtas_views = Views::new(&config, sizes);
         let rtas = through_protocol(
             &config,

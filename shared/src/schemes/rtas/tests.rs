@@ -8,6 +8,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 
 use super::*;
+use crate::attacks::black_box::agreement;
 use crate::schemes::rtas::wire::{
     InMemoryTransport, decode_frame, encode_frame, in_memory_network,
 };
@@ -373,15 +374,6 @@ fn quick_config(spec: NetworkSpec, mode: Mode, lr: f64, epochs: usize) -> RunCon
     }
 }
 
-fn accuracy(predictions: &[u32], truth: &[u32]) -> f64 {
-    predictions
-        .iter()
-        .zip(truth)
-        .filter(|(a, b)| a == b)
-        .count() as f64
-        / truth.len() as f64
-}
-
 /// Training through the protocol tracks plaintext training of the same network from the same
 /// initial weights in the same order: RTAS and RTAS-fast on the digits.
 #[test]
@@ -407,7 +399,7 @@ fn training_through_the_protocol_matches_plaintext_training() {
         )
         .unwrap();
         let truth = run::truth(&config, &test.labels);
-        let reference = accuracy(&plain.predictions, &truth);
+        let reference = agreement(&plain.predictions, &truth);
         for mode in [Mode::Rtas, Mode::RtasFast] {
             let config = RunConfig {
                 mode,
@@ -423,7 +415,7 @@ fn training_through_the_protocol_matches_plaintext_training() {
                 &mut |_| {},
             )
             .unwrap();
-            let acc = accuracy(&sim.p0.predictions, &truth);
+            let acc = agreement(&sim.p0.predictions, &truth);
             eprintln!(
                 "{} layers, {mode:?}: plaintext {reference:.4}, protocol {acc:.4}, helper {:?}",
                 config.spec.layers.len(),
