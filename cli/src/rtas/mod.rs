@@ -224,18 +224,8 @@ pub fn run_party(args: PartyArgs) -> Result<()> {
                 "p0",
             )
             .unit("images");
-            let mut last = 0usize;
-            let epochs = config.epochs;
-            let o = run_p0(chan, &config, train, test, rng, &mut |p| {
-                use veil::schemes::rtas::run::Progress as P;
-                let now = match p {
-                    P::Trained { epoch, done, total } => epoch * total + done,
-                    P::Inferred { done, .. } => epochs * train.len() + done,
-                };
-                bar.inc(now.saturating_sub(last) as u64);
-                last = now;
-            })
-            .map_err(party)?;
+            let mut progress = crate::experiments::rtas::tracker(&bar, config.epochs);
+            let o = run_p0(chan, &config, train, test, rng, &mut progress).map_err(party)?;
             bar.finish();
             let truth = truth(&config, &test.labels);
             let mut r = report(me, args.run, started, o.traffic);

@@ -166,7 +166,7 @@ fn figures(
 }
 
 /// Moves `bar` with a run's progress (training images, then test images).
-fn tracker(bar: &Progress, epochs: usize) -> impl FnMut(RunProgress) + Send + '_ {
+pub(crate) fn tracker(bar: &Progress, epochs: usize) -> impl FnMut(RunProgress) + Send + '_ {
     let (mut last, mut per_epoch) = (0usize, 0usize);
     move |p: RunProgress| {
         let now = match p {

@@ -565,11 +565,6 @@ impl<'o, T: Transport> Helper<'o, T> {
         self.report.calls += 1;
     }
 
-    /// Sends x − r to P0 and r to P1.
-    fn reshare(&mut self, x: &RingMatrix) -> (RingMatrix, RingMatrix) {
-        share(x, &mut self.rng)
-    }
-
     /// Serves until P0 says [`Message::Done`], and returns the upper layers it trained (RTAS-fast).
     pub fn serve(mut self) -> Result<(HelperReport, Option<Params<f64>>), RtasError> {
         loop {
@@ -601,9 +596,10 @@ impl<'o, T: Transport> Helper<'o, T> {
                     let f = self.fp.frac_bits;
                     let (value, slope): (Vec<f64>, Vec<f64>) =
                         x.iter().map(|&v| function.eval(v)).unzip();
-                    let (v0, v1) = self.reshare(&RingMatrix::encode(1, x.len(), f, &value));
+                    let (v0, v1) = share(&RingMatrix::encode(1, x.len(), f, &value), &mut self.rng);
                     let (d0, d1) = if derivative {
-                        let (d0, d1) = self.reshare(&RingMatrix::encode(1, x.len(), f, &slope));
+                        let (d0, d1) =
+                            share(&RingMatrix::encode(1, x.len(), f, &slope), &mut self.rng);
                         (Some(d0), Some(d1))
                     } else {
                         (None, None)
