@@ -11,21 +11,19 @@
 //! Attacks run on their own threads, at most [`MAX_CONCURRENT`] at a time (503 past it); each
 //! keeps its whole event history, so a late subscriber sees the full curve.
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::sse::{Event, Sse};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use futures_util::{Stream, StreamExt};
+use futures_util::Stream;
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
 use veil::attacks::leakage::metrics::{psnr, ssim};
 use veil::attacks::leakage::{
     AttackConfig, AttackedArch, AttackedNet, AttackedNetConfig, GradientAttack, Method,
@@ -35,6 +33,7 @@ use veil::burn::tensor::Device;
 use veil::crypto::keys::MasterKey;
 use veil::data::{ImageShape, digits};
 
+use crate::events::{EventLog, LabRun, RunEvent, Runs, new_id};
 use crate::{AppError, AppState};
 
 /// Most attacks running at once.
@@ -190,7 +189,7 @@ pub enum LabEvent {
     },
 }
 
-impl LabEvent {
+impl RunEvent for LabEvent {
     fn name(&self) -> &'static str {
         match self {
             LabEvent::Progress(_) => "progress",
@@ -209,35 +208,38 @@ struct AttackRun {
     id: String,
     request: AttackRequest,
     cancel: AtomicBool,
-    events: Mutex<Vec<LabEvent>>,
-    /// The number of events so far, for subscribers to wait on.
-    count: watch::Sender<usize>,
+    log: Arc<EventLog<LabEvent>>,
+}
+
+impl LabRun for AttackRun {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn finished(&self) -> bool {
+        self.log.finished()
+    }
+    fn cancel(&self) {
+        self.cancel.store(true, Ordering::SeqCst);
+    }
 }
 
 impl AttackRun {
     fn push(&self, event: LabEvent) {
-        let n = {
-            let mut events = self.events.lock().unwrap_or_else(|p| p.into_inner());
-            events.push(event);
-            events.len()
-        };
-        self.count.send_replace(n);
-    }
-
-    fn events_from(&self, from: usize) -> Vec<LabEvent> {
-        let events = self.events.lock().unwrap_or_else(|p| p.into_inner());
-        events.get(from..).map(<[_]>::to_vec).unwrap_or_default()
+        self.log.push(event);
     }
 
     fn view(&self) -> AttackView {
-        let events = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        self.log.with(|events| self.view_of(events))
+    }
+
+    fn view_of(&self, events: &[LabEvent]) -> AttackView {
         let (state, last, result, error) = match events.last() {
             None => ("running", None, None, None),
             Some(LabEvent::Progress(p)) => ("running", Some(p.clone()), None, None),
             Some(LabEvent::Done(r)) => ("done", Some(r.last.clone()), Some(r.clone()), None),
-            Some(LabEvent::Cancelled { .. }) => ("cancelled", last_progress(&events), None, None),
+            Some(LabEvent::Cancelled { .. }) => ("cancelled", last_progress(events), None, None),
             Some(LabEvent::Failed { error }) => {
-                ("failed", last_progress(&events), None, Some(error.clone()))
+                ("failed", last_progress(events), None, Some(error.clone()))
             }
         };
         AttackView {
@@ -249,11 +251,6 @@ impl AttackRun {
             result,
             error,
         }
-    }
-
-    fn finished(&self) -> bool {
-        let events = self.events.lock().unwrap_or_else(|p| p.into_inner());
-        events.last().is_some_and(LabEvent::is_terminal)
     }
 }
 
@@ -286,16 +283,14 @@ pub struct AttackView {
 /// The lab: demo samples, running and recent attacks.
 pub struct LeakageLab {
     info: LabInfo,
-    runs: Mutex<VecDeque<Arc<AttackRun>>>,
-    running: Arc<AtomicUsize>,
-    stop: watch::Sender<bool>,
+    runs: Runs<AttackRun>,
 }
 
 impl std::fmt::Debug for LeakageLab {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LeakageLab")
             .field("samples", &self.info.samples.len())
-            .field("running", &self.running.load(Ordering::SeqCst))
+            .field("running", &self.runs.running())
             .finish()
     }
 }
@@ -363,9 +358,7 @@ impl LeakageLab {
                 max_concurrent: MAX_CONCURRENT,
                 demo_key_fingerprint: key.fingerprint().to_string(),
             },
-            runs: Mutex::new(VecDeque::new()),
-            running: Arc::new(AtomicUsize::new(0)),
-            stop: watch::channel(false).0,
+            runs: Runs::new(MAX_CONCURRENT, KEEP, "attacks"),
         })
     }
 
@@ -376,101 +369,48 @@ impl LeakageLab {
 
     /// Cancels every running attack and ends every event stream.
     pub fn begin_shutdown(&self) {
-        self.stop.send_replace(true);
-        for run in self.runs.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            run.cancel.store(true, Ordering::SeqCst);
-        }
-    }
-
-    fn stopped(&self) -> impl Future<Output = ()> + Send + use<> {
-        let mut rx = self.stop.subscribe();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
+        self.runs.begin_shutdown();
     }
 
     fn find(&self, id: &str) -> Result<Arc<AttackRun>, AppError> {
-        self.runs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .find(|r| r.id == id)
-            .cloned()
-            .ok_or_else(|| AppError::NotFound(format!("attack {id:?}")))
+        self.runs.find(id)
     }
 
     /// Validates and starts an attack.
     pub fn start(&self, request: AttackRequest) -> Result<AttackView, AppError> {
         let plan = Plan::new(&self.info, &request)?;
-        if *self.stop.borrow() {
-            return Err(AppError::Unavailable("the server is stopping".into()));
-        }
-        // Reserve a slot (compare-and-swap, so two requests cannot both take the last one).
-        let reserved = self
-            .running
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                (n < MAX_CONCURRENT).then_some(n + 1)
-            });
-        if reserved.is_err() {
-            return Err(AppError::Unavailable(format!(
-                "{MAX_CONCURRENT} attacks are running; try again when one ends"
-            )));
-        }
-        let mut id_bytes = [0u8; 8];
-        if let Err(e) = getrandom::fill(&mut id_bytes) {
-            self.running.fetch_sub(1, Ordering::SeqCst);
-            return Err(AppError::Internal(anyhow::anyhow!("no randomness: {e}")));
-        }
+        let slot = self.runs.reserve()?;
         let run = Arc::new(AttackRun {
-            id: format!("atk-{}", hex::encode(id_bytes)),
+            id: new_id("atk")?,
             request,
             cancel: AtomicBool::new(false),
-            events: Mutex::new(Vec::new()),
-            count: watch::channel(0).0,
+            log: Arc::default(),
         });
-        {
-            let mut runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
-            while runs.len() >= KEEP {
-                match runs.iter().position(|r| r.finished()) {
-                    Some(i) => {
-                        runs.remove(i);
-                    }
-                    None => break,
-                }
-            }
-            runs.push_back(run.clone());
-        }
+        self.runs.insert(run.clone());
         let view = run.view();
-        let running = self.running.clone();
-        let spawned = std::thread::Builder::new()
-            .name(format!("leak-{}", &run.id[4..12]))
-            .spawn({
-                let run = run.clone();
-                move || {
-                    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        plan.execute(&run)
-                    }));
-                    match outcome {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => run.push(LabEvent::Failed {
-                            error: e.to_string(),
-                        }),
-                        Err(_) => {
-                            tracing::error!(attack = %run.id, "the attack panicked");
-                            run.push(LabEvent::Failed {
-                                error: "internal error".into(),
-                            });
-                        }
-                    }
-                    running.fetch_sub(1, Ordering::SeqCst);
+        let name = format!("leak-{}", &run.id[4..12]);
+        let (work, failed) = (run.clone(), run.clone());
+        let spawned = self.runs.spawn(
+            name,
+            slot,
+            move || {
+                if let Err(e) = plan.execute(&work) {
+                    work.push(LabEvent::Failed {
+                        error: e.to_string(),
+                    });
                 }
-            });
+            },
+            move || {
+                failed.push(LabEvent::Failed {
+                    error: "internal error".into(),
+                })
+            },
+        );
         if let Err(e) = spawned {
-            self.running.fetch_sub(1, Ordering::SeqCst);
             run.push(LabEvent::Failed {
                 error: "internal error".into(),
             });
-            return Err(AppError::Internal(e.into()));
+            return Err(e);
         }
         Ok(view)
     }
@@ -690,32 +630,5 @@ async fn events(
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, AppError> {
     let lab = lab(&state).clone();
     let run = lab.find(&id)?;
-    let rx = run.count.subscribe();
-    let stream = futures_util::stream::unfold(
-        (run, rx, 0usize, VecDeque::<LabEvent>::new(), false),
-        |(run, mut rx, mut pos, mut pending, mut ended)| async move {
-            loop {
-                if let Some(ev) = pending.pop_front() {
-                    ended |= ev.is_terminal();
-                    let event = Event::default()
-                        .event(ev.name())
-                        .json_data(&ev)
-                        .unwrap_or_else(|_| Event::default().event(ev.name()));
-                    return Some((Ok(event), (run, rx, pos, pending, ended)));
-                }
-                if ended {
-                    return None;
-                }
-                let fresh = run.events_from(pos);
-                if fresh.is_empty() {
-                    rx.changed().await.ok()?;
-                    continue;
-                }
-                pos += fresh.len();
-                pending.extend(fresh);
-            }
-        },
-    )
-    .take_until(lab.stopped());
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+    Ok(run.log.clone().stream(lab.runs.stopped()))
 }

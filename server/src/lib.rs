@@ -6,11 +6,13 @@
 
 pub mod embedded;
 pub mod error;
+pub mod events;
 pub mod factory;
 pub mod flowsets;
 pub mod fsutil;
 pub mod leakage;
 pub mod routes;
+pub mod rtas;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -39,6 +41,8 @@ pub struct AppState {
     pub factory: Arc<factory::Factory>,
     /// The gradient-leakage lab.
     pub leakage: Arc<leakage::LeakageLab>,
+    /// The RTAS lab (the four parties on loopback).
+    pub rtas: Arc<rtas::lab::RtasLab>,
     /// The public flows of flow rotation the pages download (`/api/flows`).
     pub flows: Arc<flowsets::FlowFamilies>,
 }
@@ -51,6 +55,7 @@ impl AppState {
             www_dir,
             factory,
             leakage: Arc::new(leakage::LeakageLab::new()?),
+            rtas: Arc::new(rtas::lab::RtasLab::new()?),
             flows: flowsets::FlowFamilies::embedded_shared()?,
             models: Arc::new(
                 embedded::builtin_models()
@@ -69,6 +74,7 @@ impl AppState {
     pub fn begin_shutdown(&self) {
         self.factory.begin_shutdown();
         self.leakage.begin_shutdown();
+        self.rtas.begin_shutdown();
     }
 }
 

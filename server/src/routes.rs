@@ -75,6 +75,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/leakage/attacks/{id}"),
     ("GET", "/api/leakage/attacks/{id}/events"),
     ("POST", "/api/leakage/attacks/{id}/cancel"),
+    ("GET", "/api/rtas"),
+    ("POST", "/api/rtas/runs"),
+    ("GET", "/api/rtas/runs/{id}"),
+    ("GET", "/api/rtas/runs/{id}/events"),
 ];
 
 pub(crate) fn router(state: AppState) -> Router {
@@ -85,6 +89,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/models/{name}/weights", get(model_weights))
         .merge(crate::factory::api::router(&state.factory))
         .merge(crate::leakage::router())
+        .merge(crate::rtas::lab::router())
         .merge(crate::flowsets::router())
         .route("/api/{*rest}", axum::routing::any(api_not_found));
     let pages = ServeDir::new(&state.www_dir).append_index_html_on_directories(true);

@@ -1,8 +1,6 @@
 //! RTAS's parties as processes: `veil party` runs one role over TCP, on this host or another;
 //! `veil rtas demo` starts all four on loopback and reports what P0 measured.
 
-pub mod tcp;
-
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -17,7 +15,7 @@ use veil::schemes::rtas::{
 };
 
 use crate::datasets::{DataSource, SourceDefaults, Split, load_source};
-use tcp::TcpTransport;
+use veil_server::rtas::tcp::{self, TcpTransport};
 
 /// Which network P0 trains.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]

@@ -8,13 +8,13 @@ use axum::http::{Request, StatusCode};
 use serde_json::{Value, json};
 use veil_server::AppState;
 
-fn state() -> AppState {
+pub(crate) fn state() -> AppState {
     // Each test gets its own lab (and an empty factory).
     let dir = tempfile::tempdir().unwrap().keep();
     crate::common::state(&crate::common::start(&dir, |_| {}))
 }
 
-async fn call(
+pub(crate) async fn call(
     state: &AppState,
     method: &str,
     uri: &str,
@@ -28,7 +28,7 @@ async fn call(
     crate::common::send(state, req.body(body).unwrap()).await
 }
 
-async fn json(
+pub(crate) async fn json(
     state: &AppState,
     method: &str,
     uri: &str,
@@ -47,7 +47,7 @@ async fn json(
 }
 
 /// Parses a whole `text/event-stream` body into `(event, data)` pairs.
-fn parse_sse(text: &str) -> Vec<(String, Value)> {
+pub(crate) fn parse_sse(text: &str) -> Vec<(String, Value)> {
     text.split("\n\n")
         .filter_map(|block| {
             let mut name = None;

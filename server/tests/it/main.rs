@@ -8,3 +8,4 @@ mod common;
 mod api;
 mod factory;
 mod leakage;
+mod rtas;

@@ -319,3 +319,87 @@ async fn leakage_journey(b: &Browser, url: &str, mode: GpuMode) -> Result<()> {
     assert!(psnr.as_f64().unwrap_or(0.0) >= 60.0, "analytic: {psnr}");
     Ok(())
 }
+
+/// The RTAS lab page: a run of the four parties shows P1's share of P0's digits, the helper's
+/// vector and the answer, with bytes on every link. The page uses no WebGPU, so it runs on the
+/// CPU pass only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Chromium: run by `cargo xtask test`"]
+async fn rtas_lab_shows_every_partys_view() -> Result<()> {
+    let mode = GpuMode::from_env();
+    if mode == GpuMode::Webgpu {
+        eprintln!("the RTAS page uses no WebGPU: checked on the CPU pass only");
+        return Ok(());
+    }
+    let server = start_server().await?;
+    let addr = server.addr;
+    let browser = Browser::start(mode).await?;
+    let result = rtas_journey(&browser, &format!("http://{addr}/rtas.html")).await;
+    if result.is_err() {
+        let _ = browser.screenshot("failure-rtas").await;
+    }
+    browser.close().await?;
+    result
+}
+
+async fn rtas_journey(b: &Browser, url: &str) -> Result<()> {
+    let c = &b.client;
+    c.goto(url).await?;
+    let s = b
+        .wait_for(
+            "the lab to load",
+            "const s = document.body.dataset.state; return s === 'ready' || s === 'failed' ? s : null;",
+            LONG,
+        )
+        .await?;
+    anyhow::ensure!(s == "ready", "the lab did not load: {s}");
+    let picked = c
+        .execute("return window.veilRtas.picked.length;", vec![])
+        .await?;
+    assert_eq!(picked, 4);
+    c.find(Locator::Id("start")).await?.click().await?;
+    let end = b
+        .wait_for(
+            "the run to end",
+            "const s = document.body.dataset.state; return ['done', 'failed'].includes(s) ? s : null;",
+            LONG,
+        )
+        .await?;
+    anyhow::ensure!(
+        end == "done",
+        "the run ended {end}: {}",
+        c.find(Locator::Id("message")).await?.text().await?
+    );
+    // P1's view holds the share of P0's digits; the helper's card its reconstruction.
+    let p1 = c
+        .find(Locator::Css("#view-p1 .capture[data-message='Share']"))
+        .await?;
+    assert!(p1.text().await?.contains("from p0"));
+    let helper = c.find(Locator::Id("helper-caption")).await?.text().await?;
+    assert!(helper.contains("720 values"), "{helper}");
+    // Every link carried bytes; the dealer and the helper never talk.
+    let bytes = |from: &str, to: &str| {
+        format!(
+            "return Number(document.querySelector(\"#traffic td[data-from='{from}'][data-to='{to}']\").dataset.bytes);"
+        )
+    };
+    for (from, to) in [
+        ("p0", "p1"),
+        ("p1", "p0"),
+        ("dealer", "p1"),
+        ("p1", "helper"),
+    ] {
+        let n = c
+            .execute(&bytes(from, to), vec![])
+            .await?
+            .as_f64()
+            .unwrap_or(0.0);
+        assert!(n > 0.0, "{from}→{to} carried {n} bytes");
+    }
+    let n = c.execute(&bytes("dealer", "helper"), vec![]).await?;
+    assert_eq!(n.as_f64(), Some(0.0));
+    let answers = c.find(Locator::Id("result")).await?.text().await?;
+    assert_eq!(answers.matches("clear:").count(), 4, "{answers}");
+    b.screenshot("rtas").await?;
+    Ok(())
+}

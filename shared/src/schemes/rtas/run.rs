@@ -106,6 +106,9 @@ pub struct HolderOutcome {
 
 /// What a share holder needs beyond [`Arith`]: bringing P0's values in, and opening results.
 pub trait Holder: Arith {
+    /// Whether this holder keeps every layer even in RTAS-fast (the plaintext reference, which
+    /// plays the helper's upper layers too).
+    const ALL_LAYERS: bool = false;
     /// P0's private matrix (Some on P0), as this party's share.
     fn input(
         &mut self,
@@ -138,6 +141,7 @@ pub trait Holder: Arith {
 }
 
 impl Holder for Plain {
+    const ALL_LAYERS: bool = true;
     fn input(
         &mut self,
         values: Option<&PlainMatrix>,
@@ -265,7 +269,11 @@ pub fn run_holder<H: Holder>(
     let fast = config.mode == Mode::RtasFast;
     // Every layer's weights on shares (RTAS), or layer 0's only (RTAS-fast: the helper holds
     // the rest, so the other layers here are never used).
-    let shared_layers = if fast { 1 } else { spec.layers.len() };
+    let shared_layers = if fast && !H::ALL_LAYERS {
+        1
+    } else {
+        spec.layers.len()
+    };
     let mut params = Params {
         weights: vec![],
         biases: vec![],
