@@ -7,6 +7,9 @@ use axum::response::{IntoResponse, Response};
 /// An error answered to a client.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
+    /// 401: the route needs an owner token, or the one sent is unknown.
+    #[error("{0}")]
+    Unauthorized(String),
     /// 404 with what was not found.
     #[error("{0} not found")]
     NotFound(String),
@@ -45,6 +48,14 @@ impl From<axum::extract::rejection::JsonRejection> for AppError {
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let status = match &self {
+            AppError::Unauthorized(_) => {
+                return (
+                    StatusCode::UNAUTHORIZED,
+                    [(axum::http::header::WWW_AUTHENTICATE, "Bearer")],
+                    Json(serde_json::json!({ "error": self.to_string() })),
+                )
+                    .into_response();
+            }
             AppError::NotFound(_) => StatusCode::NOT_FOUND,
             AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AppError::Conflict(_) => StatusCode::CONFLICT,

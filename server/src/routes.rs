@@ -11,7 +11,19 @@ use tower_http::services::ServeDir;
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 
+use crate::factory::owners::Caller;
 use crate::{AppError, AppState};
+
+/// The Content-Security-Policy of every response. `connect-src 'self'`: a page may fetch,
+/// stream or open sockets to this server only, so no script (Veil's, a dependency's or an
+/// injected one) can send an image or a key to another origin; images, workers and scripts come
+/// from this origin too (images also from `data:` and `blob:` URLs the page makes itself). No
+/// inline script or style attribute runs; `'wasm-unsafe-eval'` lets the page compile the wasm
+/// client and nothing else. Forms and `<base>` cannot point elsewhere, and no site may frame a
+/// page.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; \
+     connect-src 'self'; img-src 'self' data: blob:; style-src 'self'; worker-src 'self'; \
+     object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
 #[derive(Serialize)]
 struct Health {
@@ -53,6 +65,8 @@ struct ModelSummary {
 /// to a router.
 pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/health"),
+    ("POST", "/api/owners"),
+    ("GET", "/api/me"),
     ("POST", "/api/datasets"),
     ("GET", "/api/datasets"),
     ("GET", "/api/datasets/{id}"),
@@ -101,6 +115,30 @@ pub(crate) fn router(state: AppState) -> Router {
         .layer(SetResponseHeaderLayer::if_not_present(
             header::X_FRAME_OPTIONS,
             HeaderValue::from_static("DENY"),
+        ))
+        // The browser enforces the invariant that nothing leaves for another origin, whatever a
+        // script does: see CONTENT_SECURITY_POLICY.
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+        ))
+        // Cross-origin isolation (a page of its own browsing-context group, and only resources
+        // that opt in): what wasm threads' SharedArrayBuffer needs.
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::HeaderName::from_static("cross-origin-opener-policy"),
+            HeaderValue::from_static("same-origin"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::HeaderName::from_static("cross-origin-embedder-policy"),
+            HeaderValue::from_static("require-corp"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
         ))
         .layer(CompressionLayer::new())
         .layer(TraceLayer::new_for_http())
@@ -162,12 +200,16 @@ fn trained_summary(m: crate::factory::ModelRow) -> ModelSummary {
     }
 }
 
-async fn list_models(State(state): State<AppState>) -> Result<Json<Vec<ModelSummary>>, AppError> {
+async fn list_models(
+    caller: Caller,
+    State(state): State<AppState>,
+) -> Result<Json<Vec<ModelSummary>>, AppError> {
     let mut out: Vec<ModelSummary> = state.models.iter().map(builtin_summary).collect();
     let f = state.factory.clone();
-    let trained = tokio::task::spawn_blocking(move || crate::factory::api::trained_models(&f))
-        .await
-        .map_err(|e| AppError::Internal(e.into()))??;
+    let trained =
+        tokio::task::spawn_blocking(move || crate::factory::api::trained_models(&f, &caller))
+            .await
+            .map_err(|e| AppError::Internal(e.into()))??;
     out.extend(trained.into_iter().map(trained_summary));
     Ok(Json(out))
 }
@@ -180,10 +222,16 @@ fn find<'a>(state: &'a AppState, name: &str) -> Result<&'a crate::ServedModel, A
         .ok_or_else(|| AppError::NotFound(format!("model {name:?}")))
 }
 
-fn trained(state: &AppState, name: &str) -> Result<crate::factory::ModelRow, AppError> {
+/// A trained model `caller` may see (its owner's, or any for the operator); 404 otherwise.
+fn trained(
+    state: &AppState,
+    caller: &Caller,
+    name: &str,
+) -> Result<crate::factory::ModelRow, AppError> {
     if !crate::factory::store::valid_id(name, "mdl") {
         return Err(AppError::NotFound(format!("model {name:?}")));
     }
+    crate::factory::api::visible(&state.factory, caller, name, "model")?;
     state
         .factory
         .store()
@@ -192,23 +240,25 @@ fn trained(state: &AppState, name: &str) -> Result<crate::factory::ModelRow, App
 }
 
 async fn model_card(
+    caller: Caller,
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Response, AppError> {
     if let Ok(m) = find(&state, &name) {
         return Ok(Json(m.card.clone()).into_response());
     }
-    Ok(Json(trained(&state, &name)?).into_response())
+    Ok(Json(trained(&state, &caller, &name)?).into_response())
 }
 
 async fn model_weights(
+    caller: Caller,
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<impl IntoResponse, AppError> {
     let bytes = match find(&state, &name) {
         Ok(model) => model.weights.as_ref().clone(),
         Err(_) => {
-            trained(&state, &name)?;
+            trained(&state, &caller, &name)?;
             tokio::fs::read(state.factory.store().model_path(&name))
                 .await
                 .map_err(anyhow::Error::from)?
@@ -218,6 +268,7 @@ async fn model_weights(
 }
 
 async fn delete_model(
+    caller: Caller,
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, AppError> {
@@ -226,7 +277,7 @@ async fn delete_model(
             "{name} is a built-in model and cannot be deleted"
         )));
     }
-    trained(&state, &name)?;
+    trained(&state, &caller, &name)?;
     let f = &state.factory;
     if f.store().delete_model(&name)? {
         f.models().forget(&name);

@@ -21,6 +21,7 @@ use veil::data::container::{self, ContainerError};
 
 use super::ids::{DatasetId, IdPath, JobId, TypedId};
 use super::inference::{self, Arch, LoadedModel, Ready};
+use super::owners::Caller;
 use super::store::{self, DatasetDeletion, DatasetRow, JobRow, JobSpec, ModelRow};
 use super::{Factory, JobEvent, LiveProgress};
 use crate::{AppError, AppState};
@@ -29,6 +30,11 @@ use crate::{AppError, AppState};
 pub(crate) fn router(factory: &Factory) -> Router<AppState> {
     let cfg = factory.config();
     Router::new()
+        .route(
+            "/api/owners",
+            post(super::owners::create_owner).layer(DefaultBodyLimit::max(1024)),
+        )
+        .route("/api/me", get(super::owners::me))
         .route(
             "/api/datasets",
             get(list_datasets)
@@ -63,6 +69,30 @@ fn factory(state: &AppState) -> &Arc<Factory> {
     &state.factory
 }
 
+/// 401 without a token; 404 unless `caller` may see object `id` (another owner's object answers
+/// as a missing one does).
+pub(crate) fn visible(f: &Factory, caller: &Caller, id: &str, what: &str) -> Result<(), AppError> {
+    caller.require()?;
+    if caller.sees(f.store().owner_of(id)?.as_deref()) {
+        Ok(())
+    } else {
+        Err(AppError::NotFound(format!("{what} {id:?}")))
+    }
+}
+
+/// What `caller` may list: a filter on object ids (401 without a token).
+pub(crate) fn lister(
+    f: &Factory,
+    caller: &Caller,
+) -> Result<impl Fn(&str) -> bool + use<>, AppError> {
+    caller.require()?;
+    let owned = match caller.owner() {
+        Some(o) => Some(f.store().owned_by(o)?),
+        None => None,
+    };
+    Ok(move |id: &str| owned.as_ref().is_none_or(|s| s.contains(id)))
+}
+
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, AppError> + Send + 'static,
 ) -> Result<T, AppError> {
@@ -89,11 +119,13 @@ fn check_name(name: &str) -> Result<(), AppError> {
 }
 
 async fn upload_dataset(
+    caller: Caller,
     State(state): State<AppState>,
     Query(q): Query<UploadQuery>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<DatasetRow>), AppError> {
+    caller.require()?;
     let f = factory(&state).clone();
     let name = q.name.unwrap_or_else(|| "dataset".into());
     check_name(&name)?;
@@ -149,7 +181,7 @@ async fn upload_dataset(
                 .write_atomic(&f.store().thumbnails_path(&id), &thumbs)?;
             let path = f.store().dataset_path(&id);
             std::fs::rename(&tmp, &path).map_err(anyhow::Error::from)?;
-            if let Err(e) = f.store().insert_dataset(&row) {
+            if let Err(e) = f.store().insert_dataset(&row, caller.owner()) {
                 let _ = std::fs::remove_file(&path);
                 let _ = std::fs::remove_file(f.store().thumbnails_path(&id));
                 return Err(e.into());
@@ -206,9 +238,17 @@ async fn stream_to_file(
     Ok((len, hex::encode(hash.finalize())))
 }
 
-async fn list_datasets(State(state): State<AppState>) -> Result<Json<Vec<DatasetRow>>, AppError> {
+async fn list_datasets(
+    caller: Caller,
+    State(state): State<AppState>,
+) -> Result<Json<Vec<DatasetRow>>, AppError> {
     let f = factory(&state).clone();
-    Ok(Json(blocking(move || Ok(f.store().datasets()?)).await?))
+    blocking(move || {
+        let mine = lister(&f, &caller)?;
+        let rows = f.store().datasets()?;
+        Ok(Json(rows.into_iter().filter(|d| mine(&d.id)).collect()))
+    })
+    .await
 }
 
 #[derive(Serialize, serde::Deserialize)]
@@ -228,11 +268,13 @@ struct DatasetDetail {
 }
 
 async fn get_dataset(
+    caller: Caller,
     State(state): State<AppState>,
     IdPath(id): IdPath<DatasetId>,
 ) -> Result<Json<DatasetDetail>, AppError> {
     let f = factory(&state).clone();
     blocking(move || {
+        visible(&f, &caller, &id, "dataset")?;
         let row = f
             .store()
             .dataset(&id)?
@@ -324,10 +366,12 @@ fn thumbnails(data: &veil::data::ImageDataset, max: usize) -> anyhow::Result<Vec
 }
 
 async fn download_dataset(
+    caller: Caller,
     State(state): State<AppState>,
     IdPath(id): IdPath<DatasetId>,
 ) -> Result<Response, AppError> {
     let f = factory(&state).clone();
+    visible(&f, &caller, &id, "dataset")?;
     if f.store().dataset(&id)?.is_none() {
         return Err(AppError::NotFound(format!("dataset {id:?}")));
     }
@@ -348,20 +392,25 @@ async fn download_dataset(
 }
 
 async fn delete_dataset(
+    caller: Caller,
     State(state): State<AppState>,
     IdPath(id): IdPath<DatasetId>,
 ) -> Result<StatusCode, AppError> {
     let f = factory(&state).clone();
-    blocking(move || match f.store().delete_dataset(&id)? {
-        DatasetDeletion::InUse { job } => Err(AppError::Conflict(format!(
-            "dataset {id} is used by job {job}, which has not finished: cancel it first"
-        ))),
-        DatasetDeletion::NotFound => Err(AppError::NotFound(format!("dataset {id:?}"))),
-        DatasetDeletion::Deleted => {
-            let _ = std::fs::remove_file(f.store().dataset_path(&id));
-            let _ = std::fs::remove_file(f.store().thumbnails_path(&id));
-            tracing::info!(dataset = %id, "dataset deleted");
-            Ok(StatusCode::NO_CONTENT)
+    blocking(move || {
+        visible(&f, &caller, &id, "dataset")?;
+        let deletion = f.store().delete_dataset(&id)?;
+        match deletion {
+            DatasetDeletion::InUse { job } => Err(AppError::Conflict(format!(
+                "dataset {id} is used by job {job}, which has not finished: cancel it first"
+            ))),
+            DatasetDeletion::NotFound => Err(AppError::NotFound(format!("dataset {id:?}"))),
+            DatasetDeletion::Deleted => {
+                let _ = std::fs::remove_file(f.store().dataset_path(&id));
+                let _ = std::fs::remove_file(f.store().thumbnails_path(&id));
+                tracing::info!(dataset = %id, "dataset deleted");
+                Ok(StatusCode::NO_CONTENT)
+            }
         }
     })
     .await
@@ -427,9 +476,11 @@ fn job_or_404(f: &Factory, id: &str) -> Result<JobRow, AppError> {
 }
 
 async fn create_job(
+    caller: Caller,
     State(state): State<AppState>,
     body: Result<Json<NewJob>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<JobView>), AppError> {
+    caller.require()?;
     let Json(req) = body?;
     if Arch::parse(&req.arch).is_none() {
         let names: Vec<&str> = Arch::ALL.iter().map(|(n, _)| *n).collect();
@@ -458,6 +509,7 @@ async fn create_job(
     let dataset = DatasetId::parse(&req.dataset)?;
     let f = factory(&state).clone();
     blocking(move || {
+        visible(&f, &caller, &dataset, "dataset")?;
         if f.store().dataset(&dataset)?.is_none() {
             return Err(AppError::NotFound(format!("dataset {:?}", req.dataset)));
         }
@@ -471,7 +523,7 @@ async fn create_job(
             seed: req.seed,
             arch_revision: inference::ARCH_REVISION,
         };
-        let id = f.submit(&spec)?;
+        let id = f.submit(&spec, caller.owner())?;
         let row = f
             .store()
             .job(&id)?
@@ -481,21 +533,32 @@ async fn create_job(
     .await
 }
 
-async fn list_jobs(State(state): State<AppState>) -> Result<Json<Vec<JobView>>, AppError> {
+async fn list_jobs(
+    caller: Caller,
+    State(state): State<AppState>,
+) -> Result<Json<Vec<JobView>>, AppError> {
     let f = factory(&state).clone();
     blocking(move || {
+        let mine = lister(&f, &caller)?;
         let rows = f.store().jobs()?;
-        Ok(Json(rows.into_iter().map(|r| view(&f, r)).collect()))
+        Ok(Json(
+            rows.into_iter()
+                .filter(|r| mine(&r.id))
+                .map(|r| view(&f, r))
+                .collect(),
+        ))
     })
     .await
 }
 
 async fn get_job(
+    caller: Caller,
     State(state): State<AppState>,
     IdPath(id): IdPath<JobId>,
 ) -> Result<Json<JobView>, AppError> {
     let f = factory(&state).clone();
     blocking(move || {
+        visible(&f, &caller, &id, "job")?;
         let row = job_or_404(&f, &id)?;
         Ok(Json(view(&f, row)))
     })
@@ -503,11 +566,13 @@ async fn get_job(
 }
 
 async fn cancel_job(
+    caller: Caller,
     State(state): State<AppState>,
     IdPath(id): IdPath<JobId>,
 ) -> Result<Json<JobView>, AppError> {
     let f = factory(&state).clone();
     blocking(move || {
+        visible(&f, &caller, &id, "job")?;
         let row = job_or_404(&f, &id)?;
         if row.state.is_terminal() || !f.cancel(&id)? {
             return Err(AppError::Conflict(format!(
@@ -524,10 +589,15 @@ async fn cancel_job(
 /// `text/event-stream` of one job: a `snapshot` event (the job as `GET /api/jobs/{id}` shows
 /// it), then `progress`, `epoch` and `state` events until the job ends.
 async fn job_events(
+    caller: Caller,
     State(state): State<AppState>,
     IdPath(id): IdPath<JobId>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, AppError> {
     let f = factory(&state).clone();
+    {
+        let (f, id) = (f.clone(), id.clone());
+        blocking(move || visible(&f, &caller, &id, "job")).await?;
+    }
     // Subscribe before reading the snapshot, so that nothing falls between the two.
     let rx = f.subscribe();
     let row = {
@@ -579,9 +649,18 @@ async fn job_events(
 // ---------------------------------------------------------------------------------------------
 // Models and classification
 
-/// A trained model's public description (what `GET /api/models` lists beside the built-in ones).
-pub(crate) fn trained_models(f: &Factory) -> Result<Vec<ModelRow>, AppError> {
-    Ok(f.store().models()?)
+/// The trained models `caller` may see (what `GET /api/models` lists beside the built-in ones;
+/// none without a token).
+pub(crate) fn trained_models(f: &Factory, caller: &Caller) -> Result<Vec<ModelRow>, AppError> {
+    if *caller == Caller::Anonymous {
+        return Ok(Vec::new());
+    }
+    let mine = lister(f, caller)?;
+    Ok(f.store()
+        .models()?
+        .into_iter()
+        .filter(|m| mine(&m.id))
+        .collect())
 }
 
 /// Loads model `name` (a built-in model's name, or a trained model's id) through the cache.
@@ -649,12 +728,18 @@ fn is_binary(content_type: &str) -> bool {
 }
 
 async fn classify(
+    caller: Caller,
     State(state): State<AppState>,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, AppError> {
     let f = factory(&state).clone();
+    // A trained model is its owner's; the built-in ones are public.
+    if store::valid_id(&name, "mdl") {
+        let (f, name) = (f.clone(), name.clone());
+        blocking(move || visible(&f, &caller, &name, "model")).await?;
+    }
     let cfg = f.config().clone();
     let started = Instant::now();
     let content_type = headers

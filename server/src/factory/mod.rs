@@ -13,6 +13,7 @@ pub mod api;
 pub mod ids;
 pub mod inference;
 pub mod jobs;
+pub mod owners;
 pub mod store;
 
 use std::collections::HashMap;
@@ -46,6 +47,9 @@ pub struct FactoryConfig {
     pub inference_concurrency: usize,
     /// Longest a classification may wait and run before the request fails with 503.
     pub inference_timeout: Duration,
+    /// The SHA-256 (hex) of the operator's token, who sees and may delete everything (see
+    /// [`owners::token_hash`]); None: no operator.
+    pub operator_token_sha256: Option<String>,
 }
 
 impl FactoryConfig {
@@ -61,6 +65,7 @@ impl FactoryConfig {
             max_classify_binary_bytes: 64 << 20,
             inference_concurrency: 2,
             inference_timeout: Duration::from_secs(30),
+            operator_token_sha256: None,
         }
     }
 }
@@ -242,9 +247,9 @@ impl Factory {
     }
 
     /// Records and queues a job.
-    pub fn submit(&self, spec: &JobSpec) -> Result<String> {
+    pub fn submit(&self, spec: &JobSpec, owner: Option<&str>) -> Result<String> {
         let id = store::new_id("job");
-        self.store.insert_job(&id, spec)?;
+        self.store.insert_job(&id, spec, owner)?;
         self.lock_queue().ids.push_back(id.clone());
         self.wake.notify_one();
         self.emit(JobEvent::State {

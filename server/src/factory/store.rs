@@ -76,6 +76,17 @@ const MIGRATIONS: &[&str] = &[
     // 2: the architecture's revision (see `inference::ARCH_REVISION`); models trained before it
     // existed are revision 1.
     "ALTER TABLE models ADD COLUMN arch_revision INTEGER NOT NULL DEFAULT 1;",
+    // 3: owners (by the SHA-256 of their token; never the token) and who owns each dataset, job
+    // and model. Objects without a row here (stored before owners existed) are the operator's.
+    "CREATE TABLE owners (
+        token_sha256 TEXT PRIMARY KEY,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE ownership (
+        object_id TEXT PRIMARY KEY,
+        owner TEXT NOT NULL
+    );
+    CREATE INDEX ownership_owner ON ownership(owner);",
 ];
 
 /// Seconds since the Unix epoch.
@@ -357,9 +368,55 @@ impl Store {
             .with_context(|| format!("writing {}", path.display()))
     }
 
-    /// Records a dataset whose container is already at [`Store::dataset_path`].
-    pub fn insert_dataset(&self, d: &DatasetRow) -> Result<()> {
+    /// Records a new owner by the SHA-256 of its token (hex).
+    pub fn insert_owner(&self, token_sha256: &str) -> Result<()> {
         self.db().execute(
+            "INSERT INTO owners (token_sha256, created_at) VALUES (?1, ?2)",
+            params![token_sha256, now()],
+        )?;
+        Ok(())
+    }
+
+    /// Whether an owner with this token hash exists.
+    pub fn owner_exists(&self, token_sha256: &str) -> Result<bool> {
+        Ok(self
+            .db()
+            .query_row(
+                "SELECT 1 FROM owners WHERE token_sha256 = ?1",
+                [token_sha256],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
+    /// The owner of a dataset, job or model (None: the operator's, or no such object).
+    pub fn owner_of(&self, object_id: &str) -> Result<Option<String>> {
+        Ok(self
+            .db()
+            .query_row(
+                "SELECT owner FROM ownership WHERE object_id = ?1",
+                [object_id],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// The ids of everything `owner` owns.
+    pub fn owned_by(&self, owner: &str) -> Result<std::collections::HashSet<String>> {
+        let db = self.db();
+        let mut st = db.prepare("SELECT object_id FROM ownership WHERE owner = ?1")?;
+        let ids = st.query_map([owner], |r| r.get::<_, String>(0))?;
+        Ok(ids.collect::<Result<_, _>>()?)
+    }
+
+    /// Records a dataset whose container is already at [`Store::dataset_path`], owned by `owner`
+    /// (None: the operator).
+    pub fn insert_dataset(&self, d: &DatasetRow, owner: Option<&str>) -> Result<()> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        set_owner(&tx, &d.id, owner)?;
+        tx.execute(
             "INSERT INTO datasets (id, name, scheme, key_fingerprint, description, pixel_type,
                 count, channels, height, width, classes, class_counts, bytes, sha256, created_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
@@ -381,6 +438,7 @@ impl Store {
                 d.created_at,
             ],
         )?;
+        tx.commit()?;
         Ok(())
     }
 
@@ -424,6 +482,7 @@ impl Store {
             return Ok(DatasetDeletion::InUse { job });
         }
         let n = tx.execute("DELETE FROM datasets WHERE id = ?1", [id])?;
+        tx.execute("DELETE FROM ownership WHERE object_id = ?1", [id])?;
         tx.commit()?;
         Ok(if n > 0 {
             DatasetDeletion::Deleted
@@ -432,12 +491,16 @@ impl Store {
         })
     }
 
-    /// Records a new queued job.
-    pub fn insert_job(&self, id: &str, spec: &JobSpec) -> Result<()> {
-        self.db().execute(
+    /// Records a new queued job, owned by `owner` (None: the operator).
+    pub fn insert_job(&self, id: &str, spec: &JobSpec, owner: Option<&str>) -> Result<()> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        set_owner(&tx, id, owner)?;
+        tx.execute(
             "INSERT INTO jobs (id, dataset_id, spec, state, created_at) VALUES (?1, ?2, ?3, 'queued', ?4)",
             params![id, spec.dataset, serde_json::to_string(spec)?, now()],
         )?;
+        tx.commit()?;
         Ok(())
     }
 
@@ -543,6 +606,11 @@ impl Store {
             "UPDATE jobs SET state = 'succeeded', model_id = ?2, error = NULL, finished_at = ?3 WHERE id = ?1",
             params![job_id, m.id, now()],
         )?;
+        // The model belongs to whoever owns the job.
+        tx.execute(
+            "INSERT INTO ownership (object_id, owner) SELECT ?1, owner FROM ownership WHERE object_id = ?2",
+            params![m.id, job_id],
+        )?;
         tx.commit()?;
         Ok(())
     }
@@ -572,10 +640,12 @@ impl Store {
 
     /// Deletes a model's row (the caller removes the blob).
     pub fn delete_model(&self, id: &str) -> Result<bool> {
-        Ok(self
-            .db()
-            .execute("DELETE FROM models WHERE id = ?1", [id])?
-            > 0)
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        let n = tx.execute("DELETE FROM models WHERE id = ?1", [id])?;
+        tx.execute("DELETE FROM ownership WHERE object_id = ?1", [id])?;
+        tx.commit()?;
+        Ok(n > 0)
     }
 
     /// Jobs waiting or running.
@@ -598,6 +668,16 @@ impl Store {
         let models: i64 = db.query_row("SELECT COUNT(*) FROM models", [], |r| r.get(0))?;
         Ok((datasets as usize, models as usize))
     }
+}
+
+fn set_owner(tx: &rusqlite::Transaction<'_>, object_id: &str, owner: Option<&str>) -> Result<()> {
+    if let Some(owner) = owner {
+        tx.execute(
+            "INSERT INTO ownership (object_id, owner) VALUES (?1, ?2)",
+            params![object_id, owner],
+        )?;
+    }
+    Ok(())
 }
 
 fn migrate(db: &mut Connection) -> Result<()> {

@@ -17,8 +17,18 @@ use veil::data::container::{self, ContainerMeta, PixelType};
 use veil_server::factory::{Factory, FactoryConfig};
 use veil_server::{AppState, app};
 
+/// The operator token of every test factory; [`call`] sends it, so the tests that are not about
+/// owners see everything.
+pub const OPERATOR: &str = "test-operator-token-0123456789abcdef0123";
+
+/// `Authorization` with [`OPERATOR`].
+pub fn operator_auth() -> (header::HeaderName, String) {
+    (header::AUTHORIZATION, format!("Bearer {OPERATOR}"))
+}
+
 pub fn start(dir: &Path, tweak: impl FnOnce(&mut FactoryConfig)) -> Arc<Factory> {
     let mut cfg = FactoryConfig::new(dir);
+    cfg.operator_token_sha256 = Some(veil_server::factory::owners::token_hash(OPERATOR));
     tweak(&mut cfg);
     Factory::start(cfg).unwrap()
 }
@@ -35,7 +45,11 @@ pub async fn call(
     content_type: Option<&str>,
     body: Vec<u8>,
 ) -> (StatusCode, Vec<u8>) {
-    let mut req = Request::builder().method(method).uri(uri);
+    let (name, value) = operator_auth();
+    let mut req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header(name, value);
     if let Some(ct) = content_type {
         req = req.header(header::CONTENT_TYPE, ct);
     }

@@ -161,13 +161,27 @@ async fn the_digits_flows_are_served_as_shipped_and_unknown_ones_are_404() {
 }
 
 #[tokio::test]
-async fn the_page_is_served_with_framing_denied() {
+async fn the_page_is_served_with_framing_denied_and_its_content_security_policy() {
     let response = app(state())
         .oneshot(Request::get("/").body(Body::empty()).unwrap())
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(response.headers()["x-frame-options"], "DENY");
+    let h = response.headers();
+    assert_eq!(h["x-frame-options"], "DENY");
+    let csp = h["content-security-policy"].to_str().unwrap();
+    for directive in [
+        "default-src 'self'",
+        "connect-src 'self';",
+        "script-src 'self' 'wasm-unsafe-eval';",
+        "frame-ancestors 'none'",
+    ] {
+        assert!(csp.contains(directive), "{directive} missing from {csp}");
+    }
+    assert!(!csp.contains("unsafe-inline"), "{csp}");
+    assert_eq!(h["cross-origin-opener-policy"], "same-origin");
+    assert_eq!(h["cross-origin-embedder-policy"], "require-corp");
+    assert_eq!(h["x-content-type-options"], "nosniff");
     let body = response.into_body().collect().await.unwrap().to_bytes();
     let html = String::from_utf8_lossy(&body);
     assert!(html.contains("<title>Veil"), "{html}");

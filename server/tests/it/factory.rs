@@ -95,6 +95,7 @@ async fn upload_train_classify() {
     let resp = app(state(&f))
         .oneshot(
             Request::post(format!("/api/models/{model}/classify"))
+                .header(operator_auth().0, operator_auth().1)
                 .header(header::CONTENT_TYPE, "application/octet-stream")
                 .header(header::ACCEPT, "application/octet-stream")
                 .body(Body::from(body))
@@ -374,6 +375,7 @@ async fn events_stream_progress_until_the_job_ends_and_cancel_works() {
     let resp = app(state(&f))
         .oneshot(
             Request::get(format!("/api/jobs/{job_id}/events"))
+                .header(operator_auth().0, operator_auth().1)
                 .body(Body::empty())
                 .unwrap(),
         )

@@ -8,4 +8,5 @@ mod common;
 mod api;
 mod factory;
 mod leakage;
+mod owners;
 mod rtas;
