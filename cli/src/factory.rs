@@ -82,6 +82,13 @@ pub enum FactoryCommand {
     },
     /// Datasets and models on the server.
     List,
+    /// Get an owner token from the server and keep it for this server (`veil factory` does this
+    /// on first use): the datasets, jobs and models you make belong to it.
+    Login {
+        /// Replace the token kept for this server (what the old one owns becomes unreachable).
+        #[arg(long)]
+        force: bool,
+    },
     /// Cancel a job.
     Cancel {
         /// The job's id.
@@ -135,6 +142,89 @@ async fn get_json(http: &reqwest::Client, url: &str) -> Result<Value> {
     Ok(check(http.get(url).send().await?).await?.json().await?)
 }
 
+/// Where `veil factory` keeps its owner tokens, one per server: `<config dir>/veil/owner-tokens.json`
+/// (`~/.config/veil` on Linux), readable by this user only.
+fn tokens_path() -> Result<PathBuf> {
+    let dir = dirs::config_dir().context("this system has no configuration directory")?;
+    Ok(dir.join("veil").join("owner-tokens.json"))
+}
+
+fn kept_token(path: &Path, base: &str) -> Result<Option<String>> {
+    let tokens: serde_json::Map<String, Value> = match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .with_context(|| format!("{} is not a JSON object of tokens", path.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    Ok(tokens.get(base).and_then(Value::as_str).map(str::to_owned))
+}
+
+/// Asks `base` for a new owner token and keeps it in `path`.
+async fn login(base: &str, path: &Path) -> Result<String> {
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .build()?;
+    let answer: Value = check(
+        http.post(format!("{base}/api/owners"))
+            .send()
+            .await
+            .with_context(|| format!("reaching the factory at {base}"))?,
+    )
+    .await?
+    .json()
+    .await?;
+    let token = answer["token"]
+        .as_str()
+        .context("the server's answer has no token")?
+        .to_owned();
+    let mut tokens: serde_json::Map<String, Value> = std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    tokens.insert(base.to_owned(), Value::String(token.clone()));
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let json = serde_json::to_vec_pretty(&tokens)?;
+    write_private(path, &json).with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("got an owner token from {base}; kept in {}", path.display());
+    Ok(token)
+}
+
+/// Writes `bytes` to `path`, readable and writable by this user only.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(bytes)
+}
+
+/// An HTTP client that sends this user's owner token for `base`: `VEIL_OWNER_TOKEN`, else the
+/// kept one, else a new one from the server (kept for next time).
+async fn owner_client(base: &str) -> Result<reqwest::Client> {
+    let token = match std::env::var("VEIL_OWNER_TOKEN") {
+        Ok(t) if !t.is_empty() => t,
+        _ => {
+            let path = tokens_path()?;
+            match kept_token(&path, base)? {
+                Some(t) => t,
+                None => login(base, &path).await?,
+            }
+        }
+    };
+    let mut auth = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+        .context("the owner token has characters a header cannot carry")?;
+    auth.set_sensitive(true);
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, auth);
+    Ok(reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .default_headers(headers)
+        .build()?)
+}
+
 /// Runs a `veil factory` command.
 pub fn run(args: FactoryArgs) -> Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
@@ -143,9 +233,19 @@ pub fn run(args: FactoryArgs) -> Result<()> {
 
 async fn run_async(args: FactoryArgs) -> Result<()> {
     let base = args.server.trim_end_matches('/').to_owned();
-    let http = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(10))
-        .build()?;
+    if let FactoryCommand::Login { force } = args.command {
+        let path = tokens_path()?;
+        if !force && kept_token(&path, &base)?.is_some() {
+            println!(
+                "an owner token for {base} is already kept in {} (--force replaces it)",
+                path.display()
+            );
+            return Ok(());
+        }
+        login(&base, &path).await?;
+        return Ok(());
+    }
+    let http = owner_client(&base).await?;
     match args.command {
         FactoryCommand::Upload {
             source,
@@ -245,6 +345,7 @@ async fn run_async(args: FactoryArgs) -> Result<()> {
             }
             Ok(())
         }
+        FactoryCommand::Login { .. } => unreachable!("handled before the client is made"),
         FactoryCommand::List => {
             let datasets: Value = get_json(&http, &format!("{base}/api/datasets")).await?;
             println!("datasets:");

@@ -229,6 +229,17 @@ fn serve(args: ServeArgs) -> Result<()> {
     let mut config = veil_server::factory::FactoryConfig::new(&data_dir);
     config.concurrency = args.jobs.max(1);
     config.max_upload_bytes = args.max_upload_mib.max(1) << 20;
+    // The operator's token comes from the environment only (a flag would show in `ps`).
+    if let Ok(token) = std::env::var("VEIL_OPERATOR_TOKEN")
+        && !token.is_empty()
+    {
+        anyhow::ensure!(
+            token.len() >= 32,
+            "VEIL_OPERATOR_TOKEN must have at least 32 characters (e.g. `openssl rand -hex 32`)"
+        );
+        config.operator_token_sha256 = Some(veil_server::factory::owners::token_hash(&token));
+        tracing::info!("an operator token is set: it sees and may delete every owner's objects");
+    }
     let factory = veil_server::factory::Factory::start(config).with_context(|| {
         format!(
             "opening the factory's data directory {}",

@@ -23,6 +23,8 @@ fn ended(job: &Value) -> bool {
 
 /// The real binary on a real socket: SIGKILL mid-job, restart, and the job resumes from its last
 /// epoch checkpoint and succeeds; a checkpoint that cannot be read fails the job with a reason.
+const OPERATOR: &str = "serve-test-operator-token-0123456789abcdef";
+
 #[test]
 fn killed_server_resumes_its_job_after_restart() {
     use std::io::{BufRead, BufReader};
@@ -34,6 +36,7 @@ fn killed_server_resumes_its_job_after_restart() {
             .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
             .arg(dir.path())
             .env("RUST_LOG", "warn")
+            .env("VEIL_OPERATOR_TOKEN", OPERATOR)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -51,7 +54,16 @@ fn killed_server_resumes_its_job_after_restart() {
         (child, base)
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let http = reqwest::Client::new();
+    // The operator (from `VEIL_OPERATOR_TOKEN`) owns what it uploads and sees every job.
+    let mut auth = reqwest::header::HeaderMap::new();
+    auth.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {OPERATOR}").parse().unwrap(),
+    );
+    let http = reqwest::Client::builder()
+        .default_headers(auth)
+        .build()
+        .unwrap();
     let get = |url: String| {
         let http = http.clone();
         rt.block_on(async move {
@@ -159,4 +171,73 @@ fn killed_server_resumes_its_job_after_restart() {
     assert!(j["error"].as_str().unwrap().contains("checkpoint"), "{j}");
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+/// `veil factory` against a real server: the first command gets an owner token and keeps it
+/// (readable by this user only); what one owner uploads, another (another config folder) does
+/// not see; `login --force` replaces the token, after which the old dataset is out of reach.
+#[test]
+fn factory_commands_keep_an_owner_token_and_owners_do_not_see_each_other() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_veil"))
+        .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .trim_end_matches('/')
+        .to_owned();
+    let veil = |config: &str, args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_veil"))
+            .arg("factory")
+            .args(args)
+            .args(["--server", &base])
+            .env("XDG_CONFIG_HOME", dir.path().join(config))
+            .env_remove("VEIL_OWNER_TOKEN")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "veil factory {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let uploaded = veil("alice", &["upload", "digits", "--name", "alices-digits"]);
+    let id = uploaded.split_whitespace().nth(1).unwrap().to_owned();
+    assert!(id.starts_with("ds-"), "{uploaded}");
+    let tokens = dir.path().join("alice/veil/owner-tokens.json");
+    let kept: Value = serde_json::from_slice(&std::fs::read(&tokens).unwrap()).unwrap();
+    assert!(kept[&base].as_str().unwrap().starts_with("veil_"), "{kept}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&tokens).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    }
+    assert!(veil("alice", &["list"]).contains(&id));
+    let bobs = veil("bob", &["list"]);
+    assert!(!bobs.contains(&id), "{bobs}");
+    assert!(
+        bobs.contains("digits-cnn"),
+        "the built-in models stay public: {bobs}"
+    );
+    // A new token for alice: the old one's dataset is no longer hers to see.
+    veil("alice", &["login", "--force"]);
+    assert!(!veil("alice", &["list"]).contains(&id));
+    server.kill().unwrap();
+    server.wait().unwrap();
 }
