@@ -130,12 +130,19 @@ async fn check(resp: reqwest::Response) -> Result<reqwest::Response> {
     if status.is_success() {
         return Ok(resp);
     }
+    // A quota (429) says when to try again.
+    let retry = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| format!(" (the server asks to retry after {s} s)"))
+        .unwrap_or_default();
     let text = resp.text().await.unwrap_or_default();
     let msg = serde_json::from_str::<Value>(&text)
         .ok()
         .and_then(|v| v["error"].as_str().map(str::to_owned))
         .unwrap_or(text);
-    bail!("the server answered {status}: {msg}")
+    bail!("the server answered {status}: {msg}{retry}")
 }
 
 async fn get_json(http: &reqwest::Client, url: &str) -> Result<Value> {

@@ -133,7 +133,7 @@ struct DataInfoArgs {
     split: datasets::Split,
 }
 
-#[derive(clap::Args, Default)]
+#[derive(clap::Args)]
 struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "VEIL_BIND", default_value = "127.0.0.1:8080")]
@@ -155,6 +155,39 @@ struct ServeArgs {
     /// `NAME=DIR` (repeatable; the digits flows are always served as `digits`).
     #[arg(long = "flows", value_name = "NAME=DIR")]
     flows: Vec<String>,
+    /// MiB of datasets and models each owner may keep [default: 2048].
+    #[arg(long, env = "VEIL_QUOTA_STORED_MIB")]
+    quota_stored_mib: Option<u64>,
+    /// Datasets each owner may keep [default: 50].
+    #[arg(long, env = "VEIL_QUOTA_DATASETS")]
+    quota_datasets: Option<usize>,
+    /// Jobs each owner may have queued or running [default: 2].
+    #[arg(long, env = "VEIL_QUOTA_JOBS")]
+    quota_jobs: Option<usize>,
+    /// Images each owner may have classified a minute [default: 6000].
+    #[arg(long, env = "VEIL_QUOTA_CLASSIFY_PER_MINUTE")]
+    quota_classify_per_minute: Option<u32>,
+    /// Leakage attacks and RTAS lab runs each owner may start a minute [default: 10].
+    #[arg(long, env = "VEIL_QUOTA_ATTACKS_PER_MINUTE")]
+    quota_attacks_per_minute: Option<u32>,
+}
+
+impl ServeArgs {
+    /// The quotas given, the defaults for the rest.
+    fn quotas(&self) -> veil_server::factory::quotas::Quotas {
+        let d = veil_server::factory::quotas::Quotas::default();
+        veil_server::factory::quotas::Quotas {
+            stored_bytes: self.quota_stored_mib.map_or(d.stored_bytes, |m| m << 20),
+            datasets: self.quota_datasets.unwrap_or(d.datasets),
+            active_jobs: self.quota_jobs.unwrap_or(d.active_jobs),
+            classifications_per_minute: self
+                .quota_classify_per_minute
+                .unwrap_or(d.classifications_per_minute),
+            attacks_per_minute: self
+                .quota_attacks_per_minute
+                .unwrap_or(d.attacks_per_minute),
+        }
+    }
 }
 
 fn main() -> Result<()> {
@@ -166,7 +199,15 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
+    // No command is `veil serve` with its defaults and environment (not `ServeArgs::default()`,
+    // whose zeros are not the defaults).
+    let command = match cli.command {
+        Some(c) => c,
+        None => Cli::parse_from(["veil", "serve"])
+            .command
+            .context("clap parses `veil serve`")?,
+    };
+    match command {
         Command::Serve(args) => serve(args),
         Command::TrainDemo(args) => demo::train_demo(args),
         Command::Experiment(Experiment::Flow(args)) => experiments::flow::run(args),
@@ -213,6 +254,7 @@ fn main() -> Result<()> {
 }
 
 fn serve(args: ServeArgs) -> Result<()> {
+    let quotas = args.quotas();
     let bind = args
         .bind
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
@@ -229,6 +271,7 @@ fn serve(args: ServeArgs) -> Result<()> {
     let mut config = veil_server::factory::FactoryConfig::new(&data_dir);
     config.concurrency = args.jobs.max(1);
     config.max_upload_bytes = args.max_upload_mib.max(1) << 20;
+    config.quotas = quotas;
     // The operator's token comes from the environment only (a flag would show in `ps`).
     if let Ok(token) = std::env::var("VEIL_OPERATOR_TOKEN")
         && !token.is_empty()

@@ -34,6 +34,7 @@ use veil::crypto::keys::MasterKey;
 use veil::data::{ImageShape, digits};
 
 use crate::events::{EventLog, LabRun, RunEvent, Runs, new_id};
+use crate::factory::owners::Caller;
 use crate::{AppError, AppState};
 
 /// Most attacks running at once.
@@ -376,9 +377,15 @@ impl LeakageLab {
         self.runs.find(id)
     }
 
-    /// Validates and starts an attack.
-    pub fn start(&self, request: AttackRequest) -> Result<AttackView, AppError> {
+    /// Validates and starts an attack. `admit` (the caller's attack quota) is asked once the request is known to be valid, so
+    /// a refused request costs nothing.
+    pub fn start(
+        &self,
+        request: AttackRequest,
+        admit: impl FnOnce() -> Result<(), AppError>,
+    ) -> Result<AttackView, AppError> {
         let plan = Plan::new(&self.info, &request)?;
+        admit()?;
         let slot = self.runs.reserve()?;
         let run = Arc::new(AttackRun {
             id: new_id("atk")?,
@@ -598,11 +605,12 @@ async fn info(State(state): State<AppState>) -> Json<LabInfo> {
 }
 
 async fn start(
+    caller: Caller,
     State(state): State<AppState>,
     body: Result<Json<AttackRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<AttackView>), AppError> {
     let Json(request) = body?;
-    let view = lab(&state).start(request)?;
+    let view = lab(&state).start(request, || state.factory.rates().attack(&caller))?;
     Ok((StatusCode::CREATED, Json(view)))
 }
 

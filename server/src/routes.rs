@@ -36,6 +36,8 @@ struct Health {
     queue_depth: usize,
     /// Training jobs running now.
     running_jobs: usize,
+    /// The limits every owner has (`GET /api/me` shows one owner's use of them).
+    quotas: crate::factory::quotas::Quotas,
 }
 
 /// A model as `GET /api/models` lists it: a built-in one (public weights, shipped with Veil) or
@@ -158,6 +160,7 @@ async fn health(State(state): State<AppState>) -> Result<Json<Health>, AppError>
             datasets,
             queue_depth,
             running_jobs,
+            quotas: f.config().quotas.clone(),
         }))
     })
     .await

@@ -137,10 +137,22 @@ async fn upload_dataset(
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large(limit));
     }
+    // Refuse before reading the body when the declared size cannot fit the owner's quota; the
+    // size read is checked again before the dataset is recorded.
+    if let Some(owner) = caller.owner() {
+        let (f, owner) = (f.clone(), owner.to_owned());
+        blocking(move || {
+            let usage = f.store().usage(&owner)?;
+            f.config()
+                .quotas
+                .admit_dataset(&usage, declared.unwrap_or(0))
+        })
+        .await?;
+    }
     // Stream to a temporary file in the data directory, counting; nothing is recorded until the
     // whole container has been read and validated.
     let tmp = f.store().temp_path();
-    let written = stream_to_file(body, &tmp, limit).await;
+    let written = stream_to_file(body, &tmp, limit, f.config()).await;
     let (len, sha) = match written {
         Ok(v) => v,
         Err(e) => {
@@ -180,11 +192,18 @@ async fn upload_dataset(
             f.store()
                 .write_atomic(&f.store().thumbnails_path(&id), &thumbs)?;
             let path = f.store().dataset_path(&id);
-            std::fs::rename(&tmp, &path).map_err(anyhow::Error::from)?;
-            if let Err(e) = f.store().insert_dataset(&row, caller.owner()) {
+            let added = f.admit(
+                caller.owner(),
+                |q, usage| q.admit_dataset(usage, len),
+                || {
+                    std::fs::rename(&tmp, &path).map_err(anyhow::Error::from)?;
+                    Ok(f.store().insert_dataset(&row, caller.owner())?)
+                },
+            );
+            if let Err(e) = added {
                 let _ = std::fs::remove_file(&path);
                 let _ = std::fs::remove_file(f.store().thumbnails_path(&id));
-                return Err(e.into());
+                return Err(e);
             }
             tracing::info!(dataset = %id, images = row.count, scheme = %row.scheme, "dataset uploaded");
             Ok(row)
@@ -212,6 +231,7 @@ async fn stream_to_file(
     body: Body,
     path: &std::path::Path,
     limit: u64,
+    config: &super::FactoryConfig,
 ) -> Result<(u64, String), AppError> {
     let mut file = tokio::fs::File::create(path)
         .await
@@ -219,10 +239,32 @@ async fn stream_to_file(
     let mut stream = body.into_data_stream();
     let mut len = 0u64;
     let mut hash = Sha256::new();
-    while let Some(chunk) = stream.next().await {
+    let started = Instant::now();
+    let idle = config.upload_idle_timeout;
+    loop {
+        let next = tokio::time::timeout(idle, stream.next())
+            .await
+            .map_err(|_| {
+                AppError::RequestTimeout(format!(
+                    "the upload sent nothing for {} s after {len} bytes: nothing was stored",
+                    idle.as_secs_f64()
+                ))
+            })?;
+        let Some(chunk) = next else { break };
         let chunk =
             chunk.map_err(|e| AppError::BadRequest(format!("the upload was interrupted: {e}")))?;
         len += chunk.len() as u64;
+        let elapsed = started.elapsed();
+        if elapsed > idle
+            && (len as f64) < config.upload_min_bytes_per_s as f64 * elapsed.as_secs_f64()
+        {
+            return Err(AppError::RequestTimeout(format!(
+                "the upload is slower than this server's minimum of {} KiB/s ({len} bytes in \
+                 {:.0} s): nothing was stored",
+                config.upload_min_bytes_per_s >> 10,
+                elapsed.as_secs_f64()
+            )));
+        }
         if len > limit {
             return Err(too_large(limit));
         }
@@ -523,7 +565,11 @@ async fn create_job(
             seed: req.seed,
             arch_revision: inference::ARCH_REVISION,
         };
-        let id = f.submit(&spec, caller.owner())?;
+        let id = f.admit(
+            caller.owner(),
+            |q, usage| q.admit_job(usage),
+            || Ok(f.submit(&spec, caller.owner())?),
+        )?;
         let row = f
             .store()
             .job(&id)?
@@ -737,7 +783,7 @@ async fn classify(
     let f = factory(&state).clone();
     // A trained model is its owner's; the built-in ones are public.
     if store::valid_id(&name, "mdl") {
-        let (f, name) = (f.clone(), name.clone());
+        let (f, name, caller) = (f.clone(), name.clone(), caller.clone());
         blocking(move || visible(&f, &caller, &name, "model")).await?;
     }
     let cfg = f.config().clone();
@@ -807,6 +853,8 @@ async fn classify(
                 };
                 let n = inference::check_batch(&pixels, shape, ready.shape, cfg.max_classify_batch)
                     .map_err(|e| AppError::BadRequest(e.to_string()))?;
+                f.rates()
+                    .classify(&caller, u32::try_from(n).unwrap_or(u32::MAX))?;
                 let probs =
                     ready
                         .model

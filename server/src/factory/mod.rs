@@ -14,6 +14,7 @@ pub mod ids;
 pub mod inference;
 pub mod jobs;
 pub mod owners;
+pub mod quotas;
 pub mod store;
 
 use std::collections::HashMap;
@@ -50,11 +51,19 @@ pub struct FactoryConfig {
     /// The SHA-256 (hex) of the operator's token, who sees and may delete everything (see
     /// [`owners::token_hash`]); None: no operator.
     pub operator_token_sha256: Option<String>,
+    /// Each owner's limits.
+    pub quotas: quotas::Quotas,
+    /// Longest an upload may send nothing before it fails with 408.
+    pub upload_idle_timeout: Duration,
+    /// Slowest average rate an upload may keep after its first `upload_idle_timeout` (bytes a
+    /// second): a client trickling bytes cannot hold a connection and a temporary file for ever.
+    pub upload_min_bytes_per_s: u64,
 }
 
 impl FactoryConfig {
-    /// Defaults for `data_dir`: one training job at a time (2 cores), 512 MiB uploads, 1,024
-    /// images and 8 MiB (JSON) or 64 MiB (binary) a classification, two at once, 30 s.
+    /// Defaults for `data_dir`: one training job at a time (2 cores), 512 MiB uploads that may
+    /// stall 30 s at most and must average 16 KiB/s, 1,024 images and 8 MiB (JSON) or 64 MiB
+    /// (binary) a classification, two at once, 30 s; [`quotas::Quotas::default`].
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         Self {
             data_dir: data_dir.into(),
@@ -66,6 +75,9 @@ impl FactoryConfig {
             inference_concurrency: 2,
             inference_timeout: Duration::from_secs(30),
             operator_token_sha256: None,
+            quotas: quotas::Quotas::default(),
+            upload_idle_timeout: Duration::from_secs(30),
+            upload_min_bytes_per_s: 16 << 10,
         }
     }
 }
@@ -166,6 +178,8 @@ pub struct Factory {
     workers: Mutex<Vec<std::thread::JoinHandle<()>>>,
     models: inference::ModelCache,
     inference_slots: Arc<Semaphore>,
+    rates: quotas::Rates,
+    admission: Mutex<()>,
 }
 
 impl Factory {
@@ -177,6 +191,8 @@ impl Factory {
         let (events, _) = broadcast::channel(1024);
         let factory = Arc::new(Self {
             inference_slots: Arc::new(Semaphore::new(config.inference_concurrency.max(1))),
+            rates: quotas::Rates::new(&config.quotas),
+            admission: Mutex::default(),
             config,
             store,
             queue: Mutex::default(),
@@ -312,6 +328,27 @@ impl Factory {
     /// The loaded-model cache.
     pub fn models(&self) -> &inference::ModelCache {
         &self.models
+    }
+
+    /// The per-owner rate windows (classifications and attacks).
+    pub fn rates(&self) -> &quotas::Rates {
+        &self.rates
+    }
+
+    /// Runs `add` (which records a dataset or job for `owner`) if `admit` accepts the owner's
+    /// current usage; one at a time, so two requests of one owner cannot both pass a quota that
+    /// has room for one. The operator (`owner` None) has no quota.
+    pub fn admit<T>(
+        &self,
+        owner: Option<&str>,
+        admit: impl FnOnce(&quotas::Quotas, &quotas::Usage) -> Result<(), crate::AppError>,
+        add: impl FnOnce() -> Result<T, crate::AppError>,
+    ) -> Result<T, crate::AppError> {
+        let _one = self.admission.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(owner) = owner {
+            admit(&self.config.quotas, &self.store.usage(owner)?)?;
+        }
+        add()
     }
 
     /// The inference slots (a semaphore of `inference_concurrency` permits).

@@ -159,9 +159,13 @@ pub struct Me {
     pub jobs: usize,
     /// Trained models this caller sees.
     pub models: usize,
+    /// What this owner holds against its quotas (absent for the operator, who has none).
+    pub usage: Option<super::quotas::Usage>,
+    /// This server's quotas per owner (absent for the operator).
+    pub quotas: Option<super::quotas::Quotas>,
 }
 
-/// `GET /api/me`: who the token is, and what it owns.
+/// `GET /api/me`: who the token is, what it owns, and how much of its quotas it uses.
 pub async fn me(caller: Caller, State(state): State<AppState>) -> Result<Json<Me>, AppError> {
     caller.require()?;
     let f = state.factory.clone();
@@ -177,7 +181,20 @@ pub async fn me(caller: Caller, State(state): State<AppState>) -> Result<Json<Me
             .into_iter()
             .filter(|d| mine(&d.id))
             .collect();
+        let usage = match caller.owner() {
+            Some(o) => {
+                let (classified, attacks) = f.rates().used(&caller);
+                Some(super::quotas::Usage {
+                    classifications_last_minute: classified,
+                    attacks_last_minute: attacks,
+                    ..store.usage(o)?
+                })
+            }
+            None => None,
+        };
         Ok(Json(Me {
+            quotas: usage.as_ref().map(|_| f.config().quotas.clone()),
+            usage,
             role: if caller == Caller::Operator {
                 "operator"
             } else {

@@ -661,6 +661,41 @@ impl Store {
         Ok((count("queued")?, count("running")?))
     }
 
+    /// What `owner` keeps now: its datasets (count and bytes), the files of its trained models,
+    /// and its jobs queued or running. The rates are counted elsewhere (in memory).
+    pub fn usage(&self, owner: &str) -> Result<super::quotas::Usage> {
+        let db = self.db();
+        let (datasets, dataset_bytes): (i64, i64) = db.query_row(
+            "SELECT COUNT(*), COALESCE(SUM(d.bytes), 0) FROM datasets d
+             JOIN ownership o ON o.object_id = d.id WHERE o.owner = ?1",
+            [owner],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let active_jobs: i64 = db.query_row(
+            "SELECT COUNT(*) FROM jobs j JOIN ownership o ON o.object_id = j.id
+             WHERE o.owner = ?1 AND j.state IN ('queued', 'running')",
+            [owner],
+            |r| r.get(0),
+        )?;
+        let mut st = db.prepare(
+            "SELECT m.id FROM models m JOIN ownership o ON o.object_id = m.id WHERE o.owner = ?1",
+        )?;
+        let models: Vec<String> = st
+            .query_map([owner], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        let model_bytes: u64 = models
+            .iter()
+            .filter_map(|id| std::fs::metadata(self.model_path(id)).ok())
+            .map(|m| m.len())
+            .sum();
+        Ok(super::quotas::Usage {
+            stored_bytes: dataset_bytes as u64 + model_bytes,
+            datasets: datasets as usize,
+            active_jobs: active_jobs as usize,
+            ..Default::default()
+        })
+    }
+
     /// Number of datasets and of trained models.
     pub fn counts(&self) -> Result<(usize, usize)> {
         let db = self.db();

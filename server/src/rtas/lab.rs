@@ -36,6 +36,7 @@ use veil::schemes::rtas::{
 
 use super::tcp::TcpTransport;
 use crate::events::{EventLog, LabRun, RunEvent, Runs, new_id};
+use crate::factory::owners::Caller;
 use crate::{AppError, AppState};
 
 /// Most demo runs at once (each keeps both cores of a small server busy for a few seconds).
@@ -631,9 +632,15 @@ impl RtasLab {
         })
     }
 
-    /// Validates and starts a demo run.
-    pub fn start(&self, request: RtasRequest) -> Result<RtasRunView, AppError> {
+    /// Validates and starts a demo run. `admit` (the caller's attack quota) is asked once the request is known to be valid, so
+    /// a refused request costs nothing.
+    pub fn start(
+        &self,
+        request: RtasRequest,
+        admit: impl FnOnce() -> Result<(), AppError>,
+    ) -> Result<RtasRunView, AppError> {
         let plan = self.plan(&request)?;
+        admit()?;
         let slot = self.runs.reserve()?;
         let run = Arc::new(DemoRun {
             id: new_id("rtas")?,
@@ -875,11 +882,12 @@ async fn info(State(state): State<AppState>) -> Json<RtasLabInfo> {
 }
 
 async fn start(
+    caller: Caller,
     State(state): State<AppState>,
     body: Result<Json<RtasRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<RtasRunView>), AppError> {
     let Json(request) = body?;
-    let view = lab(&state).start(request)?;
+    let view = lab(&state).start(request, || state.factory.rates().attack(&caller))?;
     Ok((StatusCode::CREATED, Json(view)))
 }
 

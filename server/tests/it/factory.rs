@@ -239,6 +239,60 @@ async fn malformed_uploads_get_a_clear_4xx_and_change_nothing() {
     f.shutdown();
 }
 
+/// A body that sends `chunk` bytes every `every`, `chunks` times, then (with `stall`) nothing.
+fn trickle(chunk: usize, every: Duration, chunks: usize, stall: bool) -> Body {
+    use futures_util::StreamExt;
+    let sent = futures_util::stream::iter(0..chunks).then(move |_| async move {
+        tokio::time::sleep(every).await;
+        Ok::<_, std::io::Error>(axum::body::Bytes::from(vec![0u8; chunk]))
+    });
+    if stall {
+        Body::from_stream(sent.chain(futures_util::stream::pending()))
+    } else {
+        Body::from_stream(sent)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_and_trickling_uploads_answer_408_and_store_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = start(dir.path(), |c| {
+        c.upload_idle_timeout = Duration::from_millis(500);
+        c.upload_min_bytes_per_s = 100_000;
+    });
+    let state = state(&f);
+    let (name, token) = operator_auth();
+    let send = |body: Body| {
+        let req = Request::post("/api/datasets?name=slow")
+            .header(name.clone(), token.clone())
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .body(body)
+            .unwrap();
+        send(&state, req)
+    };
+    // Sends 1 kB, then nothing.
+    let t = std::time::Instant::now();
+    let (status, body) = send(trickle(1000, Duration::ZERO, 1, true)).await;
+    let msg = String::from_utf8_lossy(&body);
+    assert_eq!(status, StatusCode::REQUEST_TIMEOUT, "{msg}");
+    assert!(
+        msg.contains("sent nothing for 0.5 s after 1000 bytes"),
+        "{msg}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(5));
+    // Keeps sending, 1 kB every 100 ms (10 kB/s, under the minimum of 100 kB/s).
+    let (status, body) = send(trickle(1000, Duration::from_millis(100), 100, false)).await;
+    let msg = String::from_utf8_lossy(&body);
+    assert_eq!(status, StatusCode::REQUEST_TIMEOUT, "{msg}");
+    assert!(msg.contains("slower than this server's minimum"), "{msg}");
+    assert!(f.store().datasets().unwrap().is_empty());
+    assert!(
+        listing(dir.path(), "tmp").is_empty(),
+        "partial uploads left behind"
+    );
+    f.shutdown();
+}
+
 #[tokio::test]
 async fn bad_jobs_and_classifications_are_refused_clearly() {
     let dir = tempfile::tempdir().unwrap();

@@ -9,4 +9,5 @@ mod api;
 mod factory;
 mod leakage;
 mod owners;
+mod quotas;
 mod rtas;

@@ -5,19 +5,33 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
+use http_body_util::BodyExt;
 use serde_json::{Value, json};
+use tower::ServiceExt;
 use veil_server::factory::Factory;
 
 use crate::common::{self, OPERATOR};
 
-/// A request with `token` (None: none), answered as (status, JSON or null, raw body).
-async fn req(
+/// A request with `token` (None: none), answered as (status, JSON or null).
+pub(crate) async fn req(
     f: &Arc<Factory>,
     token: Option<&str>,
     method: &str,
     uri: &str,
     body: Option<(&str, Vec<u8>)>,
 ) -> (StatusCode, Value) {
+    let (status, v, _) = req_with_headers(f, token, method, uri, body).await;
+    (status, v)
+}
+
+/// [`req`], with the response's headers.
+pub(crate) async fn req_with_headers(
+    f: &Arc<Factory>,
+    token: Option<&str>,
+    method: &str,
+    uri: &str,
+    body: Option<(&str, Vec<u8>)>,
+) -> (StatusCode, Value, axum::http::HeaderMap) {
     let mut r = Request::builder().method(method).uri(uri);
     if let Some(t) = token {
         r = r.header(header::AUTHORIZATION, format!("Bearer {t}"));
@@ -29,14 +43,20 @@ async fn req(
         }
         None => Body::empty(),
     };
-    let (status, bytes) = common::send(&common::state(f), r.body(body).unwrap()).await;
+    let resp = veil_server::app(common::state(f))
+        .oneshot(r.body(body).unwrap())
+        .await
+        .unwrap();
+    let (status, headers) = (resp.status(), resp.headers().clone());
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
     (
         status,
         serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        headers,
     )
 }
 
-async fn new_owner(f: &Arc<Factory>) -> String {
+pub(crate) async fn new_owner(f: &Arc<Factory>) -> String {
     let (status, v) = req(f, None, "POST", "/api/owners", None).await;
     assert_eq!(status, StatusCode::CREATED, "{v}");
     v["token"].as_str().unwrap().to_owned()
