@@ -98,7 +98,15 @@ async function classify(pixels) {
   list.replaceChildren(...result.probabilities.map((p, k) => {
     const li = document.createElement('li');
     if (k === result.label) li.className = 'top';
-    li.innerHTML = `<span>${classes[k] ?? k}</span><span class="bar" style="width:${(100 * p).toFixed(1)}%"></span><span>${(100 * p).toFixed(1)}%</span>`;
+    // Built as elements: the Content-Security-Policy refuses inline style attributes.
+    const name = document.createElement('span');
+    name.textContent = classes[k] ?? k;
+    const bar = document.createElement('span');
+    bar.className = 'bar';
+    bar.style.width = `${(100 * p).toFixed(1)}%`;
+    const pct = document.createElement('span');
+    pct.textContent = `${(100 * p).toFixed(1)}%`;
+    li.append(name, bar, pct);
     return li;
   }));
   say($('classify-message'), '', '');

@@ -2,6 +2,8 @@
 // reconstruction and both PSNR curves from the attack's event stream. No wasm: the secret here is
 // the server's own demo key, and the point is to watch what a server can do with a gradient.
 
+import { failure, ownerFetch } from './common.js';
+
 const $ = (id) => document.getElementById(id);
 const state = { info: null, sample: 0, attack: null, source: null, history: [] };
 // For tests and curious users: the points received so far.
@@ -121,7 +123,7 @@ async function start() {
   say('');
   let resp;
   try {
-    resp = await fetch('/api/leakage/attacks', {
+    resp = await ownerFetch('/api/leakage/attacks', {
       method: 'POST',
       headers: { 'content-type': 'application/json' },
       body: JSON.stringify(body),
@@ -133,7 +135,7 @@ async function start() {
   }
   const answer = await resp.json().catch(() => ({}));
   if (!resp.ok) {
-    say(answer.error || `The server answered ${resp.status}.`, 'error');
+    say(failure(resp, answer), 'error');
     setState('failed');
     return;
   }

@@ -2,6 +2,8 @@
 // and draws what crossed every link from the run's event stream. No wasm and no key here: the
 // parties are the server's own demo, on public digits (see the note on the page).
 
+import { failure, ownerFetch } from './common.js';
+
 const $ = (id) => document.getElementById(id);
 const ROLES = ['p0', 'p1', 'dealer', 'helper'];
 const TITLES = {
@@ -340,7 +342,7 @@ async function start() {
   $('result-figures').replaceChildren();
   let resp;
   try {
-    resp = await fetch('/api/rtas/runs', {
+    resp = await ownerFetch('/api/rtas/runs', {
       method: 'POST',
       headers: { 'content-type': 'application/json' },
       body: JSON.stringify(body),
@@ -352,7 +354,7 @@ async function start() {
   }
   const answer = await resp.json().catch(() => ({}));
   if (!resp.ok) {
-    say(answer.error || `The server answered ${resp.status}.`, 'error');
+    say(failure(resp, answer), 'error');
     setState('failed');
     return;
   }

@@ -1,6 +1,6 @@
 // The train page: upload a ciphertext container to the factory, start a job, follow it live.
 // Everything sent here is public to the factory by design: ciphertexts, labels, a fingerprint.
-import { $, say, startClient, apiJson, lastContainer } from './common.js';
+import { $, say, startClient, apiJson, ownerEvents, lastContainer } from './common.js';
 
 const state = { call: null, bytes: null, summary: null, job: null, history: [], progress: null, source: null };
 window.veilTrain = state;
@@ -127,31 +127,32 @@ $('cancel').addEventListener('click', async () => {
 });
 
 function follow(id, epochs) {
-  const es = new EventSource(`/api/jobs/${id}/events`);
   $('cancel').disabled = false;
   $('job-progress').max = epochs;
   $('job-status').textContent = 'queued';
-  es.addEventListener('snapshot', (e) => {
-    const job = JSON.parse(e.data);
-    state.history = job.history || [];
-    draw();
-  });
-  es.addEventListener('progress', (e) => {
-    const p = JSON.parse(e.data);
-    state.progress = p;
-    $('job-progress').max = p.epochs;
-    $('job-progress').value = p.epoch - 1 + p.step / p.steps_per_epoch;
-    $('job-status').textContent = `epoch ${p.epoch}/${p.epochs}, step ${p.step}/${p.steps_per_epoch}, loss ${p.loss.toFixed(3)}, accuracy ${(100 * p.accuracy).toFixed(1)} %`;
-  });
-  es.addEventListener('epoch', (e) => {
-    state.history.push(JSON.parse(e.data));
-    draw();
-  });
-  es.addEventListener('state', (e) => {
-    const s = JSON.parse(e.data);
-    document.body.dataset.jobState = s.state;
-    if (['succeeded', 'failed', 'cancelled'].includes(s.state)) {
-      es.close();
+  let ended = false;
+  const handlers = {
+    snapshot(job) {
+      state.history = job.history || [];
+      draw();
+    },
+    progress(p) {
+      state.progress = p;
+      $('job-progress').max = p.epochs;
+      $('job-progress').value = p.epoch - 1 + p.step / p.steps_per_epoch;
+      $('job-status').textContent = `epoch ${p.epoch}/${p.epochs}, step ${p.step}/${p.steps_per_epoch}, loss ${p.loss.toFixed(3)}, accuracy ${(100 * p.accuracy).toFixed(1)} %`;
+    },
+    epoch(e) {
+      state.history.push(e);
+      draw();
+    },
+    state(s) {
+      document.body.dataset.jobState = s.state;
+      if (!['succeeded', 'failed', 'cancelled'].includes(s.state)) {
+        $('job-status').textContent = s.state;
+        return;
+      }
+      ended = true;
       $('cancel').disabled = true;
       $('train').disabled = false;
       if (s.state === 'succeeded') {
@@ -167,13 +168,11 @@ function follow(id, epochs) {
         $('job-status').textContent = s.state;
         say($('job-message'), s.state === 'failed' ? `Training failed: ${s.error}` : 'Training was cancelled.', s.state === 'failed' ? 'error' : '');
       }
-    } else {
-      $('job-status').textContent = s.state;
-    }
-  });
-  es.onerror = () => {
-    if (es.readyState === EventSource.CLOSED) say($('job-message'), 'The connection to the factory was lost; reload to follow the job again.', 'error');
+    },
   };
+  ownerEvents(`/api/jobs/${id}/events`, (name, data) => handlers[name]?.(data), (err) => {
+    if (!ended) say($('job-message'), `The connection to the factory was lost${err ? ` (${err.message})` : ''}; reload to follow the job again.`, 'error');
+  });
 }
 
 function draw() {

@@ -2,6 +2,7 @@
 //! driven through chromedriver (WebDriver), on WebGPU (SwiftShader, `--enable-unsafe-webgpu`) or
 //! with no WebGPU adapter at all (the CPU fallback).
 
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -51,6 +52,24 @@ pub struct Recorded {
 pub type Recording = std::sync::Arc<std::sync::Mutex<Vec<Recorded>>>;
 
 /// Starts the real Veil app (the same router `veil serve` runs) on 127.0.0.1 and a free port.
+/// The operator token of every test server: a test that checks the factory from outside (as an
+/// auditor would) reads every owner's objects with it.
+pub const OPERATOR_TOKEN: &str = "veil-test-operator-token-0123456789abcdef";
+
+/// An HTTP client that sends [`OPERATOR_TOKEN`].
+pub fn operator_client() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        reqwest::header::HeaderValue::from_str(&format!("Bearer {OPERATOR_TOKEN}"))
+            .expect("a header value"),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("a client")
+}
+
 pub async fn start_server() -> Result<TestServer> {
     start(None).await
 }
@@ -73,9 +92,9 @@ async fn start(recording: Option<Recording>) -> Result<TestServer> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let data = tempfile::tempdir()?;
-    let factory = veil_server::factory::Factory::start(veil_server::factory::FactoryConfig::new(
-        data.path(),
-    ))?;
+    let mut config = veil_server::factory::FactoryConfig::new(data.path());
+    config.operator_token_sha256 = Some(veil_server::factory::owners::token_hash(OPERATOR_TOKEN));
+    let factory = veil_server::factory::Factory::start(config)?;
     let mut app = veil_server::app(veil_server::AppState::with_defaults(www, factory)?);
     if let Some(rec) = recording {
         app = app.layer(axum::middleware::from_fn(

@@ -153,7 +153,10 @@ async fn adversarial(b: &Browser, base: &str, mode: GpuMode, rec: &Recording) ->
 
     // What the factory received: one upload, the page's encryptions, nothing secret.
     let requests: Vec<Recorded> = rec.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
-    let posts: Vec<&Recorded> = requests.iter().filter(|r| r.method != "GET").collect();
+    let posts: Vec<&Recorded> = requests
+        .iter()
+        .filter(|r| crate::flow_journey::is_post_of_data(r))
+        .collect();
     ensure!(
         posts.len() == 1 && posts[0].uri.starts_with("/api/datasets"),
         "the page sent {:?}",

