@@ -2,6 +2,7 @@
 //! driven through chromedriver (WebDriver), on WebGPU (SwiftShader, `--enable-unsafe-webgpu`) or
 //! with no WebGPU adapter at all (the CPU fallback).
 
+pub mod load;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

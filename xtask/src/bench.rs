@@ -14,6 +14,8 @@ pub fn run_bench(root: &Path, args: &[String]) -> Result<()> {
     let peers = args.iter().any(|a| a == "--peers");
     tools::ensure_chromium()?;
     build_wasm(root, true)?;
+    // The load-and-faults run starts `veil serve` as a process (to SIGKILL it).
+    run(cargo().args(["build", "--release", "-p", "veil-cli"]))?;
     let mut cmd = cargo();
     cmd.args([
         "run",
@@ -26,6 +28,8 @@ pub fn run_bench(root: &Path, args: &[String]) -> Result<()> {
     if peers {
         cmd.env("VEIL_BENCH_PYTHON", bench_venv(root)?);
     }
+    // The rest (`--native-only`, `--render`, `--only a,b`) goes to veil-bench.
+    cmd.arg("--").args(args.iter().filter(|a| *a != "--peers"));
     run(&mut cmd)
 }
 

@@ -183,7 +183,14 @@ fn factory_commands_keep_an_owner_token_and_owners_do_not_see_each_other() {
 
     let dir = tempfile::tempdir().unwrap();
     let mut server = Command::new(env!("CARGO_BIN_EXE_veil"))
-        .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--quota-datasets",
+            "1",
+            "--data-dir",
+        ])
         .arg(dir.path().join("data"))
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
@@ -200,6 +207,16 @@ fn factory_commands_keep_an_owner_token_and_owners_do_not_see_each_other() {
         .unwrap()
         .trim_end_matches('/')
         .to_owned();
+    let run = |config: &str, args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_veil"))
+            .arg("factory")
+            .args(args)
+            .args(["--server", &base])
+            .env("XDG_CONFIG_HOME", dir.path().join(config))
+            .env_remove("VEIL_OWNER_TOKEN")
+            .output()
+            .unwrap()
+    };
     let veil = |config: &str, args: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_veil"))
             .arg("factory")
@@ -228,6 +245,16 @@ fn factory_commands_keep_an_owner_token_and_owners_do_not_see_each_other() {
         let mode = std::fs::metadata(&tokens).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600, "{mode:o}");
     }
+    // Past her quota of one dataset, the CLI says which quota and when to retry.
+    let out = run("alice", &["upload", "digits", "--name", "more"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("429")
+            && err.contains("1 dataset and its quota is 1")
+            && err.contains("retry after 60 s"),
+        "{err}"
+    );
     assert!(veil("alice", &["list"]).contains(&id));
     let bobs = veil("bob", &["list"]);
     assert!(!bobs.contains(&id), "{bobs}");

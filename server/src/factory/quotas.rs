@@ -78,8 +78,10 @@ impl Quotas {
         if usage.datasets >= self.datasets {
             return Err(exceeded(
                 format!(
-                    "this owner keeps {} datasets, the most this server allows: delete one first",
-                    usage.datasets
+                    "this owner keeps {} dataset{} and its quota is {}: delete one first",
+                    usage.datasets,
+                    if usage.datasets == 1 { "" } else { "s" },
+                    self.datasets
                 ),
                 STORED_RETRY,
             ));

@@ -75,7 +75,7 @@ async fn stored_bytes_and_datasets_are_limited_per_owner() {
     let (status, v, _) = upload(&f, &a, digits(10)).await;
     assert_eq!(status, StatusCode::CREATED, "{v}");
     let (status, v, h) = upload(&f, &a, digits(10)).await;
-    assert_429(status, &v, &h, "2 datasets");
+    assert_429(status, &v, &h, "2 datasets and its quota is 2");
     // Deleting one makes room again.
     let id = first["id"].as_str().unwrap();
     let (status, _) = req(&f, Some(&a), "DELETE", &format!("/api/datasets/{id}"), None).await;

@@ -33,6 +33,53 @@ fn main() -> Result<()> {
         eprintln!("wrote docs/BENCHMARKS.md from docs/benchmarks.json");
         return Ok(());
     }
+    // `--only a,b`: re-measure these sections (names as in benchmarks.json: native, peers,
+    // flow_rotation, leakage, owsd, adversarial, rtas, factory, load_and_faults) and keep the
+    // rest of the last run.
+    let only: Option<Vec<String>> = std::env::args()
+        .skip_while(|a| a != "--only")
+        .nth(1)
+        .map(|v| v.split(',').map(str::to_owned).collect());
+    if let Some(only) = only {
+        anyhow::ensure!(
+            !previous.is_null(),
+            "--only needs docs/benchmarks.json from an earlier run"
+        );
+        let mut results = previous.clone();
+        let runtime = tokio::runtime::Runtime::new()?;
+        for name in &only {
+            eprintln!("re-measuring {name}…");
+            results[name.as_str()] = match name.as_str() {
+                "native" => native()?,
+                "peers" => peers()?,
+                "flow_rotation" => flow_rotation()?,
+                "leakage" => leakage(),
+                "owsd" => owsd()?,
+                "adversarial" => adversarial()?,
+                "rtas" => rtas()?,
+                "factory" => runtime.block_on(factory())?,
+                "load_and_faults" => runtime.block_on(load_and_faults()),
+                other => anyhow::bail!("--only: no section {other:?}"),
+            };
+        }
+        let mut parts: Vec<String> = previous["partial_rerun"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        parts.extend(
+            only.iter()
+                .filter(|n| !parts.contains(n))
+                .cloned()
+                .collect::<Vec<_>>(),
+        );
+        results["partial_rerun"] = json!(parts);
+        results["machine"] = machine();
+        return write_results(&root, &results);
+    }
     let mut results = json!({});
     eprintln!("native: 3072×3072 Haar rotation…");
     results["native"] = native()?;
@@ -55,6 +102,7 @@ fn main() -> Result<()> {
     eprintln!("factory: training throughput and classify load…");
     results["factory"] = runtime.block_on(factory())?;
     eprintln!("{}", results["factory"]);
+    results["load_and_faults"] = runtime.block_on(load_and_faults());
     let mut browser = json!({});
     for mode in [GpuMode::NoWebgpu, GpuMode::Webgpu] {
         if native_only {
@@ -89,13 +137,17 @@ fn main() -> Result<()> {
     if let Ok(text) = std::fs::read_to_string(root.join("docs/cold-test.json")) {
         results["cold_xtask_test"] = serde_json::from_str(&text).unwrap_or(Value::Null);
     }
+    write_results(&root, &results)
+}
+
+fn write_results(root: &Path, results: &Value) -> Result<()> {
     let docs = root.join("docs");
     std::fs::create_dir_all(&docs)?;
     std::fs::write(
         docs.join("benchmarks.json"),
-        serde_json::to_string_pretty(&results)? + "\n",
+        serde_json::to_string_pretty(results)? + "\n",
     )?;
-    std::fs::write(docs.join("BENCHMARKS.md"), markdown(&results))?;
+    std::fs::write(docs.join("BENCHMARKS.md"), markdown(results))?;
     eprintln!("wrote docs/BENCHMARKS.md and docs/benchmarks.json");
     Ok(())
 }
@@ -684,6 +736,165 @@ async fn factory() -> Result<Value> {
     }))
 }
 
+/// Eight owners for 80 s against a `veil serve` process, killed and restarted at half time,
+/// with slow clients, then a full disk (see [`veil_tests::load`]). The binary is `$VEIL_BIN`, or
+/// the release build `cargo xtask bench` makes first.
+async fn load_and_faults() -> Value {
+    eprintln!("factory: owners under load, a SIGKILL and restart, slow clients, a full disk…");
+    let veil = std::env::var_os("VEIL_BIN").map_or_else(
+        || {
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map_or_else(|| repo_root().join("target"), Into::into);
+            target.join("release").join("veil")
+        },
+        Into::into,
+    );
+    if !veil.exists() {
+        return json!({ "error": format!("no veil binary at {} (cargo build --release -p veil-cli)", veil.display()) });
+    }
+    let cfg = veil_tests::load::LoadConfig {
+        veil,
+        owners: 8,
+        duration: Duration::from_secs(80),
+    };
+    match veil_tests::load::run(&cfg).await {
+        Ok(v) => {
+            eprintln!("{v}");
+            v
+        }
+        Err(e) => json!({ "error": format!("{e:#}") }),
+    }
+}
+
+/// The load-and-faults section of BENCHMARKS.md.
+fn load_markdown(l: &Value) -> String {
+    let mut s = String::from(
+        "## The factory under load and faults (`veil serve` as a process, loopback)\n\n",
+    );
+    if l.is_null() {
+        return s + "Not measured in this run.\n\n";
+    }
+    if let Some(e) = l["error"].as_str() {
+        return s + &format!("**The run failed:** {e}\n\n");
+    }
+    let ms = |v: &Value| f(v).map_or("—".into(), |x| format!("{x:.1} ms"));
+    let results = |v: &Value| {
+        v.as_object().map_or("—".into(), |m| {
+            m.iter()
+                .map(|(k, n)| format!("{k}: {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+    };
+    s += &format!(
+        "{} owners, each in a loop for {:.0} s: upload a digits container (60–200 images), queue a training job \
+         (2 epochs) every other round, classify 4 × 8 images, and (two of them) start a gradient-leakage attack every \
+         third round; quotas: 2 active jobs, 6,000 images and 10 attacks a minute per owner. The server was SIGKILLed \
+         (signal {}) at {:.0} s and restarted on the same data directory; it answered again {:.2} s later, and {} of \
+         {} jobs resumed from a checkpoint. Results are HTTP statuses, or `connection` for a request cut by the kill.\n\n",
+        l["owners"],
+        f(&l["duration_s"]).unwrap_or(0.0),
+        l["killed_by_signal"],
+        f(&l["killed_at_s"]).unwrap_or(0.0),
+        f(&l["restart_to_healthy_s"]).unwrap_or(0.0),
+        l["jobs_resumed_after_the_kill"],
+        l["jobs"],
+    );
+    s += "| Requests | Count | p50 | p99 | Results |\n|---|---|---|---|---|\n";
+    let all = &l["requests"]["all"];
+    s += &format!(
+        "| all | {} | {} | {} | {} |\n",
+        all["requests"],
+        ms(&all["p50_ms"]),
+        ms(&all["p99_ms"]),
+        results(&all["results"])
+    );
+    if let Some(kinds) = l["requests"]["by_kind"].as_object() {
+        for (k, v) in kinds {
+            s += &format!(
+                "| {k} | {} | {} | {} | {} |\n",
+                v["requests"],
+                ms(&v["p50_ms"]),
+                ms(&v["p99_ms"]),
+                results(&v["results"])
+            );
+        }
+    }
+    let v = &l["verified"];
+    s += &format!(
+        "\nChecked afterwards through the API, with each owner's token: {} acknowledged datasets (each downloaded \
+         and compared by SHA-256), {} acknowledged jobs, {} finished jobs and their models (each also asked for by \
+         another owner, who must get 404). **Lost: {}. Corrupted: {}. Mixed between owners: {}. Finished jobs \
+         changed: {}.**\n\n",
+        v["datasets_checked"],
+        v["jobs_checked"],
+        v["finished_jobs_checked"],
+        v["lost"],
+        v["corrupted"],
+        v["mixed"],
+        v["finished_jobs_changed"],
+    );
+    s += "Slow clients (declaring a 1 MB upload; the server allows 30 s without a byte and 16 KiB/s on average):\n\n\
+          | Client | Answer | After |\n|---|---|---|\n";
+    for c in l["slow_clients"].as_array().into_iter().flatten() {
+        let who = match (c["bytes_per_s"].as_u64(), c["after_restart"].as_bool()) {
+            (Some(0), r) => format!(
+                "sends nothing after its headers{}",
+                if r == Some(true) {
+                    " (after the restart)"
+                } else {
+                    ""
+                }
+            ),
+            (Some(n), r) => format!(
+                "sends {n} bytes/s{}",
+                if r == Some(true) {
+                    " (after the restart)"
+                } else {
+                    ""
+                }
+            ),
+            _ => "?".into(),
+        };
+        let answer = match c["status"].as_u64() {
+            Some(0) => "connection closed (the kill)".into(),
+            Some(n) => n.to_string(),
+            None => c["error"].as_str().unwrap_or("?").to_owned(),
+        };
+        s += &format!(
+            "| {who} | {answer} | {} |\n",
+            f(&c["answered_after_s"]).map_or("—".into(), |x| format!("{x:.1} s"))
+        );
+    }
+    let d = &l["full_disk"];
+    s += "\n";
+    if let Some(skip) = d["skipped"].as_str() {
+        s += &format!("Full disk: not measured ({skip}).\n\n");
+    } else if let Some(e) = d["error"].as_str() {
+        s += &format!("Full disk: **the run failed:** {e}\n\n");
+    } else {
+        s += &format!(
+            "Full disk: a data directory on a {} MiB tmpfs (`unshare --user --mount`), one owner uploading 3×32×32 \
+         containers of 600 images. {} were stored; upload {} was the first answered {} (\"{}\"). After it: health \
+         {}, classification {}, {} of {} stored datasets listed and {} intact by SHA-256; deleting one answered {} \
+         and the next upload {}.\n\n",
+            d["tmpfs_mib"],
+            d["uploads_stored"],
+            d["first_full_upload"],
+            d["full_status"],
+            d["full_message"].as_str().unwrap_or(""),
+            d["health_after"],
+            d["classify_after"],
+            d["listed_after"],
+            d["uploads_stored"],
+            d["intact_after"],
+            d["delete_status"],
+            d["upload_after_delete"],
+        );
+    }
+    s
+}
+
 fn f(v: &Value) -> Option<f64> {
     v.as_f64()
 }
@@ -712,6 +923,15 @@ fn markdown(r: &Value) -> String {
         m["chromium"].as_str().unwrap_or("?"),
         m["gpu"].as_str().unwrap_or("?"),
     );
+    if let Some(parts) = r["partial_rerun"].as_array() {
+        let names: Vec<&str> = parts.iter().filter_map(Value::as_str).collect();
+        s += &format!(
+            "Re-measured in a later partial run (`cargo xtask bench --only {}`) on the machine above: {}; \
+             the other sections come from the last full run.\n\n",
+            names.join(","),
+            names.join(", ")
+        );
+    }
     s += "Native figures use burn's flex backend with its SIMD kernels and rayon threads; the browser's CPU \
           column is flex in the wasm module described under \"Shipped wasm client\" (its SIMD, no threads).\n\n";
     s += "## Keys and the demo model\n\n| What | Native (flex) | Browser CPU (wasm) | wasm / native | Browser WebGPU | WebGPU / native |\n|---|---|---|---|---|---|\n";
@@ -898,6 +1118,7 @@ fn markdown(r: &Value) -> String {
         f(&fa["classify_p99_ms"]).map_or("—".into(), |x| format!("{x:.2}")),
         fa["classify_errors"],
     );
+    s += &load_markdown(&r["load_and_faults"]);
     let w = &r["wasm_size"];
     let simd = match cpu["wasm_simd128"].as_bool() {
         Some(true) => "WebAssembly SIMD (`+simd128`)",
