@@ -52,7 +52,7 @@ fn default_out() -> PathBuf {
 }
 
 /// The split every host uses for the demo: 20 % test, seed 7.
-pub const SPLIT: (f64, u64) = (0.2, 7);
+pub use veil::nn::model::demo::SPLIT;
 const REFERENCE_IMAGES: usize = 16;
 pub fn train_demo(args: TrainDemoArgs) -> Result<()> {
     let cloud = args.model == CLOUD;

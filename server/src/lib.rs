@@ -1,9 +1,10 @@
 //! Veil's companion server: the untrusted "ML factory". It serves the pages and the wasm client,
 //! the public models and flows, the [`factory`] (datasets, training jobs and the untrusted
-//! classifier) and the attack lab ([`leakage`]). Only the untrusted party's code lives here: it
+//! classifier) and the attack labs ([`leakage`], [`blackbox`], [`rtas`]). Only the untrusted party's code lives here: it
 //! never receives or holds a data owner's key or plaintext image (the owner's side in a
 //! terminal is the `veil-cli` crate).
 
+pub mod blackbox;
 pub mod embedded;
 pub mod error;
 pub mod events;
@@ -43,6 +44,8 @@ pub struct AppState {
     pub leakage: Arc<leakage::LeakageLab>,
     /// The RTAS lab (the four parties on loopback).
     pub rtas: Arc<rtas::lab::RtasLab>,
+    /// The black-box lab (membership inference and extraction against the factory's models).
+    pub blackbox: Arc<blackbox::BlackBoxLab>,
     /// The public flows of flow rotation the pages download (`/api/flows`).
     pub flows: Arc<flowsets::FlowFamilies>,
 }
@@ -56,6 +59,7 @@ impl AppState {
             factory,
             leakage: Arc::new(leakage::LeakageLab::new()?),
             rtas: Arc::new(rtas::lab::RtasLab::new()?),
+            blackbox: Arc::new(blackbox::BlackBoxLab::new()),
             flows: flowsets::FlowFamilies::embedded_shared()?,
             models: Arc::new(
                 embedded::builtin_models()
@@ -75,6 +79,7 @@ impl AppState {
         self.factory.begin_shutdown();
         self.leakage.begin_shutdown();
         self.rtas.begin_shutdown();
+        self.blackbox.begin_shutdown();
     }
 }
 

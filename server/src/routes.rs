@@ -91,6 +91,11 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/leakage/attacks/{id}"),
     ("GET", "/api/leakage/attacks/{id}/events"),
     ("POST", "/api/leakage/attacks/{id}/cancel"),
+    ("GET", "/api/blackbox"),
+    ("POST", "/api/blackbox/attacks"),
+    ("GET", "/api/blackbox/attacks/{id}"),
+    ("GET", "/api/blackbox/attacks/{id}/events"),
+    ("POST", "/api/blackbox/attacks/{id}/cancel"),
     ("GET", "/api/rtas"),
     ("POST", "/api/rtas/runs"),
     ("GET", "/api/rtas/runs/{id}"),
@@ -106,6 +111,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .merge(crate::factory::api::router(&state.factory))
         .merge(crate::leakage::router())
         .merge(crate::rtas::lab::router())
+        .merge(crate::blackbox::router())
         .merge(crate::flowsets::router())
         .route("/api/{*rest}", axum::routing::any(api_not_found));
     let pages = ServeDir::new(&state.www_dir).append_index_html_on_directories(true);

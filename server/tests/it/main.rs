@@ -6,6 +6,7 @@
 mod common;
 
 mod api;
+mod blackbox;
 mod factory;
 mod leakage;
 mod owners;

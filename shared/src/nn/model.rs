@@ -253,6 +253,10 @@ impl HandwritingScore {
 pub mod demo {
     use super::ModelCard;
 
+    /// How `digits-cnn` was trained and tested: `digits().split(SPLIT.0, SPLIT.1)` (20 % test,
+    /// seed 7). The black-box lab's membership attack needs to know which images were members.
+    pub const SPLIT: (f64, u64) = (0.2, 7);
+
     /// The model card (JSON).
     pub const CARD_JSON: &str = include_str!("../../../assets/models/digits-cnn.json");
     /// The weights (burnpack).

@@ -490,3 +490,88 @@ async fn csp_journey(b: &Browser, url: &str, other: &str) -> Result<()> {
     assert!(violations.iter().any(|v| v == "img-src"), "{out}");
     Ok(())
 }
+
+/// The black-box page attacks the built-in model and shows what the server's run measured: the
+/// membership AUC on the page is the run's, and extraction's agreement grows with the queries.
+#[tokio::test]
+#[ignore = "needs headless Chromium and chromedriver (cargo xtask test)"]
+async fn blackbox_lab_shows_membership_and_extraction() -> Result<()> {
+    let mode = GpuMode::from_env();
+    if mode == GpuMode::Webgpu {
+        eprintln!("the black-box page uses no WebGPU: checked on the CPU pass only");
+        return Ok(());
+    }
+    let server = start_server().await?;
+    let addr = server.addr;
+    let browser = Browser::start(mode).await?;
+    let result = blackbox_journey(&browser, addr).await;
+    if result.is_err() {
+        let _ = browser.screenshot("failure-blackbox").await;
+    }
+    browser.close().await?;
+    result
+}
+
+async fn blackbox_journey(b: &Browser, addr: std::net::SocketAddr) -> Result<()> {
+    let c = &b.client;
+    c.goto(&format!("http://{addr}/blackbox.html")).await?;
+    b.wait_for(
+        "the lab to load",
+        "return document.body.dataset.state === 'ready' ? true : null;",
+        LONG,
+    )
+    .await?;
+    let ended =
+        "const s = document.body.dataset.state; return ['done', 'failed'].includes(s) ? s : null;";
+    for attack in ["membership", "extraction"] {
+        c.execute(
+            &format!("document.getElementById('model').value = 'digits-cnn'; document.getElementById('attack').value = '{attack}';"),
+            vec![],
+        )
+        .await?;
+        c.find(Locator::Id("start")).await?.click().await?;
+        let end = b
+            .wait_for(&format!("the {attack} attack to end"), ended, LONG)
+            .await?;
+        anyhow::ensure!(
+            end == "done",
+            "{attack} ended {end}: {}",
+            c.find(Locator::Id("message")).await?.text().await?
+        );
+        let run = c
+            .execute("return document.body.dataset.run;", vec![])
+            .await?;
+        let run = run.as_str().unwrap_or_default().to_owned();
+        let view: serde_json::Value =
+            reqwest::get(format!("http://{addr}/api/blackbox/attacks/{run}"))
+                .await?
+                .json()
+                .await?;
+        let events = view["events"].as_array().cloned().unwrap_or_default();
+        if attack == "membership" {
+            let auc = events
+                .iter()
+                .find(|e| e["event"] == "membership")
+                .and_then(|e| e["auc"].as_f64())
+                .ok_or_else(|| anyhow::anyhow!("no membership event: {view}"))?;
+            let shown = c.find(Locator::Id("auc")).await?.text().await?;
+            assert_eq!(shown, format!("{auc:.3}"));
+            assert!((0.0..=1.0).contains(&auc));
+        } else {
+            let points: Vec<f64> = events
+                .iter()
+                .filter(|e| e["event"] == "point")
+                .filter_map(|e| e["agreement"].as_f64())
+                .collect();
+            assert_eq!(points.len(), 6, "{view}");
+            assert!(points[5] > points[0], "agreement {points:?}");
+            let shown = c.find(Locator::Id("q800")).await?.text().await?;
+            assert!(
+                shown.contains(&format!("agreement {:.1} %", 100.0 * points[5])),
+                "{shown}"
+            );
+        }
+    }
+    b.screenshot("blackbox").await?;
+    Ok(())
+}

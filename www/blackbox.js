@@ -1,0 +1,213 @@
+// The black-box lab: starts a membership-inference or model-extraction attack on the server
+// against one of the factory's models and draws what its event stream reports. No wasm and no
+// key: the attack runs where the model is, on what the model answers.
+
+import { apiJson, failure, ownerEvents, ownerFetch } from './common.js';
+
+const $ = (id) => document.getElementById(id);
+const state = { run: null, stop: null, membership: null, points: [], done: null };
+// For tests and curious users: what the stream has delivered.
+window.veilBlackBox = state;
+
+function say(text, kind) {
+  $('message').textContent = text;
+  $('message').className = `message ${kind || ''}`;
+}
+
+function setState(s) {
+  document.body.dataset.state = s;
+  const running = s === 'running' || s === 'starting';
+  $('start').disabled = running || !$('model').value;
+  $('cancel').disabled = s !== 'running';
+}
+
+const pct = (x) => `${(100 * x).toFixed(1)} %`;
+
+function figures(rows) {
+  const dl = $('figures');
+  dl.replaceChildren();
+  for (const [id, name, value] of rows) {
+    const dt = document.createElement('dt');
+    dt.textContent = name;
+    const dd = document.createElement('dd');
+    dd.id = id;
+    dd.textContent = value;
+    dl.append(dt, dd);
+  }
+}
+
+function axes(ctx, c, pad) {
+  ctx.clearRect(0, 0, c.width, c.height);
+  ctx.strokeStyle = '#889';
+  ctx.beginPath();
+  ctx.moveTo(pad.l, pad.t);
+  ctx.lineTo(pad.l, c.height - pad.b);
+  ctx.lineTo(c.width - pad.r, c.height - pad.b);
+  ctx.stroke();
+  ctx.fillStyle = '#5b6478';
+  ctx.font = '11px system-ui, sans-serif';
+}
+
+// Two histograms of log10(loss): members (blue) in front of non-members (orange).
+function drawMembership(m) {
+  const c = $('chart');
+  const ctx = c.getContext('2d');
+  const pad = { l: 40, r: 10, t: 10, b: 30 };
+  axes(ctx, c, pad);
+  const W = c.width - pad.l - pad.r;
+  const H = c.height - pad.t - pad.b;
+  const bins = m.member_histogram.length;
+  const share = (h, n) => h.map((v) => v / Math.max(1, n));
+  const series = [[share(m.non_member_histogram, m.non_members), 'rgba(230,140,40,.6)'],
+    [share(m.member_histogram, m.members), 'rgba(50,90,200,.6)']];
+  const top = Math.max(0.01, ...series.flatMap(([h]) => h));
+  for (const [h, color] of series) {
+    ctx.fillStyle = color;
+    h.forEach((v, i) => {
+      const bh = (v / top) * H;
+      ctx.fillRect(pad.l + (i / bins) * W, pad.t + H - bh, W / bins - 1, bh);
+    });
+  }
+  ctx.fillStyle = '#5b6478';
+  const [lo, hi] = m.log10_loss_range;
+  ctx.fillText(`loss 1e${lo}`, pad.l, c.height - 10);
+  ctx.fillText(`1e${hi.toFixed(1)}`, pad.l + W - 40, c.height - 10);
+  ctx.fillText('members (blue), non-members (orange): share per bin of log10(loss)', pad.l + 70, c.height - 10);
+}
+
+// Agreement (blue) and the copy's accuracy (grey) against the number of queries.
+function drawExtraction(points) {
+  const c = $('chart');
+  const ctx = c.getContext('2d');
+  const pad = { l: 40, r: 10, t: 10, b: 30 };
+  axes(ctx, c, pad);
+  const W = c.width - pad.l - pad.r;
+  const H = c.height - pad.t - pad.b;
+  const lx = (q) => pad.l + (Math.log2(q / 25) / Math.log2(800 / 25)) * W;
+  const y = (v) => pad.t + H - v * H;
+  for (const [key, color] of [['copy_accuracy', '#99a'], ['agreement', '#325ac8']]) {
+    ctx.strokeStyle = color;
+    ctx.lineWidth = 2;
+    ctx.beginPath();
+    points.forEach((p, i) => (i ? ctx.lineTo(lx(p.queries), y(p[key])) : ctx.moveTo(lx(p.queries), y(p[key]))));
+    ctx.stroke();
+  }
+  ctx.fillStyle = '#5b6478';
+  for (const p of points) ctx.fillText(String(p.queries), Math.min(lx(p.queries) - 8, c.width - 28), c.height - 10);
+  ctx.fillText('100 %', 4, y(1) + 8);
+  ctx.fillText('0', 24, y(0));
+}
+
+function show() {
+  const m = state.membership;
+  if (m) {
+    figures([
+      ['auc', 'ROC AUC', m.auc.toFixed(3)],
+      ['tpr', 'True positives at 1 % false positives', pct(m.tpr_at_1pct_fpr)],
+      ['advantage', 'Membership advantage (TPR − FPR, best threshold)', m.advantage.toFixed(3)],
+      ['accuracies', 'Model accuracy on members / non-members', `${pct(m.train_accuracy)} / ${pct(m.test_accuracy)}`],
+      ['scored', 'Images scored', `${m.members} members, ${m.non_members} non-members`],
+    ]);
+    drawMembership(m);
+    $('reading').textContent = m.auc < 0.55
+      ? 'Barely better than a coin: this model generalises, and its losses say little about who was trained on.'
+      : `Better than a coin: the model fits its members more closely (a gap of ${pct(m.train_accuracy - m.test_accuracy)} in accuracy), and the loss gives some of them away.`;
+  } else if (state.points.length) {
+    const last = state.points[state.points.length - 1];
+    figures(state.points.map((p) => [`q${p.queries}`, `${p.queries} queries`, `agreement ${pct(p.agreement)}, copy accuracy ${pct(p.copy_accuracy)}`]));
+    drawExtraction(state.points);
+    $('reading').textContent = `With ${last.queries} answers the copy answers as the model does on ${pct(last.agreement)} of unseen images. For a model on ciphertexts the copy is a model on ciphertexts: it is as useful as the key that made them.`;
+  }
+}
+
+async function start() {
+  state.stop?.();
+  Object.assign(state, { run: null, membership: null, points: [], done: null });
+  figures([]);
+  $('reading').textContent = '';
+  setState('starting');
+  say('');
+  let resp;
+  try {
+    resp = await ownerFetch('/api/blackbox/attacks', {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: $('model').value, attack: $('attack').value }),
+    });
+  } catch (e) {
+    say(`The server cannot be reached: ${e.message}`, 'error');
+    setState('failed');
+    return;
+  }
+  const answer = await resp.json().catch(() => ({}));
+  if (!resp.ok) {
+    say(failure(resp, answer), 'error');
+    setState('failed');
+    return;
+  }
+  state.run = answer;
+  document.body.dataset.run = answer.id;
+  setState('running');
+  say('Attacking…');
+  const bar = $('progress');
+  state.stop = ownerEvents(answer.events_url, (name, data) => {
+    if (name === 'progress') {
+      bar.hidden = false;
+      bar.max = data.of;
+      bar.value = data.step;
+      say(`${data.what}…`);
+    } else if (name === 'point') {
+      state.points.push(data);
+      bar.value = state.points.length;
+      show();
+    } else if (name === 'membership') {
+      state.membership = data;
+      show();
+    } else if (name === 'done') {
+      state.done = data;
+      bar.hidden = true;
+      say(`Done in ${data.seconds.toFixed(1)} s. The model's accuracy on the held-out images: ${pct(data.test_accuracy)}.`, 'ok');
+      setState('done');
+    } else if (name === 'cancelled') {
+      say('Cancelled.');
+      setState('cancelled');
+    } else if (name === 'failed') {
+      say(`The attack failed: ${data.error}`, 'error');
+      setState('failed');
+    }
+  }, (error) => {
+    if (error) {
+      say(`The event stream broke: ${error.message}`, 'error');
+      setState('failed');
+    }
+  });
+}
+
+async function cancel() {
+  if (!state.run) return;
+  await fetch(`/api/blackbox/attacks/${state.run.id}/cancel`, { method: 'POST' }).catch(() => null);
+}
+
+async function init() {
+  setState('loading');
+  try {
+    const models = await apiJson('/api/models');
+    const attackable = models.filter((m) => m.name === 'digits-cnn' || m.kind === 'trained');
+    $('model').replaceChildren(...attackable.map((m) => {
+      const o = document.createElement('option');
+      o.value = m.name;
+      o.textContent = m.kind === 'trained'
+        ? `${m.name} (trained on ${m.dataset}, ${m.scheme})`
+        : `${m.name} (built-in, plain digits)`;
+      return o;
+    }));
+  } catch (e) {
+    say(`The models cannot be listed: ${e.message}`, 'error');
+  }
+  setState('ready');
+}
+
+$('start').addEventListener('click', start);
+$('cancel').addEventListener('click', cancel);
+$('model').addEventListener('change', () => setState(document.body.dataset.state));
+init();
