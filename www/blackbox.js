@@ -2,7 +2,7 @@
 // against one of the factory's models and draws what its event stream reports. No wasm and no
 // key: the attack runs where the model is, on what the model answers.
 
-import { apiJson, failure, ownerEvents, ownerFetch } from './common.js';
+import { apiJson, ownerEvents, startRun } from './common.js';
 
 const $ = (id) => document.getElementById(id);
 const state = { run: null, stop: null, membership: null, points: [], done: null };
@@ -36,9 +36,14 @@ function figures(rows) {
   }
 }
 
-function axes(ctx, c, pad) {
+// The chart, cleared, with its axes: the context and the plotting area.
+function frame() {
+  const c = $('chart');
+  const ctx = c.getContext('2d');
+  const pad = { l: 40, r: 10, t: 10, b: 30 };
   ctx.clearRect(0, 0, c.width, c.height);
   ctx.strokeStyle = '#889';
+  ctx.lineWidth = 1;
   ctx.beginPath();
   ctx.moveTo(pad.l, pad.t);
   ctx.lineTo(pad.l, c.height - pad.b);
@@ -46,16 +51,12 @@ function axes(ctx, c, pad) {
   ctx.stroke();
   ctx.fillStyle = '#5b6478';
   ctx.font = '11px system-ui, sans-serif';
+  return { c, ctx, pad, W: c.width - pad.l - pad.r, H: c.height - pad.t - pad.b };
 }
 
 // Two histograms of log10(loss): members (blue) in front of non-members (orange).
 function drawMembership(m) {
-  const c = $('chart');
-  const ctx = c.getContext('2d');
-  const pad = { l: 40, r: 10, t: 10, b: 30 };
-  axes(ctx, c, pad);
-  const W = c.width - pad.l - pad.r;
-  const H = c.height - pad.t - pad.b;
+  const { c, ctx, pad, W, H } = frame();
   const bins = m.member_histogram.length;
   const share = (h, n) => h.map((v) => v / Math.max(1, n));
   const series = [[share(m.non_member_histogram, m.non_members), 'rgba(230,140,40,.6)'],
@@ -77,12 +78,7 @@ function drawMembership(m) {
 
 // Agreement (blue) and the copy's accuracy (grey) against the number of queries.
 function drawExtraction(points) {
-  const c = $('chart');
-  const ctx = c.getContext('2d');
-  const pad = { l: 40, r: 10, t: 10, b: 30 };
-  axes(ctx, c, pad);
-  const W = c.width - pad.l - pad.r;
-  const H = c.height - pad.t - pad.b;
+  const { c, ctx, pad, W, H } = frame();
   const lx = (q) => pad.l + (Math.log2(q / 25) / Math.log2(800 / 25)) * W;
   const y = (v) => pad.t + H - v * H;
   for (const [key, color] of [['copy_accuracy', '#99a'], ['agreement', '#325ac8']]) {
@@ -127,21 +123,11 @@ async function start() {
   $('reading').textContent = '';
   setState('starting');
   say('');
-  let resp;
+  let answer;
   try {
-    resp = await ownerFetch('/api/blackbox/attacks', {
-      method: 'POST',
-      headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({ model: $('model').value, attack: $('attack').value }),
-    });
+    answer = await startRun('/api/blackbox/attacks', { model: $('model').value, attack: $('attack').value });
   } catch (e) {
-    say(`The server cannot be reached: ${e.message}`, 'error');
-    setState('failed');
-    return;
-  }
-  const answer = await resp.json().catch(() => ({}));
-  if (!resp.ok) {
-    say(failure(resp, answer), 'error');
+    say(e.message, 'error');
     setState('failed');
     return;
   }

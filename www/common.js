@@ -405,6 +405,36 @@ export function failure(r, body) {
   return retry && !/retry in/.test(text) ? `${text} (try again in ${retry} s)` : text;
 }
 
+// Starts a lab run: POSTs `body` as JSON with the owner token (each visitor's attacks count
+// against its own quota). Resolves to the run, or rejects with what to tell the user.
+export async function startRun(url, body) {
+  let resp;
+  try {
+    resp = await ownerFetch(url, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify(body),
+    });
+  } catch (e) {
+    throw new Error(`The server cannot be reached: ${e.message}`);
+  }
+  const answer = await resp.json().catch(() => ({}));
+  if (!resp.ok) throw new Error(failure(resp, answer));
+  return answer;
+}
+
+// An EventSource of a lab run that breaks while the run is still going (the server stopped)
+// ends it as failed, with a message.
+export function failOnBrokenStream(source, say, setState) {
+  source.onerror = () => {
+    if (document.body.dataset.state === 'running') {
+      say('The event stream was interrupted (the server may have stopped).', 'error');
+      source.close();
+      setState('failed');
+    }
+  };
+}
+
 export async function apiJson(url, options) {
   const r = await (OWNED.test(url) ? ownerFetch : fetch)(url, options);
   const text = await r.text();

@@ -2,7 +2,7 @@
 // reconstruction and both PSNR curves from the attack's event stream. No wasm: the secret here is
 // the server's own demo key, and the point is to watch what a server can do with a gradient.
 
-import { failure, ownerFetch } from './common.js';
+import { failOnBrokenStream, startRun } from './common.js';
 
 const $ = (id) => document.getElementById(id);
 const state = { info: null, sample: 0, attack: null, source: null, history: [] };
@@ -121,21 +121,11 @@ async function start() {
   };
   setState('starting');
   say('');
-  let resp;
+  let answer;
   try {
-    resp = await ownerFetch('/api/leakage/attacks', {
-      method: 'POST',
-      headers: { 'content-type': 'application/json' },
-      body: JSON.stringify(body),
-    });
+    answer = await startRun('/api/leakage/attacks', body);
   } catch (e) {
-    say(`The server cannot be reached: ${e.message}`, 'error');
-    setState('failed');
-    return;
-  }
-  const answer = await resp.json().catch(() => ({}));
-  if (!resp.ok) {
-    say(failure(resp, answer), 'error');
+    say(e.message, 'error');
     setState('failed');
     return;
   }
@@ -172,13 +162,7 @@ async function start() {
     source.close();
     setState('failed');
   });
-  source.onerror = () => {
-    if (document.body.dataset.state === 'running') {
-      say('The event stream was interrupted (the server may have stopped).', 'error');
-      source.close();
-      setState('failed');
-    }
-  };
+  failOnBrokenStream(source, say, setState);
 }
 
 async function cancel() {

@@ -2,7 +2,7 @@
 // and draws what crossed every link from the run's event stream. No wasm and no key here: the
 // parties are the server's own demo, on public digits (see the note on the page).
 
-import { failure, ownerFetch } from './common.js';
+import { failOnBrokenStream, startRun } from './common.js';
 
 const $ = (id) => document.getElementById(id);
 const ROLES = ['p0', 'p1', 'dealer', 'helper'];
@@ -340,21 +340,11 @@ async function start() {
   partyCards();
   $('result').replaceChildren();
   $('result-figures').replaceChildren();
-  let resp;
+  let answer;
   try {
-    resp = await ownerFetch('/api/rtas/runs', {
-      method: 'POST',
-      headers: { 'content-type': 'application/json' },
-      body: JSON.stringify(body),
-    });
+    answer = await startRun('/api/rtas/runs', body);
   } catch (e) {
-    say(`The server cannot be reached: ${e.message}`, 'error');
-    setState('failed');
-    return;
-  }
-  const answer = await resp.json().catch(() => ({}));
-  if (!resp.ok) {
-    say(failure(resp, answer), 'error');
+    say(e.message, 'error');
     setState('failed');
     return;
   }
@@ -383,13 +373,7 @@ async function start() {
     source.close();
     setState('failed');
   });
-  source.onerror = () => {
-    if (document.body.dataset.state === 'running') {
-      say('The event stream was interrupted (the server may have stopped).', 'error');
-      source.close();
-      setState('failed');
-    }
-  };
+  failOnBrokenStream(source, say, setState);
 }
 
 async function init() {

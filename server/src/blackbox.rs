@@ -14,7 +14,6 @@
 //! (and the operator) only.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use axum::extract::rejection::JsonRejection;
@@ -31,7 +30,7 @@ use veil::data::ImageDataset;
 use veil::nn::model::SmallCnnConfig;
 use veil::nn::train::{Control, TrainOptions, argmax_rows, predict_logits, train_classifier};
 
-use crate::events::{EventLog, LabRun, RunEvent, Runs, new_id};
+use crate::events::{LabRun, Run, RunEvent, Runs};
 use crate::factory::api::{ready_model, visible};
 use crate::factory::inference::Ready;
 use crate::factory::owners::Caller;
@@ -165,24 +164,7 @@ pub struct BlackBoxView {
     pub events: Vec<BlackBoxEvent>,
 }
 
-struct BlackBoxRun {
-    id: String,
-    request: BlackBoxRequest,
-    cancel: AtomicBool,
-    log: Arc<EventLog<BlackBoxEvent>>,
-}
-
-impl LabRun for BlackBoxRun {
-    fn id(&self) -> &str {
-        &self.id
-    }
-    fn finished(&self) -> bool {
-        self.log.finished()
-    }
-    fn cancel(&self) {
-        self.cancel.store(true, Ordering::SeqCst);
-    }
-}
+type BlackBoxRun = Run<BlackBoxRequest, BlackBoxEvent>;
 
 impl BlackBoxRun {
     fn view(&self) -> BlackBoxView {
@@ -193,10 +175,6 @@ impl BlackBoxRun {
             finished: self.log.finished(),
             events: self.log.events_from(0),
         }
-    }
-
-    fn cancelled(&self) -> bool {
-        self.cancel.load(Ordering::SeqCst)
     }
 }
 
@@ -345,7 +323,7 @@ fn run_membership(run: &BlackBoxRun, t: &Target) -> Result<f64, String> {
         .log10();
     let range = [LOG_LOSS_FLOOR, top.max(LOG_LOSS_FLOOR + 1.0)];
     let test_accuracy = agreement(&argmax_rows(&n_logits, k), &non_members.labels);
-    run.log.push(BlackBoxEvent::Membership(MembershipOutcome {
+    run.push(BlackBoxEvent::Membership(MembershipOutcome {
         members: m.len(),
         non_members: n.len(),
         report: membership(&m, &n),
@@ -382,7 +360,7 @@ fn run_extraction(run: &BlackBoxRun, t: &Target, seed: u64) -> Result<Option<f64
         if run.cancelled() {
             return Ok(None);
         }
-        run.log.push(BlackBoxEvent::Progress {
+        run.push(BlackBoxEvent::Progress {
             step: i,
             of: budgets.len(),
             what: format!("training a copy on {q} answers"),
@@ -412,7 +390,7 @@ fn run_extraction(run: &BlackBoxRun, t: &Target, seed: u64) -> Result<Option<f64
             return Ok(None);
         }
         let copied = argmax_rows(&predict_logits(&copy, &held_out, &Device::flex()), k);
-        run.log.push(BlackBoxEvent::Point(ExtractionPoint {
+        run.push(BlackBoxEvent::Point(ExtractionPoint {
             queries: q,
             agreement: agreement(&copied, &served),
             copy_accuracy: agreement(&copied, &held_out.labels),
@@ -427,7 +405,7 @@ fn execute(run: &BlackBoxRun, t: &Target) {
         "membership" => run_membership(run, t).map(Some),
         _ => run_extraction(run, t, run.request.seed),
     };
-    run.log.push(match outcome {
+    run.push(match outcome {
         Ok(Some(test_accuracy)) => BlackBoxEvent::Done {
             test_accuracy,
             seconds: started.elapsed().as_secs_f64(),
@@ -479,12 +457,7 @@ async fn start(
     f.rates().attack(&caller)?;
     let lab = state.blackbox.clone();
     let slot = lab.runs.reserve()?;
-    let run = Arc::new(BlackBoxRun {
-        id: new_id("bb")?,
-        request,
-        cancel: AtomicBool::new(false),
-        log: Arc::default(),
-    });
+    let run = Arc::new(BlackBoxRun::new("bb", request)?);
     lab.runs.insert(run.clone());
     let (work, failed) = (run.clone(), run.clone());
     lab.runs.spawn(

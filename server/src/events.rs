@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -109,6 +109,52 @@ pub trait LabRun: Send + Sync + 'static {
     fn finished(&self) -> bool;
     /// Asks it to stop at its next step.
     fn cancel(&self);
+}
+
+/// One lab run: its id, what was asked, the flag its work polls to stop, and its events.
+pub struct Run<Q, E> {
+    /// `prefix-` and 16 hex digits.
+    pub id: String,
+    /// The request that started it.
+    pub request: Q,
+    /// Set to ask the work to stop at its next step.
+    pub cancel: Arc<AtomicBool>,
+    /// Every event so far.
+    pub log: Arc<EventLog<E>>,
+}
+
+impl<Q, E: RunEvent> Run<Q, E> {
+    /// A new run of `request` with a fresh id `prefix-…`.
+    pub fn new(prefix: &str, request: Q) -> Result<Self, AppError> {
+        Ok(Self {
+            id: new_id(prefix)?,
+            request,
+            cancel: Arc::default(),
+            log: Arc::default(),
+        })
+    }
+
+    /// Appends `event` to its log.
+    pub fn push(&self, event: E) {
+        self.log.push(event);
+    }
+
+    /// Whether it was asked to stop.
+    pub fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::SeqCst)
+    }
+}
+
+impl<Q: Send + Sync + 'static, E: RunEvent> LabRun for Run<Q, E> {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn finished(&self) -> bool {
+        self.log.finished()
+    }
+    fn cancel(&self) {
+        self.cancel.store(true, Ordering::SeqCst);
+    }
 }
 
 /// A reserved place among the runs allowed at once; released when dropped.

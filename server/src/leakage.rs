@@ -13,7 +13,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use axum::extract::rejection::JsonRejection;
@@ -33,7 +33,7 @@ use veil::burn::tensor::Device;
 use veil::crypto::keys::MasterKey;
 use veil::data::{ImageShape, digits};
 
-use crate::events::{EventLog, LabRun, RunEvent, Runs, new_id};
+use crate::events::{Run, RunEvent, Runs};
 use crate::factory::owners::Caller;
 use crate::{AppError, AppState};
 
@@ -205,30 +205,9 @@ impl RunEvent for LabEvent {
     }
 }
 
-struct AttackRun {
-    id: String,
-    request: AttackRequest,
-    cancel: AtomicBool,
-    log: Arc<EventLog<LabEvent>>,
-}
-
-impl LabRun for AttackRun {
-    fn id(&self) -> &str {
-        &self.id
-    }
-    fn finished(&self) -> bool {
-        self.log.finished()
-    }
-    fn cancel(&self) {
-        self.cancel.store(true, Ordering::SeqCst);
-    }
-}
+type AttackRun = Run<AttackRequest, LabEvent>;
 
 impl AttackRun {
-    fn push(&self, event: LabEvent) {
-        self.log.push(event);
-    }
-
     fn view(&self) -> AttackView {
         self.log.with(|events| self.view_of(events))
     }
@@ -387,12 +366,7 @@ impl LeakageLab {
         let plan = Plan::new(&self.info, &request)?;
         admit()?;
         let slot = self.runs.reserve()?;
-        let run = Arc::new(AttackRun {
-            id: new_id("atk")?,
-            request,
-            cancel: AtomicBool::new(false),
-            log: Arc::default(),
-        });
+        let run = Arc::new(AttackRun::new("atk", request)?);
         self.runs.insert(run.clone());
         let view = run.view();
         let name = format!("leak-{}", &run.id[4..12]);
@@ -555,7 +529,7 @@ impl Plan {
         )));
         let mut loss = f32::NAN;
         while attack.iteration() < self.iterations {
-            if run.cancel.load(Ordering::SeqCst) {
+            if run.cancelled() {
                 run.push(LabEvent::Cancelled {
                     iteration: attack.iteration(),
                 });

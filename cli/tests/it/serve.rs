@@ -21,38 +21,44 @@ fn ended(job: &Value) -> bool {
     )
 }
 
+const OPERATOR: &str = "serve-test-operator-token-0123456789abcdef";
+
+/// `veil serve` on a free port with `data_dir`, the operator token and `extra` flags: the child
+/// and its base URL (read from its first line, `listening on …`).
+fn spawn_serve(data_dir: &std::path::Path, extra: &[&str]) -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_veil"))
+        .args(["serve", "--bind", "127.0.0.1:0"])
+        .args(extra)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env("RUST_LOG", "warn")
+        .env("VEIL_OPERATOR_TOKEN", OPERATOR)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .trim_end_matches('/')
+        .to_owned();
+    (child, base)
+}
+
 /// The real binary on a real socket: SIGKILL mid-job, restart, and the job resumes from its last
 /// epoch checkpoint and succeeds; a checkpoint that cannot be read fails the job with a reason.
-const OPERATOR: &str = "serve-test-operator-token-0123456789abcdef";
 
 #[test]
 fn killed_server_resumes_its_job_after_restart() {
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
-
     let dir = tempfile::tempdir().unwrap();
-    let spawn = || {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_veil"))
-            .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
-            .arg(dir.path())
-            .env("RUST_LOG", "warn")
-            .env("VEIL_OPERATOR_TOKEN", OPERATOR)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let base = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap()
-            .trim_end_matches('/')
-            .to_owned();
-        (child, base)
-    };
+    let spawn = || spawn_serve(dir.path(), &[]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     // The operator (from `VEIL_OPERATOR_TOKEN`) owns what it uploads and sees every job.
     let mut auth = reqwest::header::HeaderMap::new();
@@ -178,35 +184,10 @@ fn killed_server_resumes_its_job_after_restart() {
 /// not see; `login --force` replaces the token, after which the old dataset is out of reach.
 #[test]
 fn factory_commands_keep_an_owner_token_and_owners_do_not_see_each_other() {
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
+    use std::process::Command;
 
     let dir = tempfile::tempdir().unwrap();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_veil"))
-        .args([
-            "serve",
-            "--bind",
-            "127.0.0.1:0",
-            "--quota-datasets",
-            "1",
-            "--data-dir",
-        ])
-        .arg(dir.path().join("data"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(server.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let base = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .trim_end_matches('/')
-        .to_owned();
+    let (mut server, base) = spawn_serve(&dir.path().join("data"), &["--quota-datasets", "1"]);
     let run = |config: &str, args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_veil"))
             .arg("factory")
@@ -218,14 +199,7 @@ fn factory_commands_keep_an_owner_token_and_owners_do_not_see_each_other() {
             .unwrap()
     };
     let veil = |config: &str, args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_veil"))
-            .arg("factory")
-            .args(args)
-            .args(["--server", &base])
-            .env("XDG_CONFIG_HOME", dir.path().join(config))
-            .env_remove("VEIL_OWNER_TOKEN")
-            .output()
-            .unwrap();
+        let out = run(config, args);
         assert!(
             out.status.success(),
             "veil factory {args:?}: {}",

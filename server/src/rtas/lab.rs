@@ -35,7 +35,7 @@ use veil::schemes::rtas::{
 };
 
 use super::tcp::TcpTransport;
-use crate::events::{EventLog, LabRun, RunEvent, Runs, new_id};
+use crate::events::{EventLog, Run, RunEvent, Runs};
 use crate::factory::owners::Caller;
 use crate::{AppError, AppState};
 
@@ -467,24 +467,7 @@ impl<T: Transport> Transport for Tapped<T> {
     }
 }
 
-struct DemoRun {
-    id: String,
-    request: RtasRequest,
-    log: Arc<EventLog<RtasEvent>>,
-    cancel: Arc<AtomicBool>,
-}
-
-impl LabRun for DemoRun {
-    fn id(&self) -> &str {
-        &self.id
-    }
-    fn finished(&self) -> bool {
-        self.log.finished()
-    }
-    fn cancel(&self) {
-        self.cancel.store(true, Ordering::SeqCst);
-    }
-}
+type DemoRun = Run<RtasRequest, RtasEvent>;
 
 impl DemoRun {
     fn view(&self) -> RtasRunView {
@@ -642,12 +625,7 @@ impl RtasLab {
         let plan = self.plan(&request)?;
         admit()?;
         let slot = self.runs.reserve()?;
-        let run = Arc::new(DemoRun {
-            id: new_id("rtas")?,
-            request,
-            log: Arc::default(),
-            cancel: Arc::new(AtomicBool::new(false)),
-        });
+        let run = Arc::new(DemoRun::new("rtas", request)?);
         self.runs.insert(run.clone());
         let view = run.view();
         let (log, cancel, failed) = (run.log.clone(), run.cancel.clone(), run.log.clone());

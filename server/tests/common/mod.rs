@@ -56,6 +56,35 @@ pub async fn call(
     send(&state(f), req.body(Body::from(body)).unwrap()).await
 }
 
+/// A request with bearer `token` (None: none) and `body` as (content type, bytes), sent to the
+/// app of `state`: the status, the headers and the whole body.
+pub async fn request(
+    state: &AppState,
+    token: Option<&str>,
+    method: &str,
+    uri: &str,
+    body: Option<(&str, Vec<u8>)>,
+) -> (StatusCode, header::HeaderMap, Vec<u8>) {
+    let mut r = Request::builder().method(method).uri(uri);
+    if let Some(t) = token {
+        r = r.header(header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    let body = match body {
+        Some((ct, bytes)) => {
+            r = r.header(header::CONTENT_TYPE, ct);
+            Body::from(bytes)
+        }
+        None => Body::empty(),
+    };
+    let resp = app(state.clone())
+        .oneshot(r.body(body).unwrap())
+        .await
+        .unwrap();
+    let (status, headers) = (resp.status(), resp.headers().clone());
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, headers, bytes.to_vec())
+}
+
 /// Sends `req` to the app of `state` (no socket): the status and the whole body.
 pub async fn send(state: &AppState, req: Request<Body>) -> (StatusCode, Vec<u8>) {
     let resp = app(state.clone()).oneshot(req).await.unwrap();

@@ -3,8 +3,7 @@
 
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode, header};
+use axum::http::StatusCode;
 use serde_json::{Value, json};
 use veil_server::AppState;
 
@@ -18,18 +17,8 @@ async fn req(
     uri: &str,
     body: Option<(&str, Vec<u8>)>,
 ) -> (StatusCode, Vec<u8>) {
-    let mut r = Request::builder().method(method).uri(uri);
-    if let Some(t) = token {
-        r = r.header(header::AUTHORIZATION, format!("Bearer {t}"));
-    }
-    let body = match body {
-        Some((ct, bytes)) => {
-            r = r.header(header::CONTENT_TYPE, ct);
-            Body::from(bytes)
-        }
-        None => Body::empty(),
-    };
-    common::send(state, r.body(body).unwrap()).await
+    let (status, _, bytes) = common::request(state, token, method, uri, body).await;
+    (status, bytes)
 }
 
 async fn json_req(

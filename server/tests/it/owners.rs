@@ -5,9 +5,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use tower::ServiceExt;
 use veil_server::factory::Factory;
 
 use crate::common::{self, OPERATOR};
@@ -32,23 +30,8 @@ pub(crate) async fn req_with_headers(
     uri: &str,
     body: Option<(&str, Vec<u8>)>,
 ) -> (StatusCode, Value, axum::http::HeaderMap) {
-    let mut r = Request::builder().method(method).uri(uri);
-    if let Some(t) = token {
-        r = r.header(header::AUTHORIZATION, format!("Bearer {t}"));
-    }
-    let body = match body {
-        Some((ct, bytes)) => {
-            r = r.header(header::CONTENT_TYPE, ct);
-            Body::from(bytes)
-        }
-        None => Body::empty(),
-    };
-    let resp = veil_server::app(common::state(f))
-        .oneshot(r.body(body).unwrap())
-        .await
-        .unwrap();
-    let (status, headers) = (resp.status(), resp.headers().clone());
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let (status, headers, bytes) =
+        common::request(&common::state(f), token, method, uri, body).await;
     (
         status,
         serde_json::from_slice(&bytes).unwrap_or(Value::Null),
