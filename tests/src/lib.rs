@@ -72,17 +72,34 @@ pub fn operator_client() -> reqwest::Client {
 }
 
 pub async fn start_server() -> Result<TestServer> {
-    start(None).await
+    start(None, veil_server::factory::quotas::Quotas::default()).await
+}
+
+/// [`start_server`] with other per-owner quotas.
+pub async fn start_server_with_quotas(
+    quotas: veil_server::factory::quotas::Quotas,
+) -> Result<TestServer> {
+    start(None, quotas).await
 }
 
 /// [`start_server`], with every request (method, URI, headers and whole body) recorded before the
 /// app sees it: in these tests the page can reach no other host, so this is everything it sends.
 pub async fn start_recording_server() -> Result<(TestServer, Recording)> {
     let recording = Recording::default();
-    Ok((start(Some(recording.clone())).await?, recording))
+    Ok((
+        start(
+            Some(recording.clone()),
+            veil_server::factory::quotas::Quotas::default(),
+        )
+        .await?,
+        recording,
+    ))
 }
 
-async fn start(recording: Option<Recording>) -> Result<TestServer> {
+async fn start(
+    recording: Option<Recording>,
+    quotas: veil_server::factory::quotas::Quotas,
+) -> Result<TestServer> {
     let www = repo_root().join("www");
     if !www.join("pkg").join("veil_client_bg.wasm").exists() {
         bail!(
@@ -95,6 +112,7 @@ async fn start(recording: Option<Recording>) -> Result<TestServer> {
     let data = tempfile::tempdir()?;
     let mut config = veil_server::factory::FactoryConfig::new(data.path());
     config.operator_token_sha256 = Some(veil_server::factory::owners::token_hash(OPERATOR_TOKEN));
+    config.quotas = quotas;
     let factory = veil_server::factory::Factory::start(config)?;
     let mut app = veil_server::app(veil_server::AppState::with_defaults(www, factory)?);
     if let Some(rec) = recording {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Result;
 use fantoccini::Locator;
 use veil::data::digits;
-use veil_tests::{Browser, GpuMode, digit_png, start_server};
+use veil_tests::{Browser, GpuMode, digit_png, start_server, start_server_with_quotas};
 
 const LONG: Duration = Duration::from_secs(180);
 
@@ -573,5 +573,57 @@ async fn blackbox_journey(b: &Browser, addr: std::net::SocketAddr) -> Result<()>
         }
     }
     b.screenshot("blackbox").await?;
+    Ok(())
+}
+
+/// Past the owner's attack quota (one a minute here), the page says which quota and when to try
+/// again: the 429's message, not a bare status.
+#[tokio::test]
+#[ignore = "needs headless Chromium and chromedriver (cargo xtask test)"]
+async fn a_page_past_its_quota_says_which_and_when_to_retry() -> Result<()> {
+    let mode = GpuMode::from_env();
+    if mode == GpuMode::Webgpu {
+        eprintln!("quota messages use no WebGPU: checked on the CPU pass only");
+        return Ok(());
+    }
+    let server = start_server_with_quotas(veil_server::factory::quotas::Quotas {
+        attacks_per_minute: 1,
+        ..Default::default()
+    })
+    .await?;
+    let addr = server.addr;
+    let browser = Browser::start(mode).await?;
+    let result = quota_journey(&browser, addr).await;
+    if result.is_err() {
+        let _ = browser.screenshot("failure-quota").await;
+    }
+    browser.close().await?;
+    result
+}
+
+async fn quota_journey(b: &Browser, addr: std::net::SocketAddr) -> Result<()> {
+    let c = &b.client;
+    c.goto(&format!("http://{addr}/blackbox.html")).await?;
+    b.wait_for(
+        "the lab to load",
+        "return document.body.dataset.state === 'ready' ? true : null;",
+        LONG,
+    )
+    .await?;
+    let ended =
+        "const s = document.body.dataset.state; return ['done', 'failed'].includes(s) ? s : null;";
+    c.find(Locator::Id("start")).await?.click().await?;
+    let first = b.wait_for("the first attack to end", ended, LONG).await?;
+    assert_eq!(first, "done");
+    c.find(Locator::Id("start")).await?.click().await?;
+    let second = b
+        .wait_for("the second attack to be refused", ended, LONG)
+        .await?;
+    let message = c.find(Locator::Id("message")).await?.text().await?;
+    assert_eq!(second, "failed", "{message}");
+    assert!(
+        message.contains("this owner has 1 of 1 attacks started a minute: retry in"),
+        "{message}"
+    );
     Ok(())
 }
