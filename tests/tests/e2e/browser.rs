@@ -514,15 +514,8 @@ async fn blackbox_lab_shows_membership_and_extraction() -> Result<()> {
 
 async fn blackbox_journey(b: &Browser, addr: std::net::SocketAddr) -> Result<()> {
     let c = &b.client;
-    c.goto(&format!("http://{addr}/blackbox.html")).await?;
-    b.wait_for(
-        "the lab to load",
-        "return document.body.dataset.state === 'ready' ? true : null;",
-        LONG,
-    )
-    .await?;
-    let ended =
-        "const s = document.body.dataset.state; return ['done', 'failed'].includes(s) ? s : null;";
+    open_blackbox_lab(b, addr).await?;
+    let ended = LAB_ENDED;
     for attack in ["membership", "extraction"] {
         c.execute(
             &format!("document.getElementById('model').value = 'digits-cnn'; document.getElementById('attack').value = '{attack}';"),
@@ -603,15 +596,8 @@ async fn a_page_past_its_quota_says_which_and_when_to_retry() -> Result<()> {
 
 async fn quota_journey(b: &Browser, addr: std::net::SocketAddr) -> Result<()> {
     let c = &b.client;
-    c.goto(&format!("http://{addr}/blackbox.html")).await?;
-    b.wait_for(
-        "the lab to load",
-        "return document.body.dataset.state === 'ready' ? true : null;",
-        LONG,
-    )
-    .await?;
-    let ended =
-        "const s = document.body.dataset.state; return ['done', 'failed'].includes(s) ? s : null;";
+    open_blackbox_lab(b, addr).await?;
+    let ended = LAB_ENDED;
     c.find(Locator::Id("start")).await?.click().await?;
     let first = b.wait_for("the first attack to end", ended, LONG).await?;
     assert_eq!(first, "done");
@@ -625,5 +611,23 @@ async fn quota_journey(b: &Browser, addr: std::net::SocketAddr) -> Result<()> {
         message.contains("this owner has 1 of 1 attacks started a minute: retry in"),
         "{message}"
     );
+    Ok(())
+}
+
+/// A lab page's state once its run has ended, or null.
+const LAB_ENDED: &str =
+    "const s = document.body.dataset.state; return ['done', 'failed'].includes(s) ? s : null;";
+
+/// Opens the black-box lab and waits until it has listed its models.
+async fn open_blackbox_lab(b: &Browser, addr: std::net::SocketAddr) -> Result<()> {
+    b.client
+        .goto(&format!("http://{addr}/blackbox.html"))
+        .await?;
+    b.wait_for(
+        "the lab to load",
+        "return document.body.dataset.state === 'ready' ? true : null;",
+        LONG,
+    )
+    .await?;
     Ok(())
 }
