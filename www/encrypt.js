@@ -90,9 +90,9 @@ function setEntries(entries) {
 
 $('sample').addEventListener('click', async () => {
   try {
-    state.sample = await state.call('sampleDigits', { n: 300 });
+    state.sample = await state.call('sampleDigits', { n: Number($('sample-count').value) });
     state.entries = Array.from(state.sample.labels, (l, i) => ({ file: { name: `sample-${i}.png` }, className: state.info.classes[l] }));
-    $('picked').textContent = '300 sample digits chosen.';
+    $('picked').textContent = `${state.entries.length} sample digits chosen.`;
     say($('message'), '', '');
   } catch (err) { say($('message'), err.message, 'error'); }
   updateButtons();
@@ -133,6 +133,8 @@ $('encrypt').addEventListener('click', async () => {
     state.originals = originals;
     state.labels = labels;
     state.ciphertexts = cipher;
+    state.agnostic = agnostic;
+    offerAttack();
     showPairs($('pairs'), originals, cipher, labels, info);
     const bytes = await state.call('flowContainer', { ciphertexts: cipher, labels, agnostic });
     const name = `${info.family}-${agnostic ? 'agnostic' : 'per-class'}-${state.key.fingerprint}`;
@@ -190,6 +192,143 @@ function showPairs(el, top, bottom, labels, info, count = 24) {
     return fig;
   }));
 }
+
+// --- attacking: known pairs -----------------------------------------------------------------
+// The attacker's side runs in the worker without the key: the public flows, n (image, ciphertext)
+// pairs of one class and the victims' ciphertexts go in, the victims' decryptions come out. The
+// originals of the victims are used here only to score them.
+
+// Images of the attacked class in the set: route (a) has a key per class, route (b) one for all.
+function attackIndices(cls) {
+  const all = Array.from(state.labels.keys());
+  return cls === undefined ? all : all.filter((i) => state.labels[i] === cls);
+}
+
+function offerAttack() {
+  const sel = $('attack-class');
+  const info = state.info;
+  $('attack-rows').replaceChildren();
+  say($('attack-message'), '', '');
+  if (state.agnostic) {
+    sel.replaceChildren(new Option(`every class (route b: one key for all ${state.labels.length} images)`, 'all'));
+  } else {
+    const counts = info.classes.map((_, k) => state.labels.reduce((n, l) => n + (l === k), 0));
+    const options = info.classes.map((c, k) => ({ c, k, n: counts[k] })).filter((o) => o.n >= 2);
+    sel.replaceChildren(...options.map((o) => new Option(`class ${o.c} (${o.n} images)`, String(o.k))));
+    const most = options.reduce((b, o) => (o.n > b.n ? o : b), options[0]);
+    if (most) sel.value = String(most.k);
+  }
+  sel.disabled = sel.options.length === 0;
+  $('attack-run').disabled = sel.disabled;
+}
+
+// The pair counts shown: 1, 4, 16, m/4, m/2, m and 2m as the set allows, and all it has.
+function pairCounts(m, available) {
+  const ns = [1, 4, 16, m / 4, m / 2, m, 2 * m].filter((n) => Number.isInteger(n) && n <= available);
+  if (available < 2 * m && !ns.includes(available)) ns.push(available);
+  return [...new Set(ns)].sort((a, b) => a - b);
+}
+
+function gather(source, indices, len) {
+  const out = new Float32Array(indices.length * len);
+  indices.forEach((i, k) => out.set(source.subarray(i * len, (i + 1) * len), k * len));
+  return out;
+}
+
+function attackRow(label, pixels, info, count) {
+  const row = document.createElement('div');
+  row.className = 'attack-row';
+  const text = document.createElement('span');
+  text.textContent = label;
+  row.append(text);
+  const len = imageLen(info.shape);
+  const scale = Math.max(2, Math.floor(40 / info.shape.width));
+  for (let i = 0; i < count; i++) {
+    const c = document.createElement('canvas');
+    c.width = info.shape.width * scale;
+    c.height = info.shape.height * scale;
+    drawImage(c, pixels.subarray(i * len, (i + 1) * len), info.shape);
+    row.append(c);
+  }
+  $('attack-rows').append(row);
+  return row;
+}
+
+// Per victim: PSNR (dB, peak 1) and whether every pixel is on its original's level.
+function score(decrypted, originals, len, levels) {
+  const half = 0.5 / Math.max(1, levels - 1);
+  const per = [];
+  for (let v = 0; v < originals.length / len; v++) {
+    let se = 0;
+    let worst = 0;
+    for (let j = v * len; j < (v + 1) * len; j++) {
+      const d = decrypted[j] - originals[j];
+      se += d * d;
+      worst = Math.max(worst, Math.abs(d));
+    }
+    per.push({ psnr: se === 0 ? Infinity : 10 * Math.log10(len / se), exact: worst < half });
+  }
+  const finite = per.map((p) => Math.min(p.psnr, 100));
+  return { psnr: finite.reduce((a, b) => a + b, 0) / per.length, exact: per.filter((p) => p.exact).length };
+}
+
+$('attack-run').addEventListener('click', async () => {
+  const info = state.info;
+  const value = $('attack-class').value;
+  const cls = value === 'all' ? undefined : Number(value);
+  const len = imageLen(info.shape);
+  const idx = attackIndices(cls);
+  const victims = Math.min(8, Math.max(1, Math.floor(idx.length / 4)));
+  const pool = idx.slice(0, idx.length - victims);
+  const victimIdx = idx.slice(idx.length - victims);
+  const ns = pairCounts(len, pool.length);
+  const victimsCt = gather(state.ciphertexts, victimIdx, len);
+  const victimsPlain = gather(state.originals, victimIdx, len);
+  const name = cls === undefined ? 'the class-agnostic key' : `class ${info.classes[cls]}'s key`;
+  $('attack-run').disabled = true;
+  $('attack-rows').replaceChildren();
+  say($('attack-message'), '', '');
+  document.body.dataset.attack = 'running';
+  state.attack = [];
+  attackRow('Victims: the ciphertexts attacked', victimsCt, info, victims);
+  attackRow('Their originals (the attacker never has these)', victimsPlain, info, victims);
+  const bar = $('attack-progress');
+  bar.max = ns.length;
+  bar.value = 0;
+  try {
+    for (const n of ns) {
+      $('attack-label').textContent = `fitting the rotation to ${n} known pair${n === 1 ? '' : 's'}…`;
+      const known = pool.slice(0, n);
+      const step = await state.call('knownPlaintext', {
+        plain: gather(state.originals, known, len),
+        cipher: gather(state.ciphertexts, known, len),
+        victims: victimsCt,
+        cls,
+      });
+      const s = score(step.decrypted, victimsPlain, len, info.levels);
+      const point = { n, psnr: s.psnr, exact: s.exact, victims, rank: step.rank, dim: step.dim, decoder: step.decoder, captured_energy: step.captured_energy };
+      state.attack.push(point);
+      const psnr = s.exact === victims ? 'exact' : `${s.psnr.toFixed(1)} dB`;
+      const row = attackRow(`n = ${n}: ${psnr}, ${s.exact} of ${victims} exact (rank ${step.rank} of ${step.dim}; decoder: ${step.decoder})`, step.decrypted, info, victims);
+      row.dataset.n = String(n);
+      bar.value += 1;
+    }
+    $('attack-label').textContent = '';
+    const broken = state.attack.find((p) => p.exact === p.victims);
+    if (broken) {
+      say($('attack-message'), `With ${broken.n} known pairs (m = ${len}, the values in one image) every victim decrypted exactly: ${name} is broken, and so is every other ciphertext made with it. Fewer pairs already show the victims' shapes.`, 'warn');
+    } else {
+      const best = state.attack[state.attack.length - 1];
+      say($('attack-message'), `This set holds ${idx.length} images for ${name}: at most ${pool.length} known pairs beside ${victims} victims, fewer than the m = ${len} that break a key completely (measured in docs/RESULTS.md). With ${best.n} pairs the victims came out at ${best.psnr.toFixed(1)} dB. Encrypt more images of one class (the sample's 1,797 digits do) to watch the key break.`, 'warn');
+    }
+    document.body.dataset.attack = 'done';
+  } catch (err) {
+    document.body.dataset.attack = 'failed';
+    $('attack-label').textContent = '';
+    say($('attack-message'), `The attack failed: ${err.message}`, 'error');
+  }
+  $('attack-run').disabled = false;
+});
 
 $('download').addEventListener('click', () => {
   const { name, bytes } = state.container;

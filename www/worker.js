@@ -128,6 +128,9 @@ const ops = {
     const settings = madeWith ? JSON.stringify(madeWith) : undefined;
     return chunked(pixels, labels, size, 'decrypting', progress, (p, l) => veil.decrypt(p, l, settings));
   },
+  // Known-plaintext key recovery, the attacker's side, against ciphertexts this page made: the
+  // public flows, n pairs and the victims' ciphertexts go in; the key is not used.
+  knownPlaintext: ({ plain, cipher, victims, cls }) => veil.knownPlaintext(plain, cipher, victims, cls ?? undefined),
   flowContainer: ({ ciphertexts, labels, agnostic }) => veil.flowContainer(ciphertexts, labels, agnostic),
   imagesBatch: ({ values }) => veil.imagesBatch(values),
   readContainer: ({ bytes }) => veil.readContainer(bytes),

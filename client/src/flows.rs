@@ -158,6 +158,11 @@ impl Flows {
         &self.set.manifest
     }
 
+    /// The loaded flows themselves (public: the attacks read them too).
+    pub(crate) fn set(&self) -> &FlowSet {
+        &self.set
+    }
+
     /// The current weights of one flow (burnpack bytes).
     pub fn flow_bytes(&self, slot: Slot) -> Result<Vec<u8>, ClientError> {
         let name = slot.name();

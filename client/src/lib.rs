@@ -6,7 +6,9 @@
 //! - [`error`] and [`device`] at the bottom: the one error type, and the device choice (WebGPU
 //!   when the browser has it, the flex CPU backend otherwise) with asynchronous reads;
 //! - one module per scheme: [`flows`] (flow rotation) with [`finetune`] (fine-tuning the served
-//!   flows on the owner's images), [`owsd`], and [`adversarial`] (adversarial data encryption);
+//!   flows on the owner's images) and [`known_plaintext`] (the attacker's key recovery against
+//!   the page's own ciphertexts, which takes no key), [`owsd`], and [`adversarial`] (adversarial
+//!   data encryption);
 //! - [`session`]: what a page's worker holds (device, model, key, each scheme's state) and does,
 //!   in plain Rust, so it is testable natively;
 //! - `web`: the only `#[wasm_bindgen]` file, a thin layer turning errors into `JsError`.
@@ -16,6 +18,7 @@ pub mod device;
 pub mod error;
 pub mod finetune;
 pub mod flows;
+pub mod known_plaintext;
 pub mod owsd;
 pub mod session;
 #[cfg(target_arch = "wasm32")]

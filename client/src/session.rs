@@ -23,6 +23,7 @@ use crate::flows::{
     CheckedCiphertexts, EncryptionFailure, Flows, FlowsInfo, NamedFiles, check_batch, read_all,
     read_parts,
 };
+use crate::known_plaintext::KnownPlaintextStep;
 use crate::owsd::{Iin, ScrambleSetup, ScrambleStatus, Scrambled, Scrambler};
 use veil::schemes::owsd::KeyUsage;
 use veil::schemes::owsd::{IinReport, IinTrainOptions};
@@ -315,6 +316,34 @@ impl Session {
             (parts, flows.shape().len())
         };
         read_all(parts, ciphertexts.len() / len, len, self.backend.label()).await
+    }
+
+    /// Known-plaintext key recovery against the loaded flows, as an attacker runs it (see
+    /// [`crate::known_plaintext`]): the rotation of class `class` (`None`: route b's agnostic
+    /// flow) fitted to the pairs (`plain`, `cipher`), and the `victims` decrypted with it. Uses
+    /// no key.
+    pub async fn known_plaintext(
+        &self,
+        plain: &[f32],
+        cipher: &[f32],
+        victims: &[f32],
+        class: Option<u32>,
+    ) -> Result<KnownPlaintextStep, ClientError> {
+        let (view, shape) = {
+            let guard = self.flows.borrow();
+            let flows = guard.as_ref().ok_or_else(no_flows)?;
+            (flows.public_view(class)?, flows.shape())
+        };
+        crate::known_plaintext::recover(
+            view,
+            plain,
+            cipher,
+            victims,
+            shape,
+            &self.device,
+            self.backend.label(),
+        )
+        .await
     }
 
     /// Encrypts (or, with `decrypt`, decrypts and re-quantises) a batch `[B, C, H, W]` of the

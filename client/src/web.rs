@@ -244,6 +244,34 @@ impl Veil {
         Ok(obj.into())
     }
 
+    /// Known-plaintext key recovery, the attacker's side (no key is used): fits class `class`'s
+    /// rotation (none: route b's agnostic flow) to the pairs (`plain`, `cipher`) and decrypts
+    /// `victims` with it. Answers `{known_pairs, decoder, rank, dim, captured_energy, decrypted}`,
+    /// `decrypted` a `Float32Array`.
+    #[wasm_bindgen(js_name = knownPlaintext)]
+    pub async fn known_plaintext(
+        &self,
+        plain: Vec<f32>,
+        cipher: Vec<f32>,
+        victims: Vec<f32>,
+        class: Option<u32>,
+    ) -> Result<JsValue, JsError> {
+        let session = Rc::clone(&self.inner);
+        let mut step = session
+            .known_plaintext(&plain, &cipher, &victims, class)
+            .await
+            .map_err(err)?;
+        let decrypted = std::mem::take(&mut step.decrypted);
+        let obj = serde_wasm(&step)?;
+        js_sys::Reflect::set(
+            &obj,
+            &"decrypted".into(),
+            &js_sys::Float32Array::from(&decrypted[..]).into(),
+        )
+        .map_err(|_| JsError::new("internal: cannot build the answer object"))?;
+        Ok(obj)
+    }
+
     /// Encrypts every image with class `class`'s flow and key (one step of route c).
     #[wasm_bindgen(js_name = encryptAs)]
     pub async fn encrypt_as(&self, pixels: Vec<f32>, class: u32) -> Result<Vec<f32>, JsError> {

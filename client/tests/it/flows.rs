@@ -651,3 +651,69 @@ fn fine_tuning_refuses_what_it_cannot_do() {
             .contains("whole number")
     );
 }
+
+/// The page's known-plaintext attack (no key): with m = 64 pairs of a class the victims decrypt
+/// exactly, with 4 they do not, and with cover classes on (the shipped flows) the decoder found
+/// is the key's cover class. With one class-agnostic flow (route b) the same holds.
+#[test]
+fn known_pairs_break_a_class_key_in_the_page() {
+    let key = MasterKey::from_bytes([33; 32]);
+    let session = session_with_key(&key);
+    let all = digits();
+    let len = all.shape.len();
+    let class = 3u32;
+    let idx: Vec<usize> = all.class_indices(class).into_iter().take(80).collect();
+    let data = all.subset(&idx);
+    let labels = vec![class; data.len()];
+    let c =
+        block_on(session.flow_apply(&data.images, &FlowRoute::TrueClass(labels), false)).unwrap();
+    let (known, victims) = (72 * len, 8 * len);
+    let victims_plain = &data.images[known..known + victims];
+    let victims_ct = &c[known..known + victims];
+    let info = session.flows_info().unwrap();
+    assert!(
+        info.encryption.cover_classes,
+        "the shipped flows use cover classes"
+    );
+    let pi = veil::schemes::flow_rotation::cover_permutation(&key, 10);
+    for (n, exact) in [(4, false), (64, true)] {
+        let step = block_on(session.known_plaintext(
+            &data.images[..n * len],
+            &c[..n * len],
+            victims_ct,
+            Some(class),
+        ))
+        .unwrap();
+        assert_eq!((step.known_pairs, step.dim), (n, len));
+        assert_eq!(step.rank, n.min(len));
+        assert_eq!(step.decoder, pi[class as usize].to_string(), "n = {n}");
+        let worst = max_abs_diff(&step.decrypted, victims_plain);
+        if exact {
+            assert!(worst < 1e-6, "n = {n}: worst pixel error {worst}");
+            assert!(step.captured_energy > 0.999_999, "{}", step.captured_energy);
+        } else {
+            assert!(worst > 0.2, "n = {n}: only {worst} from the originals");
+            assert!(step.captured_energy < 0.9, "{}", step.captured_energy);
+        }
+    }
+    // Route (b): the agnostic flow, no decoder to find.
+    let cb = block_on(session.flow_apply(&data.images, &FlowRoute::Agnostic, false)).unwrap();
+    let step = block_on(session.known_plaintext(
+        &data.images[..72 * len],
+        &cb[..72 * len],
+        &cb[known..known + victims],
+        None,
+    ))
+    .unwrap();
+    let worst = max_abs_diff(&step.decrypted, victims_plain);
+    assert!(worst < 1e-6, "route (b): worst pixel error {worst}");
+    // Mismatched pairs are refused with the reason.
+    let err = block_on(session.known_plaintext(
+        &data.images[..4 * len],
+        &c[..3 * len],
+        victims_ct,
+        Some(class),
+    ))
+    .unwrap_err();
+    assert!(err.to_string().contains("do not match"), "{err}");
+}

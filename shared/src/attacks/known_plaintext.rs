@@ -279,11 +279,17 @@ impl RecoveredRotation {
 /// The plaintext latents `f(x)` of pixels `x` (`[B, C, H, W]` in [0, 1]) under class flow `glow`,
 /// as encryption computes them (bin centres, no dequantisation noise): rows of `m` values.
 pub fn plaintext_latents(glow: &Glow, pre: Preprocess, x: Tensor<4>) -> Vec<f32> {
-    let (s, _) = pre.to_logit(x, false);
-    Glow::flatten_latents(glow.forward(s).eps)
+    plaintext_latent_rows(glow, pre, x)
         .into_data()
         .iter::<f32>()
         .collect()
+}
+
+/// [`plaintext_latents`] as a lazy `[B, m]` tensor, for callers that must read values back
+/// asynchronously (WebGPU in a browser).
+pub fn plaintext_latent_rows(glow: &Glow, pre: Preprocess, x: Tensor<4>) -> Tensor<2> {
+    let (s, _) = pre.to_logit(x, false);
+    Glow::flatten_latents(glow.forward(s).eps)
 }
 
 /// The ciphertext latents `g(c)` of ciphertexts `c` under decoding flow `glow`: rows of `m`
@@ -317,6 +323,24 @@ pub fn find_decoder(
         .min(ciphertexts.dims()[0])
         .min(GRAM_PAIRS);
     let c = ciphertexts.narrow(0, 0, n);
+    let latents: Vec<Vec<f32>> = candidates
+        .iter()
+        .map(|g| ciphertext_latents(g, pre, c.clone()))
+        .collect();
+    choose_decoder(&plain[..n * dim], &latents, dim, scale)
+}
+
+/// [`find_decoder`]'s choice from latents already computed: `plain` holds `n` plaintext latents
+/// (rows of `dim` values), and `candidates[j]` the latents of the same pairs' ciphertexts under
+/// candidate flow `j` (at least the first `n.min(GRAM_PAIRS)` rows). A candidate whose latents
+/// are not finite (its inverse overflowed) never wins.
+pub fn choose_decoder(
+    plain: &[f32],
+    candidates: &[Vec<f32>],
+    dim: usize,
+    scale: f64,
+) -> (usize, Vec<f64>) {
+    let n = (plain.len() / dim.max(1)).min(GRAM_PAIRS);
     let gram = |rows: &[f32], s: f64| -> Vec<f64> {
         let mut g = vec![0.0; n * n];
         for i in 0..n {
@@ -336,12 +360,12 @@ pub fn find_decoder(
     let norm = target.iter().map(|v| v * v).sum::<f64>().sqrt();
     let mismatch: Vec<f64> = candidates
         .iter()
-        .map(|g| {
-            let zc = ciphertext_latents(g, pre, c.clone());
-            if !zc.iter().all(|v| v.is_finite()) {
+        .map(|zc| {
+            let zc = &zc[..(n * dim).min(zc.len())];
+            if zc.len() < n * dim || !zc.iter().all(|v| v.is_finite()) {
                 return f64::INFINITY;
             }
-            gram(&zc, 1.0)
+            gram(zc, 1.0)
                 .iter()
                 .zip(&target)
                 .map(|(a, b)| (a - b) * (a - b))
