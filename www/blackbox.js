@@ -1,11 +1,11 @@
-// The black-box lab: starts a membership-inference or model-extraction attack on the server
+// The black-box lab: starts a membership-inference, model-extraction or model-inversion attack on the server
 // against one of the factory's models and draws what its event stream reports. No wasm and no
 // key: the attack runs where the model is, on what the model answers.
 
-import { apiJson, ownerEvents, startRun } from './common.js';
+import { apiJson, drawImage, ownerEvents, startRun } from './common.js';
 
 const $ = (id) => document.getElementById(id);
-const state = { run: null, stop: null, membership: null, points: [], done: null };
+const state = { run: null, stop: null, membership: null, points: [], inverted: [], done: null };
 // For tests and curious users: what the stream has delivered.
 window.veilBlackBox = state;
 
@@ -94,9 +94,45 @@ function drawExtraction(points) {
   ctx.fillText('0', 24, y(0));
 }
 
+// Each class: the mean of its training images above the inversion, with the scores.
+function drawInversions(list) {
+  $('inversions').replaceChildren(...list.map((v) => {
+    const fig = document.createElement('figure');
+    const scale = Math.max(2, Math.floor(56 / v.shape.width));
+    for (const pixels of [v.class_mean, v.image]) {
+      const c = document.createElement('canvas');
+      c.width = v.shape.width * scale;
+      c.height = v.shape.height * scale;
+      drawImage(c, pixels, v.shape);
+      fig.append(c);
+    }
+    const cap = document.createElement('figcaption');
+    const found = v.nearest_class === v.class ? 'its own class' : `class ${v.nearest_class}`;
+    cap.textContent = `${v.name}: p ${v.confidence.toFixed(2)}, ${v.psnr.toFixed(1)} dB (domain mean ${v.domain_mean_psnr.toFixed(1)}), shows ${found}`;
+    fig.append(cap);
+    return fig;
+  }));
+}
+
 function show() {
   const m = state.membership;
-  if (m) {
+  if (state.inverted.length) {
+    const list = state.inverted;
+    const n = list.length;
+    const identified = list.filter((v) => v.nearest_class === v.class).length;
+    const nearer = list.filter((v) => v.psnr > v.domain_mean_psnr).length;
+    const mean = (k) => list.reduce((a, v) => a + v[k], 0) / n;
+    figures([
+      ['classes', 'Classes inverted', String(n)],
+      ['identified', "Inversions that show their own class's features", `${identified} of ${n}`],
+      ['psnr', 'Mean PSNR against the class mean (the domain mean alone)', `${mean('psnr').toFixed(1)} dB (${mean('domain_mean_psnr').toFixed(1)} dB)`],
+      ['ssim', 'Mean SSIM against the class mean', mean('ssim').toFixed(3)],
+      ['queries', 'Queries', String(list.reduce((a, v) => a + v.queries, 0))],
+    ]);
+    $('chart').hidden = true;
+    drawInversions(list);
+    $('reading').textContent = `${identified} of ${n} inversions show their own class's features, and ${nearer} of ${n} are nearer their class's mean than the domain's mean is: the model's answers tell what its classes look like. For a model trained on ciphertexts these are ciphertexts' looks, compared here with the ciphertexts' means; the owner's originals are not on the server.`;
+  } else if (m) {
     figures([
       ['auc', 'ROC AUC', m.auc.toFixed(3)],
       ['tpr', 'True positives at 1 % false positives', pct(m.tpr_at_1pct_fpr)],
@@ -118,8 +154,10 @@ function show() {
 
 async function start() {
   state.stop?.();
-  Object.assign(state, { run: null, membership: null, points: [], done: null });
+  Object.assign(state, { run: null, membership: null, points: [], inverted: [], done: null });
   figures([]);
+  $('chart').hidden = false;
+  $('inversions').replaceChildren();
   $('reading').textContent = '';
   setState('starting');
   say('');
@@ -145,6 +183,9 @@ async function start() {
     } else if (name === 'point') {
       state.points.push(data);
       bar.value = state.points.length;
+      show();
+    } else if (name === 'inverted') {
+      state.inverted.push(data);
       show();
     } else if (name === 'membership') {
       state.membership = data;

@@ -4,6 +4,13 @@
 //! - **Membership inference** by the loss threshold ([`veil::attacks::black_box::membership`]):
 //!   is an image one the model was trained on? Members are the job's training part, non-members
 //!   its validation part (for `digits-cnn`, the digits' training and test splits).
+//! - **Model inversion** (Fredrikson et al. 2015, [`veil::attacks::model_inversion`]): for
+//!   each class, the image the model finds most typical of it, found from its probabilities
+//!   alone, starting from and anchored to the mean image of the held-out part (the domain's
+//!   look, which the attacker is assumed to know). Scored against the class means of the
+//!   training part: what the model gives away about its training images. A model trained on
+//!   ciphertexts inverts to ciphertext-like images, scored against the ciphertexts' means (the
+//!   factory never holds the owner's originals).
 //! - **Model extraction**: query the model with images of the same domain, train a copy
 //!   ([`SmallCnn`]) on its answers, and measure how often the copy agrees with it on held-out
 //!   images, for growing query budgets. A model trained on ciphertexts is copied on
@@ -25,6 +32,9 @@ use axum::{Json, Router};
 use futures_util::Stream;
 use serde::{Deserialize, Serialize};
 use veil::attacks::black_box::{MembershipReport, agreement, membership, per_example_loss};
+use veil::attacks::model_inversion::{
+    InversionOptions, InversionScore, class_means, invert, score_against_means,
+};
 use veil::burn::tensor::Device;
 use veil::data::ImageDataset;
 use veil::nn::model::SmallCnnConfig;
@@ -54,7 +64,7 @@ const BINS: usize = 24;
 pub struct BlackBoxRequest {
     /// A built-in model whose training set is known (`digits-cnn`) or the caller's `mdl-…`.
     pub model: String,
-    /// `membership` or `extraction`.
+    /// `membership`, `extraction` or `inversion`.
     pub attack: String,
     /// Seed of the copies' training.
     #[serde(default)]
@@ -96,6 +106,28 @@ pub struct ExtractionPoint {
     pub copy_accuracy: f64,
 }
 
+/// One class's inversion.
+#[derive(Debug, Clone, Serialize)]
+pub struct InvertedClass {
+    /// The class's index.
+    pub class: u32,
+    /// Its name.
+    pub name: String,
+    /// The images' shape.
+    pub shape: veil::data::ImageShape,
+    /// The image (`[C, H, W]` in [0, 1]) and the model's probability of the class for it.
+    pub image: Vec<f32>,
+    /// The model's probability of the class for the image.
+    pub confidence: f64,
+    /// Queries spent.
+    pub queries: usize,
+    /// The mean of the class's training images, the figure's reference.
+    pub class_mean: Vec<f32>,
+    /// PSNR, SSIM and the class identified, against the training part's class means.
+    #[serde(flatten)]
+    pub score: InversionScore,
+}
+
 /// An event of a run's stream (`event:` is the variant's name).
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -113,6 +145,8 @@ pub enum BlackBoxEvent {
     Point(ExtractionPoint),
     /// The membership attack's result.
     Membership(MembershipOutcome),
+    /// One class inverted.
+    Inverted(InvertedClass),
     /// Finished: the model's held-out accuracy and how long it took.
     Done {
         /// The attacked model's accuracy on the held-out images.
@@ -135,6 +169,7 @@ impl RunEvent for BlackBoxEvent {
             BlackBoxEvent::Progress { .. } => "progress",
             BlackBoxEvent::Point(_) => "point",
             BlackBoxEvent::Membership(_) => "membership",
+            BlackBoxEvent::Inverted(_) => "inverted",
             BlackBoxEvent::Done { .. } => "done",
             BlackBoxEvent::Cancelled => "cancelled",
             BlackBoxEvent::Failed { .. } => "failed",
@@ -399,10 +434,74 @@ fn run_extraction(run: &BlackBoxRun, t: &Target, seed: u64) -> Result<Option<f64
     Ok(Some(agreement(&served, &held_out.labels)))
 }
 
+/// Every class inverted in turn through the model's probabilities.
+fn run_inversion(run: &BlackBoxRun, t: &Target, seed: u64) -> Result<Option<f64>, String> {
+    let k = t.ready.classes.len();
+    let shape = t.ready.shape;
+    let device = Device::flex();
+    let means = class_means(&t.members.images, &t.members.labels, shape, k);
+    let held_means = class_means(&t.non_members.images, &t.non_members.labels, shape, k);
+    let present: Vec<&Vec<f32>> = held_means.iter().filter(|m| !m.is_empty()).collect();
+    if present.is_empty() {
+        return Err("the held-out part has no images to take the domain's mean from".into());
+    }
+    let prior: Vec<f32> = (0..shape.len())
+        .map(|j| present.iter().map(|m| m[j]).sum::<f32>() / present.len() as f32)
+        .collect();
+    let options = InversionOptions {
+        seed,
+        ..InversionOptions::default()
+    };
+    let classes: Vec<u32> = (0..k as u32)
+        .filter(|&c| !means[c as usize].is_empty())
+        .collect();
+    for (i, &class) in classes.iter().enumerate() {
+        let name = t.ready.classes[class as usize].clone();
+        let query = |images: &[f32]| -> Result<Vec<f32>, String> {
+            Ok(t.ready.model.probabilities(images, shape, &device))
+        };
+        let on_step = |step: usize, confidence: f64| -> Result<(), String> {
+            if run.cancelled() {
+                return Err(CANCELLED.into());
+            }
+            if step % 25 == 0 {
+                run.push(BlackBoxEvent::Progress {
+                    step: i * options.steps + step,
+                    of: classes.len() * options.steps,
+                    what: format!("inverting class {name}: step {step}, p = {confidence:.3}"),
+                });
+            }
+            Ok(())
+        };
+        let inversion = match invert(query, shape, k, class, Some(&prior), options, on_step) {
+            Ok(inv) => inv,
+            Err(_) if run.cancelled() => return Ok(None),
+            Err(e) => return Err(e.to_string()),
+        };
+        let score = score_against_means(&inversion, &means, shape);
+        run.push(BlackBoxEvent::Inverted(InvertedClass {
+            class,
+            name,
+            shape,
+            confidence: inversion.confidence,
+            queries: inversion.queries,
+            image: inversion.image,
+            class_mean: means[class as usize].clone(),
+            score,
+        }));
+    }
+    let held_out = at_most(&t.non_members, MAX_SCORED);
+    Ok(Some(agreement(&t.answers(&held_out), &held_out.labels)))
+}
+
+/// What a cancelled inversion's step reports.
+const CANCELLED: &str = "cancelled";
+
 fn execute(run: &BlackBoxRun, t: &Target) {
     let started = Instant::now();
     let outcome = match run.request.attack.as_str() {
         "membership" => run_membership(run, t).map(Some),
+        "inversion" => run_inversion(run, t, run.request.seed),
         _ => run_extraction(run, t, run.request.seed),
     };
     run.push(match outcome {
@@ -418,16 +517,18 @@ fn execute(run: &BlackBoxRun, t: &Target) {
 /// `GET /api/blackbox`: what the lab offers.
 #[derive(Debug, Serialize)]
 struct LabInfo {
-    attacks: [&'static str; 2],
+    attacks: [&'static str; 3],
     builtin_models: [&'static str; 1],
     budgets: [usize; 6],
+    inversion_queries_per_class: usize,
     max_scored: usize,
     max_concurrent: usize,
 }
 
 async fn info() -> Json<LabInfo> {
     Json(LabInfo {
-        attacks: ["membership", "extraction"],
+        attacks: ["membership", "extraction", "inversion"],
+        inversion_queries_per_class: InversionOptions::default().queries(),
         builtin_models: ["digits-cnn"],
         budgets: BUDGETS,
         max_scored: MAX_SCORED,
@@ -441,9 +542,12 @@ async fn start(
     body: Result<Json<BlackBoxRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<BlackBoxView>), AppError> {
     let Json(request) = body?;
-    if !matches!(request.attack.as_str(), "membership" | "extraction") {
+    if !matches!(
+        request.attack.as_str(),
+        "membership" | "extraction" | "inversion"
+    ) {
         return Err(AppError::BadRequest(format!(
-            "unknown attack {:?}: choose membership or extraction",
+            "unknown attack {:?}: choose membership, extraction or inversion",
             request.attack
         )));
     }
@@ -489,7 +593,8 @@ async fn cancel(
     Ok(Json(run.view()))
 }
 
-/// `text/event-stream`: `progress` and `point` (extraction) or `membership`, then `done`,
+/// `text/event-stream`: `progress` and `point` (extraction), `membership` or `inverted` (one
+/// per class), then `done`,
 /// `cancelled` or `failed`; then the stream ends.
 async fn events(
     State(state): State<AppState>,

@@ -1,5 +1,6 @@
 //! The black-box lab: membership inference finds the members of an overfitted model, extraction
-//! agrees more with more queries, and a trained model can be attacked by its owner only.
+//! agrees more with more queries, inversion finds each class's look, and a trained model can be
+//! attacked by its owner only.
 
 use std::time::Duration;
 
@@ -165,7 +166,7 @@ async fn extraction_agrees_more_with_more_queries_and_bad_requests_are_refused()
 
     for (body, status, needle) in [
         (
-            json!({"model": "digits-cnn", "attack": "inversion"}),
+            json!({"model": "digits-cnn", "attack": "inference"}),
             StatusCode::BAD_REQUEST,
             "unknown attack",
         ),
@@ -196,4 +197,43 @@ async fn extraction_agrees_more_with_more_queries_and_bad_requests_are_refused()
         assert_eq!(s, status, "{body}: {v}");
         assert!(v["error"].as_str().unwrap().contains(needle), "{body}: {v}");
     }
+}
+
+/// Inverting `digits-cnn` through its probabilities: one `inverted` event per class, each image
+/// convinces the model, and most show their own class's features (the class identified from the
+/// training part's class means) and sit nearer their class's mean than the domain's mean does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inversion_finds_each_class_of_the_digits_model() {
+    let state = setup();
+    let events = attack(
+        &state,
+        None,
+        json!({"model": "digits-cnn", "attack": "inversion"}),
+    )
+    .await;
+    let inverted: Vec<&Value> = events
+        .iter()
+        .filter(|(n, _)| n == "inverted")
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(inverted.len(), 10, "{events:?}");
+    let mut identified = 0;
+    let mut nearer = 0;
+    for (k, v) in inverted.iter().enumerate() {
+        assert_eq!(v["class"], k);
+        assert_eq!(v["image"].as_array().unwrap().len(), 64);
+        assert_eq!(v["class_mean"].as_array().unwrap().len(), 64);
+        assert!(v["confidence"].as_f64().unwrap() > 0.9, "{v}");
+        assert_eq!(v["queries"], 6001);
+        identified += usize::from(v["nearest_class"] == k);
+        nearer +=
+            usize::from(v["psnr"].as_f64().unwrap() > v["domain_mean_psnr"].as_f64().unwrap());
+    }
+    assert!(identified >= 8, "{identified} of 10 classes identified");
+    assert!(
+        nearer >= 6,
+        "{nearer} of 10 nearer their class mean than the domain mean"
+    );
+    assert!(events.iter().any(|(n, _)| n == "progress"));
+    assert_eq!(events.last().unwrap().0, "done", "{events:?}");
 }

@@ -11,6 +11,8 @@
 //!   (image, ciphertext) pairs by orthogonal Procrustes.
 //! - [`leakage`]: gradient leakage (DLG, iDLG, Inverting Gradients, the analytic first-layer
 //!   attack) against plain and encrypted training.
+//! - [`model_inversion`]: a class's typical input from a classify route's probabilities
+//!   (Fredrikson et al.'s MI-Face with a query-estimated gradient).
 //! - [`owsd_generator`]: recovering OWSD's key function by fitting a generator of the public
 //!   architecture to (embedding, scramble) pairs.
 //! - [`owsd_inverter`]: the autoencoder that inverts OWSD's scrambles from known pairs (§5.3).
@@ -22,6 +24,7 @@ pub mod black_box;
 pub mod ciphertext_only;
 pub mod known_plaintext;
 pub mod leakage;
+pub mod model_inversion;
 pub mod owsd_generator;
 pub mod owsd_inverter;
 pub mod rtas_helper;

@@ -492,10 +492,12 @@ async fn csp_journey(b: &Browser, url: &str, other: &str) -> Result<()> {
 }
 
 /// The black-box page attacks the built-in model and shows what the server's run measured: the
-/// membership AUC on the page is the run's, and extraction's agreement grows with the queries.
+/// membership AUC on the page is the run's, extraction's agreement grows with the queries, and
+/// inversion draws each class's mean beside its inversion with the run's count of classes
+/// identified.
 #[tokio::test]
 #[ignore = "needs headless Chromium and chromedriver (cargo xtask test)"]
-async fn blackbox_lab_shows_membership_and_extraction() -> Result<()> {
+async fn blackbox_lab_shows_membership_extraction_and_inversion() -> Result<()> {
     let mode = GpuMode::from_env();
     if mode == GpuMode::Webgpu {
         eprintln!("the black-box page uses no WebGPU: checked on the CPU pass only");
@@ -516,7 +518,7 @@ async fn blackbox_journey(b: &Browser, addr: std::net::SocketAddr) -> Result<()>
     let c = &b.client;
     open_blackbox_lab(b, addr).await?;
     let ended = LAB_ENDED;
-    for attack in ["membership", "extraction"] {
+    for attack in ["membership", "extraction", "inversion"] {
         c.execute(
             &format!("document.getElementById('model').value = 'digits-cnn'; document.getElementById('attack').value = '{attack}';"),
             vec![],
@@ -550,6 +552,24 @@ async fn blackbox_journey(b: &Browser, addr: std::net::SocketAddr) -> Result<()>
             let shown = c.find(Locator::Id("auc")).await?.text().await?;
             assert_eq!(shown, format!("{auc:.3}"));
             assert!((0.0..=1.0).contains(&auc));
+        } else if attack == "inversion" {
+            let inverted: Vec<&serde_json::Value> =
+                events.iter().filter(|e| e["event"] == "inverted").collect();
+            assert_eq!(inverted.len(), 10, "{view}");
+            let identified = inverted
+                .iter()
+                .filter(|e| e["nearest_class"] == e["class"])
+                .count();
+            let shown = c.find(Locator::Id("identified")).await?.text().await?;
+            assert_eq!(shown, format!("{identified} of 10"));
+            assert!(identified >= 8, "{identified} of 10 classes identified");
+            let figures = c
+                .execute(
+                    "return document.querySelectorAll('#inversions figure canvas').length;",
+                    vec![],
+                )
+                .await?;
+            assert_eq!(figures, 20, "a class mean and an inversion per class");
         } else {
             let points: Vec<f64> = events
                 .iter()
