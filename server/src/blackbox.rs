@@ -464,7 +464,7 @@ fn run_inversion(run: &BlackBoxRun, t: &Target, seed: u64) -> Result<Option<f64>
             if run.cancelled() {
                 return Err(CANCELLED.into());
             }
-            if step % 25 == 0 {
+            if step.is_multiple_of(25) {
                 run.push(BlackBoxEvent::Progress {
                     step: i * options.steps + step,
                     of: classes.len() * options.steps,

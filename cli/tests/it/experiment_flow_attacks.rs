@@ -159,4 +159,17 @@ fn security_cards_match_the_results() {
         want == have,
         "docs/SECURITY.md is stale: run `cargo run --release -p veil-cli --bin veil -- security-cards`"
     );
+    let page = std::fs::read_to_string(root.join("www/security.html")).unwrap();
+    assert!(
+        page == veil_cli::security::html_page(&have),
+        "www/security.html is stale: run `cargo run --release -p veil-cli --bin veil -- security-cards`"
+    );
+    for id in [
+        "flow-rotation",
+        "owsd",
+        "adversarial-data-encryption",
+        "rtas",
+    ] {
+        assert!(page.contains(&format!("<h2 id=\"{id}\">")), "no card {id}");
+    }
 }

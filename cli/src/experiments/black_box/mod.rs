@@ -1,7 +1,7 @@
 //! `veil experiment black-box`: the survey's black-box attacks (§6) against a model trained on
 //! plaintext and one trained on flow-rotation ciphertexts, on any data source with its flows —
-//! membership inference by the loss threshold and model extraction by querying
-//! ([`veil::attacks::black_box`]).
+//! membership inference by the loss threshold, model extraction by querying
+//! ([`veil::attacks::black_box`]) and model inversion ([`veil::attacks::model_inversion`]).
 //!
 //! Setting: the data is shuffled into the members (the models' training set), as many
 //! non-members, and the attacker's own images (its queries). The victims are SmallCnns trained
@@ -14,8 +14,12 @@ use anyhow::{Context, Result, bail};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use veil::attacks::black_box::{agreement, membership, per_example_loss};
+use veil::attacks::model_inversion::{
+    Inversion, InversionOptions, class_means, invert, score_against_means,
+};
 use veil::burn::prelude::*;
 use veil::data::ImageDataset;
+use veil::nn::model::Classifier;
 use veil::nn::model::{SmallCnn, SmallCnnConfig};
 use veil::nn::train::{TrainOptions, argmax_rows, predict_logits};
 use veil::schemes::flow_rotation::{EncryptionSettings, cover_permutation};
@@ -137,7 +141,74 @@ fn attack(
         unencryptable: 0,
         membership: report,
         extraction,
+        inversion: None,
     })
+}
+
+/// Every class of `victim` inverted from `prior` (the mean of `held`, images the attacker holds in
+/// the form the model takes), scored against `means` (the members' plain class means);
+/// `cover[c]` is the class whose look class c's ciphertexts take.
+fn invert_all(
+    victim: &SmallCnn,
+    held: &ImageDataset,
+    prior_name: &str,
+    means: &[Vec<f32>],
+    cover: &[usize],
+    seed: u64,
+    label: &str,
+) -> Result<(InversionSummary, Vec<Inversion>)> {
+    let k = means.len();
+    let shape = held.shape;
+    let cpu = Device::flex();
+    let prior: Vec<f32> = (0..shape.len())
+        .map(|j| {
+            held.images.iter().skip(j).step_by(shape.len()).sum::<f32>() / held.len().max(1) as f32
+        })
+        .collect();
+    let options = InversionOptions {
+        seed,
+        ..InversionOptions::default()
+    };
+    let pb = super::bar((k * options.steps) as u64, &format!("{label}: inversion"));
+    let mut rows = Vec::new();
+    let mut images = Vec::new();
+    for class in 0..k as u32 {
+        let query = |x: &[f32]| -> Result<Vec<f32>, String> {
+            let t = veil::data::images_tensor(x, shape, &cpu);
+            Ok(victim.probabilities(t).into_data().iter::<f32>().collect())
+        };
+        let inv = invert(query, shape, k, class, Some(&prior), options, |_, _| {
+            pb.inc(1);
+            Ok(())
+        })
+        .with_context(|| format!("{label}: inverting class {class}"))?;
+        let score = score_against_means(&inv, means, shape);
+        rows.push(InvertedRow {
+            class,
+            confidence: inv.confidence,
+            score,
+        });
+        images.push(inv);
+    }
+    pb.finish();
+    let n = rows.len().max(1) as f64;
+    let summary = InversionSummary {
+        prior: prior_name.to_owned(),
+        queries_per_class: options.queries(),
+        identified: rows
+            .iter()
+            .filter(|r| r.score.nearest_class == r.class)
+            .count(),
+        shows_cover_class: rows
+            .iter()
+            .filter(|r| r.score.nearest_class as usize == cover[r.class as usize])
+            .count(),
+        psnr_mean: rows.iter().map(|r| r.score.psnr).sum::<f64>() / n,
+        ssim_mean: rows.iter().map(|r| r.score.ssim).sum::<f64>() / n,
+        domain_mean_psnr_mean: rows.iter().map(|r| r.score.domain_mean_psnr).sum::<f64>() / n,
+        classes: rows,
+    };
+    Ok((summary, images))
 }
 
 pub fn run(args: BlackBoxArgs) -> Result<()> {
@@ -198,7 +269,7 @@ pub fn run(args: BlackBoxArgs) -> Result<()> {
     };
 
     let plain_model = fit_victim(&members, "plain victim")?;
-    let plain = attack(
+    let mut plain = attack(
         &plain_model,
         &members,
         &non_members,
@@ -228,6 +299,59 @@ pub fn run(args: BlackBoxArgs) -> Result<()> {
     )?;
     flow_rotation.unencryptable = lost_m + lost_n;
     let pi = cover_permutation(&key, k);
+
+    // Model inversion, scored against the members' plain class means.
+    let means = class_means(&members.images, &members.labels, data.shape, k);
+    let identity: Vec<usize> = (0..k).collect();
+    let (summary, plain_inv) = invert_all(
+        &plain_model,
+        &pool,
+        "the mean of the attacker's own plain images",
+        &means,
+        &identity,
+        args.common.seed,
+        "plain",
+    )?;
+    plain.inversion = Some(summary);
+    let (summary, enc_inv) = invert_all(
+        &enc_model,
+        &enc_non,
+        "the mean of the non-members' ciphertexts (the factory's holdings)",
+        &means,
+        &pi,
+        args.common.seed,
+        "flow rotation",
+    )?;
+    flow_rotation.inversion = Some(summary);
+    let grid = |pixels: Vec<f32>| {
+        ImageDataset::new(
+            pixels,
+            (0..k as u32).collect(),
+            data.shape,
+            data.class_names.clone(),
+        )
+    };
+    let rows = [
+        grid(
+            means
+                .iter()
+                .flat_map(|m| {
+                    if m.is_empty() {
+                        vec![0.0; data.shape.len()]
+                    } else {
+                        m.clone()
+                    }
+                })
+                .collect(),
+        )?,
+        grid(plain_inv.into_iter().flat_map(|i| i.image).collect())?,
+        grid(enc_inv.into_iter().flat_map(|i| i.image).collect())?,
+    ];
+    super::image_grid(
+        &args.common.out.join("inversion.png"),
+        &rows.iter().collect::<Vec<_>>(),
+        &(0..k).collect::<Vec<_>>(),
+    )?;
 
     let results = BlackBoxResults {
         command: command_line(&args),

@@ -4,6 +4,7 @@ use std::fmt::Write;
 
 use serde::{Deserialize, Serialize};
 use veil::attacks::black_box::MembershipReport;
+use veil::attacks::model_inversion::InversionScore;
 
 use crate::experiments::pct;
 
@@ -68,6 +69,47 @@ pub struct Victim {
     pub membership: MembershipReport,
     /// Model extraction against the number of queries.
     pub extraction: Vec<ExtractionRow>,
+    /// Model inversion of every class (absent in results written before it was measured).
+    #[serde(default)]
+    pub inversion: Option<InversionSummary>,
+}
+
+/// Model inversion (Fredrikson et al., with a query-estimated gradient) of every class of one
+/// model, scored against the members' plain class means: what the model's answers show of the
+/// owner's images.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InversionSummary {
+    /// The attacker's prior (start and anchor): the mean of the images it holds in the form the
+    /// model takes (its own plain images for the plain model; for the model on ciphertexts the
+    /// non-members' ciphertexts, as the factory holds them).
+    pub prior: String,
+    /// Queries per class.
+    pub queries_per_class: usize,
+    /// Per class, in class order.
+    pub classes: Vec<InvertedRow>,
+    /// Classes whose inversion shows their own class's features ([`InversionScore::nearest_class`]).
+    pub identified: usize,
+    /// Classes whose inversion shows the features of the class the key's cover permutation
+    /// makes its ciphertexts look like (π(c); for the plain model, of no meaning).
+    pub shows_cover_class: usize,
+    /// Mean PSNR (dB) against the class means.
+    pub psnr_mean: f64,
+    /// Mean SSIM against the class means.
+    pub ssim_mean: f64,
+    /// Mean PSNR of the domain's mean image against the class means: no query needed.
+    pub domain_mean_psnr_mean: f64,
+}
+
+/// One class's inversion.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InvertedRow {
+    /// The class.
+    pub class: u32,
+    /// The model's probability of the class for the inversion.
+    pub confidence: f64,
+    /// PSNR, SSIM, the class identified, the domain mean's PSNR.
+    #[serde(flatten)]
+    pub score: InversionScore,
 }
 
 /// A copy trained on `queries` answers.
@@ -140,6 +182,30 @@ pub fn report(r: &BlackBoxResults) -> String {
             pct(b.copy_accuracy_plain),
             pct(b.copy_accuracy_plain_relabelled)
         );
+    }
+    let _ = writeln!(
+        s,
+        "\n## Model inversion\n\nPer class, the input the model finds most typical of it, from its probabilities alone (gradient estimated from queries), started from and anchored to the attacker's prior; scored against the members' plain class means. Figure: `inversion.png` (rows: the plain class means, the plain model's inversions, the encrypted model's).\n\n| model | prior | queries per class | own class's features shown | cover class's shown | PSNR | SSIM | domain mean's PSNR |\n|---|---|---|---|---|---|---|---|"
+    );
+    for (name, v) in [("plain", &r.plain), ("flow rotation", &r.flow_rotation)] {
+        if let Some(i) = &v.inversion {
+            let _ = writeln!(
+                s,
+                "| {name} | {} | {} | {} of {} | {} | {:.1} dB | {:.3} | {:.1} dB |",
+                i.prior,
+                i.queries_per_class,
+                i.identified,
+                i.classes.len(),
+                if std::ptr::eq(v, &r.plain) {
+                    "—".to_owned()
+                } else {
+                    format!("{} of {}", i.shows_cover_class, i.classes.len())
+                },
+                i.psnr_mean,
+                i.ssim_mean,
+                i.domain_mean_psnr_mean
+            );
+        }
     }
     let _ = writeln!(
         s,
