@@ -10,5 +10,6 @@ mod blackbox;
 mod factory;
 mod leakage;
 mod owners;
+mod pages;
 mod quotas;
 mod rtas;
