@@ -60,17 +60,7 @@ pub fn html_page(markdown: &str) -> String {
         let after = &rest[at + 4..];
         let title = &after[..after.find("</h2>").unwrap_or(0)];
         let words = title.split(" (").next().unwrap_or(title);
-        let id: String = words
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() {
-                    c.to_ascii_lowercase()
-                } else {
-                    '-'
-                }
-            })
-            .collect();
-        let _ = write!(out, "<h2 id=\"{}\">", id.trim_matches('-'));
+        let _ = write!(out, "<h2 id=\"{}\">", crate::experiments::slug(words));
         rest = after;
     }
     out.push_str(rest);

@@ -21,6 +21,22 @@ use veil::schemes::flow_rotation::FlowSet;
 
 use crate::datasets::DataSource;
 
+/// `text` as a file name or an HTML id: ASCII letters and digits lowercased, anything else a
+/// dash, no dash at either end.
+pub fn slug(text: &str) -> String {
+    let s: String = text
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    s.trim_matches('-').to_owned()
+}
+
 /// A share as a percentage with one decimal, for reports.
 pub fn pct(x: f64) -> String {
     format!("{:.1} %", 100.0 * x)

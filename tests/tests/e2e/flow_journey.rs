@@ -284,35 +284,7 @@ async fn known_pairs(b: &Browser, base: &str, mode: GpuMode, rec: &Recording) ->
         LONG,
     )
     .await?;
-    c.goto(&format!("{base}/encrypt.html")).await?;
-    b.wait_backend(mode, LONG).await?;
-    b.wait_for(
-        "the flows",
-        "return document.body.dataset.flows === 'digits' && !document.getElementById('sample-row').hidden;",
-        LONG,
-    )
-    .await?;
-    c.execute(
-        "document.getElementById('sample-count').value = '1797';",
-        vec![],
-    )
-    .await?;
-    click(b, "sample").await?;
-    b.wait_for(
-        "the sample",
-        "return !document.getElementById('encrypt').disabled;",
-        LONG,
-    )
-    .await?;
-    click(b, "encrypt").await?;
-    wait_state(
-        b,
-        "the sample's encryption",
-        "state",
-        "encrypted",
-        "message",
-    )
-    .await?;
+    encrypt_sample(b, base, mode, 1797).await?;
     // The class with the most images is chosen; class 3 (183 digits) is attacked here.
     c.execute(
         "document.getElementById('attack-class').value = '3';",
@@ -406,6 +378,41 @@ async fn known_pairs(b: &Browser, base: &str, mode: GpuMode, rec: &Recording) ->
             .join("; ")
     );
     Ok(())
+}
+
+/// Opens the Encrypt page with the served digits flows and encrypts `count` of its sample
+/// digits (300 or 1797) with the page's key.
+async fn encrypt_sample(b: &Browser, base: &str, mode: GpuMode, count: usize) -> Result<()> {
+    let c = &b.client;
+    c.goto(&format!("{base}/encrypt.html")).await?;
+    b.wait_backend(mode, LONG).await?;
+    b.wait_for(
+        "the flows",
+        "return document.body.dataset.flows === 'digits' && !document.getElementById('sample-row').hidden;",
+        LONG,
+    )
+    .await?;
+    c.execute(
+        &format!("document.getElementById('sample-count').value = '{count}';"),
+        vec![],
+    )
+    .await?;
+    click(b, "sample").await?;
+    b.wait_for(
+        "the sample",
+        "return !document.getElementById('encrypt').disabled;",
+        LONG,
+    )
+    .await?;
+    click(b, "encrypt").await?;
+    wait_state(
+        b,
+        "the sample's encryption",
+        "state",
+        "encrypted",
+        "message",
+    )
+    .await
 }
 
 /// Runs `journey` against a fresh recording server and browser (the backend from
@@ -585,30 +592,7 @@ async fn journey(b: &Browser, base: &str, mode: GpuMode, rec: &Recording) -> Res
     // 5. The sample digits built into the page encrypt too (and send nothing); on the CPU path
     //    only (nothing in it is WebGPU's own).
     if mode == GpuMode::NoWebgpu {
-        c.goto(&format!("{base}/encrypt.html")).await?;
-        b.wait_backend(mode, LONG).await?;
-        b.wait_for(
-            "the flows",
-            "return document.body.dataset.flows === 'digits' && !document.getElementById('sample-row').hidden;",
-            LONG,
-        )
-        .await?;
-        click(b, "sample").await?;
-        b.wait_for(
-            "the sample",
-            "return !document.getElementById('encrypt').disabled;",
-            LONG,
-        )
-        .await?;
-        click(b, "encrypt").await?;
-        wait_state(
-            b,
-            "the sample's encryption",
-            "state",
-            "encrypted",
-            "message",
-        )
-        .await?;
+        encrypt_sample(b, base, mode, 300).await?;
         let values = c
             .execute("return window.veilEncrypt.ciphertexts.length;", vec![])
             .await?;

@@ -89,18 +89,9 @@ impl FlowCheckpoints {
     }
 
     fn paths(&self, label: &str) -> (PathBuf, PathBuf, PathBuf) {
-        let slug: String = label
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() {
-                    c.to_ascii_lowercase()
-                } else {
-                    '-'
-                }
-            })
-            .collect();
+        let slug = crate::experiments::slug(label);
         let h = hex::encode(&Sha256::digest(label.as_bytes())[..4]);
-        let stem = format!("{}-{h}", slug.trim_matches('-'));
+        let stem = format!("{slug}-{h}");
         (
             self.dir.join(format!("{stem}.bpk")),
             self.dir.join(format!("{stem}.optim")),
