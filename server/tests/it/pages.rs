@@ -32,7 +32,10 @@ fn every_local_link_and_anchor_exists() {
             (n, text)
         })
         .collect();
-    assert!(pages.contains_key("security.html"), "the security cards' page");
+    assert!(
+        pages.contains_key("security.html"),
+        "the security cards' page"
+    );
     let mut checked = 0;
     for (name, html) in &pages {
         for href in attribute_values(html, "href") {
