@@ -33,7 +33,7 @@ use futures_util::Stream;
 use serde::{Deserialize, Serialize};
 use veil::attacks::black_box::{MembershipReport, agreement, membership, per_example_loss};
 use veil::attacks::model_inversion::{
-    InversionOptions, InversionScore, class_means, invert, score_against_means,
+    InversionOptions, InversionScore, class_means, domain_mean, invert, score_against_means,
 };
 use veil::burn::tensor::Device;
 use veil::data::ImageDataset;
@@ -441,13 +441,8 @@ fn run_inversion(run: &BlackBoxRun, t: &Target, seed: u64) -> Result<Option<f64>
     let device = Device::flex();
     let means = class_means(&t.members.images, &t.members.labels, shape, k);
     let held_means = class_means(&t.non_members.images, &t.non_members.labels, shape, k);
-    let present: Vec<&Vec<f32>> = held_means.iter().filter(|m| !m.is_empty()).collect();
-    if present.is_empty() {
-        return Err("the held-out part has no images to take the domain's mean from".into());
-    }
-    let prior: Vec<f32> = (0..shape.len())
-        .map(|j| present.iter().map(|m| m[j]).sum::<f32>() / present.len() as f32)
-        .collect();
+    let prior = domain_mean(&held_means)
+        .ok_or("the held-out part has no images to take the domain's mean from")?;
     let options = InversionOptions {
         seed,
         ..InversionOptions::default()

@@ -249,6 +249,18 @@ pub fn class_means(
         .collect()
 }
 
+/// The domain's mean image as the class means give it: the mean of the non-empty ones (each
+/// class weighs the same whatever its count). `None` when every class is empty.
+pub fn domain_mean(means: &[Vec<f32>]) -> Option<Vec<f32>> {
+    let present: Vec<&Vec<f32>> = means.iter().filter(|m| !m.is_empty()).collect();
+    let len = present.first()?.len();
+    Some(
+        (0..len)
+            .map(|j| present.iter().map(|m| m[j]).sum::<f32>() / present.len() as f32)
+            .collect(),
+    )
+}
+
 /// How close an inversion came to what the model learnt.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct InversionScore {
@@ -272,13 +284,7 @@ pub fn score_against_means(
     shape: ImageShape,
 ) -> InversionScore {
     let target = &means[inversion.class as usize];
-    let present: Vec<&Vec<f32>> = means.iter().filter(|m| !m.is_empty()).collect();
-    let mut domain = vec![0.0f32; shape.len()];
-    for m in &present {
-        for (d, &v) in domain.iter_mut().zip(m.iter()) {
-            *d += v / present.len() as f32;
-        }
-    }
+    let domain = domain_mean(means).unwrap_or_else(|| vec![0.0; shape.len()]);
     // Which class's own features the inversion shows: the class whose mean's deviation from
     // the domain mean points most nearly the way the inversion's does (cosine). Nearest by PSNR
     // would favour whichever class mean lies closest to the domain mean.
@@ -289,17 +295,20 @@ pub fn score_against_means(
             .collect()
     };
     let own = deviation(&inversion.image);
-    let cosine = |k: usize| -> f64 {
-        let d = deviation(&means[k]);
-        let dot: f64 = own.iter().zip(&d).map(|(a, b)| a * b).sum();
-        let norms = own.iter().map(|a| a * a).sum::<f64>().sqrt()
-            * d.iter().map(|a| a * a).sum::<f64>().sqrt();
-        if norms > 0.0 { dot / norms } else { 0.0 }
-    };
-    let nearest = (0..means.len())
+    let own_norm = own.iter().map(|a| a * a).sum::<f64>().sqrt();
+    let cosines: Vec<(usize, f64)> = (0..means.len())
         .filter(|&k| !means[k].is_empty())
-        .max_by(|&a, &b| cosine(a).total_cmp(&cosine(b)))
-        .unwrap_or(0);
+        .map(|k| {
+            let d = deviation(&means[k]);
+            let dot: f64 = own.iter().zip(&d).map(|(a, b)| a * b).sum();
+            let norms = own_norm * d.iter().map(|a| a * a).sum::<f64>().sqrt();
+            (k, if norms > 0.0 { dot / norms } else { 0.0 })
+        })
+        .collect();
+    let nearest = cosines
+        .iter()
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .map_or(0, |&(k, _)| k);
     InversionScore {
         psnr: psnr(&inversion.image, target),
         ssim: ssim(&inversion.image, target, shape),
@@ -323,9 +332,7 @@ mod tests {
         let data = digits();
         let means = class_means(&data.images, &data.labels, data.shape, 10);
         // The attacker's prior: the domain's mean image (here the mean of the class means).
-        let domain: Vec<f32> = (0..data.shape.len())
-            .map(|j| means.iter().map(|m| m[j]).sum::<f32>() / 10.0)
-            .collect();
+        let domain = domain_mean(&means).unwrap();
         let mut identified = 0;
         let mut above_domain = 0;
         for class in 0..10u32 {
@@ -401,5 +408,7 @@ mod tests {
         let shape = ImageShape::new(1, 1, 2);
         let m = class_means(&[0.0, 1.0, 1.0, 1.0, 0.5, 0.5], &[0, 0, 2], shape, 3);
         assert_eq!(m, vec![vec![0.5, 1.0], vec![], vec![0.5, 0.5]]);
+        assert_eq!(domain_mean(&m), Some(vec![0.5, 0.75]));
+        assert_eq!(domain_mean(&[vec![], vec![]]), None);
     }
 }
