@@ -1,5 +1,8 @@
 //! `veil factory …`: a command-line client of a running factory, over HTTP, so the whole flow
 //! (upload, train, follow, classify, download) works without a browser.
+//!
+//! Why this file is over 600 lines: one subcommand per factory route, each short, over one HTTP
+//! client.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

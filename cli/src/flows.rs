@@ -116,7 +116,7 @@ pub fn train(args: FlowTrainArgs) -> Result<()> {
     let (data, levels) = load_data(&args)?;
     let (train, test) = data.split(0.2, args.seed);
     let pre = Preprocess {
-        levels,
+        bins: levels,
         alpha: 0.05,
     };
     let config = GlowConfig::for_shape(data.shape)

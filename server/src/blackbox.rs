@@ -19,6 +19,9 @@
 //! Runs are threads, at most two at once, over SSE, like the gradient-leakage lab; starting one
 //! counts against the caller's attack quota, and a trained model can be attacked by its owner
 //! (and the operator) only.
+//!
+//! Why this file is over 600 lines: one lab: its routes, its run registry and the runner of its
+//! three attacks, which only make sense together; the attacks themselves are in `veil::attacks`.
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -41,8 +41,8 @@ struct FamilySummary {
     /// The images they read.
     shape: ImageShape,
     classes: Vec<String>,
-    /// Quantisation levels of the data.
-    levels: usize,
+    /// Quantisation bins of the data (17 for the UCI digits, 256 for 8-bit images).
+    bins: usize,
     /// Glow levels × steps, hidden width.
     glow: String,
     /// `agnostic` or `class-<k>`, with held-out bits/dim and the file's URL and size.
@@ -152,7 +152,7 @@ impl FlowFamily {
             data: self.manifest.data.clone(),
             shape: ImageShape::new(g.channels, g.height, g.width),
             classes: self.manifest.classes.clone(),
-            levels: self.manifest.preprocess.levels,
+            bins: self.manifest.preprocess.bins,
             glow: format!(
                 "{} levels × {} steps, {} hidden",
                 g.levels, g.steps, g.hidden

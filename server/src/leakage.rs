@@ -10,6 +10,9 @@
 //!
 //! Attacks run on their own threads, at most [`MAX_CONCURRENT`] at a time (503 past it); each
 //! keeps its whole event history, so a late subscriber sees the full curve.
+//!
+//! Why this file is over 600 lines: one lab: its routes, its runs and the attack thread, which only
+//! make sense together; the attacks themselves are in `veil::attacks::leakage`.
 
 use std::convert::Infallible;
 use std::sync::Arc;

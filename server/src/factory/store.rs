@@ -13,6 +13,9 @@
 //!
 //! Every id is generated here (`ds-`, `job-`, `mdl-` and 16 hex digits) and checked against that
 //! form before it is used in a path, so no client string ever becomes a file name.
+//!
+//! Why this file is over 600 lines: the store's one type: each table's queries and the atomic blob
+//! writes, with its migrations.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};

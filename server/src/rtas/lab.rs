@@ -8,6 +8,9 @@
 //! Here the server plays **every** party, P0 (the data owner) included, on public demo digits: it
 //! shows what each party would see, not a deployment. In real use P0 runs on the owner's side
 //! (`veil party --role p0`) and never gives its images to anyone.
+//!
+//! Why this file is over 600 lines: one lab: the four parties' threads, the wiretap and the event
+//! stream, which only make sense together; the protocol itself is in `veil::schemes::rtas`.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::{SocketAddr, TcpListener};

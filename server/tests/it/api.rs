@@ -125,7 +125,7 @@ async fn the_digits_flows_are_served_as_shipped_and_unknown_ones_are_404() {
     let digits = &v[0];
     assert_eq!(digits["name"], "digits");
     assert_eq!(digits["shape"]["height"], 8);
-    assert_eq!(digits["levels"], 17);
+    assert_eq!(digits["bins"], 17);
     assert_eq!(digits["classes"].as_array().unwrap().len(), 10);
     let flows = digits["flows"].as_array().unwrap();
     assert_eq!(flows.len(), 11);

@@ -22,6 +22,9 @@
 //! platform `ln`/`cos` differ between glibc and wasm), and all arithmetic is scalar Rust
 //! (nalgebra's scalar Householder QR, plain loops for the reflections: no FMA contraction or SIMD
 //! reduction order that differs by target).
+//!
+//! Why this file is over 600 lines: more than a third is statistical tests (Haar moments,
+//! uniformity, the derivations pinned); the code is two derivations and their application.
 
 use nalgebra::DMatrix;
 use rand::Rng;

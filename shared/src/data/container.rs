@@ -25,6 +25,9 @@
 //!
 //! [`decode`] is total: any byte string gives a value or a [`ContainerError`] naming the defect,
 //! never a panic (it is fuzzed: `cargo xtask fuzz`).
+//!
+//! Why this file is over 600 lines: a quarter is its unit tests; the format's writer and its
+//! validating reader belong together.
 
 use std::collections::HashMap;
 

@@ -9,6 +9,16 @@ use super::{DataError, ImageDataset, ImageShape, maybe_gunzip};
 /// many bins, where 8-bit images use 256.
 pub const DIGITS_LEVELS: usize = 17;
 
+/// The quantisation bins images of `shape` are read at when nothing else says: the UCI digits'
+/// [`DIGITS_LEVELS`] for 8×8 grey images (the demo model reads those), 256 (8 bits) otherwise.
+pub fn default_bins(shape: ImageShape) -> usize {
+    if shape == ImageShape::new(1, 8, 8) {
+        DIGITS_LEVELS
+    } else {
+        256
+    }
+}
+
 pub const DIGITS_CSV_GZ: &[u8] = include_bytes!("../../../assets/data/digits.csv.gz");
 
 /// The embedded digits, decoded.

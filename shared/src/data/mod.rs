@@ -14,7 +14,7 @@ mod synthetic;
 pub mod container;
 
 pub use cifar::{CIFAR10_CLASSES, decode_cifar10};
-pub use digits::{DIGITS_CSV_GZ, DIGITS_LEVELS, decode_digits_csv, digits};
+pub use digits::{DIGITS_CSV_GZ, DIGITS_LEVELS, decode_digits_csv, default_bins, digits};
 pub use folder::{FolderEntry, decode_image, decode_image_folder, resize_dataset};
 pub use idx::{decode_mnist_idx, encode_mnist_idx};
 pub use synthetic::{SyntheticConfig, synthetic};

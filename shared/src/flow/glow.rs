@@ -14,6 +14,9 @@
 //! which the model makes N(0, I); [`Glow::encode`] flattens it in a fixed order — level 0 first,
 //! and within a level channel-major, then rows, then columns (C order of `[C, H, W]`) — so that a
 //! rotation of the whole vector is well defined; [`Glow::decode`] reads the same order.
+//!
+//! Why this file is over 600 lines: a quarter is its unit tests; the rest is Glow's layers, which
+//! are only used together.
 
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -38,7 +41,8 @@ pub struct GlowConfig {
     pub height: usize,
     /// Image width (divisible by 2^levels).
     pub width: usize,
-    /// Levels L.
+    /// Levels L: the scales of the multi-scale architecture (not the data's quantisation bins,
+    /// which are [`Preprocess::bins`]).
     #[config(default = 2)]
     pub levels: usize,
     /// Flow steps K per level.
@@ -693,14 +697,18 @@ pub fn dequantization_noise(shape: [usize; 4], seed: u64, device: &Device) -> Te
     Tensor::from_data(TensorData::new(values, shape), device)
 }
 
-/// The logit preprocessing of RealNVP (§4.1) and Glow: a pixel `x ∈ [0, 1]` quantised to `levels`
-/// values becomes `y = (k + u)/levels` (`k = round(x·(levels − 1))`, `u ~ U(0, 1)` when
+/// The logit preprocessing of RealNVP (§4.1) and Glow: a pixel `x ∈ [0, 1]` quantised to `bins`
+/// values becomes `y = (k + u)/bins` (`k = round(x·(bins − 1))`, `u ~ U(0, 1)` when
 /// dequantising, `u = ½` otherwise), then `s = logit(α + (1 − α)·y)`. For 8-bit images
-/// (`levels = 256`) this is the paper's `logit(α + (1 − α)·x/256)`.
+/// (`bins = 256`) this is the paper's `logit(α + (1 − α)·x/256)`.
+///
+/// (Glow's own `levels`, in [`GlowConfig`], are its scales. Manifests written before the rename
+/// call the bins `levels` too, and still read.)
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Preprocess {
-    /// Quantisation levels of the data (256 for 8-bit images, 17 for the UCI digits).
-    pub levels: usize,
+    /// Quantisation bins of the data (256 for 8-bit images, 17 for the UCI digits).
+    #[serde(alias = "levels")]
+    pub bins: usize,
     /// α, which keeps the logit away from ±∞.
     pub alpha: f32,
 }
@@ -708,7 +716,7 @@ pub struct Preprocess {
 impl Preprocess {
     /// 8-bit images.
     pub const EIGHT_BIT: Preprocess = Preprocess {
-        levels: 256,
+        bins: 256,
         alpha: 0.05,
     };
 
@@ -729,12 +737,12 @@ impl Preprocess {
     /// [`Preprocess::to_logit`] with given dequantisation noise `u` (in (0, 1), the shape of `x`),
     /// e.g. from [`dequantization_noise`], which is the same on every backend.
     pub fn to_logit_with_noise(&self, x: Tensor<4>, u: Tensor<4>) -> (Tensor<4>, Tensor<1>) {
-        let levels = self.levels as f32;
-        let k = (x * (levels - 1.0)).round().clamp(0.0, levels - 1.0);
-        // 1 − p = (1 − α)(1 − y), computed from (levels − k − u) directly: forming p first and
+        let bins = self.bins as f32;
+        let k = (x * (bins - 1.0)).round().clamp(0.0, bins - 1.0);
+        // 1 − p = (1 − α)(1 − y), computed from (bins − k − u) directly: forming p first and
         // subtracting it from 1 rounds to 0 in f32 for the brightest pixels.
-        let one_minus_y = (k.clone().neg() + levels - u.clone()) / levels;
-        let y = (k + u) / levels;
+        let one_minus_y = (k.clone().neg() + bins - u.clone()) / bins;
+        let y = (k + u) / bins;
         let p = y * (1.0 - self.alpha) + self.alpha;
         let log_p = p.clone().log();
         let log_1mp = one_minus_y.log() + (1.0 - self.alpha).ln();
@@ -750,19 +758,19 @@ impl Preprocess {
     }
 
     /// A continuous pixel value `y` ([`Preprocess::from_logit`]) back to its quantisation
-    /// level, `k/(levels − 1)`: the bin `y` falls in.
+    /// level, `k/(bins − 1)`: the bin `y` falls in.
     pub fn quantise(&self, y: Tensor<4>) -> Tensor<4> {
-        let levels = self.levels as f32;
-        (y * levels - 0.5).round().clamp(0.0, levels - 1.0) / (levels - 1.0)
+        let bins = self.bins as f32;
+        (y * bins - 0.5).round().clamp(0.0, bins - 1.0) / (bins - 1.0)
     }
 
     /// Negative log-likelihood of the discrete pixels in bits per dimension, per sample:
-    /// `(−log p(y) + D·ln levels)/(D·ln 2)` with `log p(y) = log p(z) + log|det| (flow) +
+    /// `(−log p(y) + D·ln bins)/(D·ln 2)` with `log p(y) = log p(z) + log|det| (flow) +
     /// log|det| (preprocessing)`.
     pub fn bits_per_dim(&self, out: &FlowOutput, logdet_pre: Tensor<1>, dims: usize) -> Tensor<1> {
         let d = dims as f32;
         let log_py = out.log_prior.clone() + out.logdet.clone() + logdet_pre;
-        (log_py.neg() + d * (self.levels as f32).ln()) / (d * std::f32::consts::LN_2)
+        (log_py.neg() + d * (self.bins as f32).ln()) / (d * std::f32::consts::LN_2)
     }
 }
 
@@ -966,7 +974,7 @@ mod tests {
     fn preprocessing_round_trips_and_bits_per_dim_of_a_fresh_flow_is_plausible() {
         let device = Device::flex();
         let pre = Preprocess {
-            levels: 17,
+            bins: 17,
             alpha: 0.05,
         };
         let k = Tensor::<4>::random([4, 1, 8, 8], Distribution::Uniform(0.0, 17.0), &device)

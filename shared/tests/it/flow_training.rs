@@ -10,7 +10,7 @@ use veil::nn::train::Control;
 /// The digits' preprocessing and a small Glow of `levels` levels (two steps, 8 hidden channels).
 fn small_digits_glow(levels: usize) -> (Preprocess, GlowConfig) {
     let pre = Preprocess {
-        levels: 17,
+        bins: 17,
         alpha: 0.05,
     };
     let config = GlowConfig::new(1, 8, 8)
@@ -26,7 +26,7 @@ fn training_lowers_held_out_bits_per_dim() {
     let (train, test) = digits().split(0.2, 7);
     let train = train.subset(&(0..400).collect::<Vec<_>>());
     let pre = Preprocess {
-        levels: 17,
+        bins: 17,
         alpha: 0.05,
     };
     let device = Device::flex().autodiff();

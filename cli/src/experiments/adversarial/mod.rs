@@ -7,6 +7,9 @@
 //! Setting: the data is split into the owner's training set (60 %), a test set (20 %) and the
 //! attacker's own clean labelled data D′ (20 %, §3.4). The owner's base classifier is a small
 //! CNN trained on the training set (or `--base-model`); the key is drawn from the seed.
+//!
+//! Why this file is over 600 lines: one experiment, its tables computed in the paper's order on
+//! shared models; the results struct and the report are in their own files.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -54,7 +54,13 @@ impl FlowCheckpoints {
         let dir = out.join("checkpoints");
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let mut h = Sha256::new();
-        h.update(format!("{glow:?}|{pre:?}|{options:?}|{}", train.shape));
+        // The preprocessing is written as it was before `levels` became `bins`, so that the
+        // checkpoints of a run begun then are still found.
+        let pre = format!(
+            "Preprocess {{ levels: {}, alpha: {:?} }}",
+            pre.bins, pre.alpha
+        );
+        h.update(format!("{glow:?}|{pre}|{options:?}|{}", train.shape));
         for p in &train.images {
             h.update(p.to_le_bytes());
         }

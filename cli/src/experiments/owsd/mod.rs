@@ -13,6 +13,9 @@
 //! are small CNNs trained on A's cloud part (matching labels), on it plus B (more labels), and on
 //! B alone (labels disjoint from the owner's). Use case 4's ensemble adds encoders trained on
 //! further draws of B (`--encoders`), each encoding scrambled by its own generator.
+//!
+//! Why this file is over 600 lines: one experiment, the paper's tables and use cases computed in
+//! order on shared models; the results struct and the report are in their own files.
 
 use std::path::PathBuf;
 use std::time::Instant;

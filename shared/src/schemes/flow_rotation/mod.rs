@@ -6,6 +6,9 @@
 //! Ciphertexts are f32 images on the pixel scale of the data: `(sigmoid(s′) − α)/(1 − α)` of the
 //! rotated logit-space image `s′`, *not* clamped to [0, 1] (clamping would destroy the bits that
 //! decryption needs), so they must be stored as floats, never as 8-bit images.
+//!
+//! Why this file is over 600 lines: a third is its unit tests; the rest is the encryptor, the flow
+//! set and the settings, which share their types.
 
 use burn::prelude::*;
 use burn::tensor::activation::sigmoid;
@@ -146,7 +149,7 @@ impl FlowEncryptor {
             .map(|img| img.iter().all(|v| v.is_finite()))
             .collect();
         // Decrypt the finite ones (NaN would only propagate); compare in level units.
-        let levels = (self.pre.levels - 1) as f32;
+        let levels = (self.pre.bins - 1) as f32;
         let back: Vec<f32> = self
             .decrypt_quantised(
                 c.clone()
@@ -656,7 +659,7 @@ mod tests {
     fn digits_and_glow(n: usize) -> (Device, Preprocess, Tensor<4>, Glow) {
         let device = Device::flex();
         let pre = Preprocess {
-            levels: 17,
+            bins: 17,
             alpha: 0.05,
         };
         let data = digits().subset(&(0..n).collect::<Vec<_>>());
@@ -769,7 +772,7 @@ mod tests {
     fn encryption_is_deterministic_per_key() {
         let device = Device::flex();
         let pre = Preprocess {
-            levels: 17,
+            bins: 17,
             alpha: 0.05,
         };
         let data = digits().subset(&(0..8).collect::<Vec<_>>());
@@ -797,7 +800,7 @@ mod tests {
     fn temperature_and_cover_classes_round_trip_and_change_the_ciphertext() {
         let device = Device::flex();
         let pre = Preprocess {
-            levels: 17,
+            bins: 17,
             alpha: 0.05,
         };
         let data = digits().subset(&(0..32).collect::<Vec<_>>());

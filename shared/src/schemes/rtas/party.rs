@@ -2,6 +2,10 @@
 //! [`Arith`] so a network runs on it unchanged), the [`Dealer`] of Beaver triples, and the
 //! [`Helper`] that evaluates non-linear functions on permuted reconstructions (and, in
 //! RTAS-fast, runs the upper layers in the clear).
+//!
+//! Why this file is over 600 lines: the protocol steps of one party type (Beaver products,
+//! truncation, the permuted non-linear protocol), which share its state; the dealer and the helper
+//! are short.
 
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};

@@ -8,6 +8,9 @@
 //!
 //! Frame layout: `b"VRTS"`, version (u8), run id (16 bytes), sender role (u8), sequence number
 //! (u64), message tag (u8), payload.
+//!
+//! Why this file is over 600 lines: every message type's encoding and decoding, with the checks
+//! that refuse malformed, foreign, replayed and out-of-order frames, which belong together.
 
 use std::time::Duration;
 

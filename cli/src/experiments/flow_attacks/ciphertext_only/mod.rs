@@ -187,21 +187,21 @@ pub fn run(args: CiphertextOnlyArgs) -> Result<()> {
                 let (p_attack, _) = score(
                     decrypt_latents(&got.confident, own, pre, zc_scored, &device),
                     &originals,
-                    pre.levels,
+                    pre.bins,
                 );
                 let (p_random, _) = score(
                     decrypt_latents(&guess, own, pre, zc_scored, &device),
                     &originals,
-                    pre.levels,
+                    pre.bins,
                 );
                 let (p_mean, _) = score(
                     prior_mean_images(own, pre, scored, &device),
                     &originals,
-                    pre.levels,
+                    pre.bins,
                 );
                 let avg_images =
                     veil::data::images_tensor(&avg.repeat(scored), data.shape, &device);
-                let (p_domain, _) = score(avg_images, &originals, pre.levels);
+                let (p_domain, _) = score(avg_images, &originals, pre.bins);
                 let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
                 domain += mean(&p_domain);
                 acc[0] += relative_error(&got.rotation.rotation().unwrap_or_default(), &truth);

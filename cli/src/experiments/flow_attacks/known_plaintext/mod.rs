@@ -248,7 +248,7 @@ pub fn run(args: KnownPlaintextArgs) -> Result<()> {
             let zp = latents_of(own, pre, &case.pool, &device);
             // No pairs: the prior's mean decoded by the class's flow.
             let mean_image = prior_mean_images(own, pre, case.victims.len(), &device);
-            let (p0, e0) = score(mean_image, &case.victims, pre.levels);
+            let (p0, e0) = score(mean_image, &case.victims, pre.bins);
             floor.classes += 1;
             floor.decoder_found += usize::from(!setting.cover_classes);
             floor.psnrs.extend(p0);
@@ -293,7 +293,7 @@ pub fn run(args: KnownPlaintextArgs) -> Result<()> {
                             .collect(),
                     ));
                 }
-                let (psnrs, exact) = score(decrypted, &case.victims, pre.levels);
+                let (psnrs, exact) = score(decrypted, &case.victims, pre.bins);
                 let tally = &mut tallies[t];
                 tally.classes += 1;
                 tally.decoder_found += usize::from(decoder == true_decoder);

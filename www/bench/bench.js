@@ -1,27 +1,12 @@
 // Runs Veil's client benchmarks in a fresh worker and shows the results (and, for `cargo xtask
 // bench`, leaves them as JSON in #bench-json).
-const $ = (id) => document.getElementById(id);
-
-function rpc(worker) {
-  let next = 1;
-  const pending = new Map();
-  worker.onmessage = ({ data }) => {
-    const p = pending.get(data.id);
-    if (data.progress) return;
-    pending.delete(data.id);
-    data.ok ? p.resolve(data.result) : p.reject(new Error(data.error));
-  };
-  return (op, args) => new Promise((resolve, reject) => {
-    const id = next++;
-    pending.set(id, { resolve, reject });
-    worker.postMessage({ id, op, args });
-  });
-}
+import { $ } from '../lib/dom.js';
+import { startWorker } from '../lib/rpc.js';
 
 async function runBenchmarks(preferGpu) {
-  const worker = new Worker(new URL('./worker.js', import.meta.url), { type: 'module' });
-  const call = rpc(worker);
   const status = $('bench-status');
+  // Its own worker (the production operations plus the timed ones), so the page's key is untouched.
+  const call = startWorker((m) => { status.textContent = m; }, new URL('./worker.js', import.meta.url));
   const results = {};
   try {
     status.textContent = 'Starting the client…';
@@ -53,7 +38,7 @@ async function runBenchmarks(preferGpu) {
     status.className = 'message error';
     results.error = err.message;
   } finally {
-    worker.terminate();
+    call.terminate();
   }
   return results;
 }
