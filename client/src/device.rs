@@ -1,10 +1,11 @@
 //! Device choice (WebGPU when the browser has it, the flex CPU backend otherwise) and reading
-//! tensors back. At the bottom of the crate with `error`: it imports no other module.
+//! tensors back, and checking a batch of pixels before it goes to the device. At the bottom of the crate with `error`: it imports no other module.
 
 use std::collections::VecDeque;
 
 use veil::burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use veil::burn::tensor::{Device, Tensor, TensorData};
+use veil::data::ImageShape;
 
 use crate::error::ClientError;
 
@@ -157,5 +158,48 @@ pub async fn params_to_flex<M: Module>(
             "the trained model has more parameters than its configuration".into(),
         )),
         None => Ok(flex),
+    }
+}
+
+/// Checks that `pixels` is a whole, non-empty number of finite `shape` images; their count.
+pub fn check_batch(pixels: &[f32], shape: ImageShape) -> Result<usize, ClientError> {
+    if pixels.is_empty() || !pixels.len().is_multiple_of(shape.len()) {
+        return Err(ClientError::BadInput(format!(
+            "expected a whole number of {shape} images ({} values each), got {} values",
+            shape.len(),
+            pixels.len()
+        )));
+    }
+    if let Some(i) = pixels.iter().position(|p| !p.is_finite()) {
+        return Err(ClientError::BadInput(format!(
+            "image {} has a value that is not finite",
+            i / shape.len()
+        )));
+    }
+    Ok(pixels.len() / shape.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_batch_names_the_problem() {
+        let shape = ImageShape::new(1, 2, 2);
+        assert_eq!(check_batch(&[0.0; 8], shape).unwrap(), 2);
+        assert!(
+            check_batch(&[0.0; 7], shape)
+                .unwrap_err()
+                .to_string()
+                .contains("whole number")
+        );
+        let mut px = [0.0; 8];
+        px[5] = f32::NAN;
+        assert!(
+            check_batch(&px, shape)
+                .unwrap_err()
+                .to_string()
+                .contains("image 1")
+        );
     }
 }

@@ -31,7 +31,8 @@ fn the_page_trains_the_base_model_like_the_library() {
     };
     let shape = ImageShape::new(1, 8, 8);
     let first = s
-        .adversarial_train_begin(
+        .adversarial()
+        .train_begin(
             data.images.clone(),
             data.labels.clone(),
             shape,
@@ -42,20 +43,20 @@ fn the_page_trains_the_base_model_like_the_library() {
     assert_eq!((first.done_steps, first.finished), (0, false));
     // Not finished: no model yet.
     assert!(
-        block_on(s.adversarial_base_model())
+        block_on(s.adversarial().base_model())
             .unwrap_err()
             .to_string()
             .contains("still training")
     );
     let mut calls = 0;
     let last = loop {
-        let p = block_on(s.adversarial_train_run(2)).unwrap();
+        let p = block_on(s.adversarial().train_run(2)).unwrap();
         calls += 1;
         if p.finished {
             break p;
         }
     };
-    let page = block_on(s.adversarial_base_model()).unwrap();
+    let page = block_on(s.adversarial().base_model()).unwrap();
 
     let (train, held_out) = data.split(0.1, 5);
     assert_eq!(last.train_images, train.len());
@@ -100,9 +101,14 @@ fn the_page_trains_the_base_model_like_the_library() {
 
     // The trained model is a base for PGD.
     let status = s
-        .adversarial_begin(digits_adversarial_setup(None), Some(&page))
+        .adversarial()
+        .begin(digits_adversarial_setup(None), Some(&page))
         .unwrap();
     assert!(!status.demo_base);
-    let out = block_on(s.adversarial_encrypt(held_out.image(0), &held_out.labels[..1])).unwrap();
+    let out = block_on(
+        s.adversarial()
+            .encrypt(held_out.image(0), &held_out.labels[..1]),
+    )
+    .unwrap();
     assert!(out.psnr[0] >= 14.5 - 1e-3);
 }

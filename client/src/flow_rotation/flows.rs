@@ -17,8 +17,9 @@ use veil::schemes::flow_rotation::{
     agnostic_encryptor, class_encryptor,
 };
 
+use super::finetune::Slot;
+use crate::device::check_batch;
 use crate::error::ClientError;
-use crate::finetune::Slot;
 
 /// Named files: a family's burnpack flows, by the names its manifest uses.
 pub type NamedFiles = Vec<(String, Vec<u8>)>;
@@ -38,8 +39,8 @@ pub struct FlowsInfo {
     pub shape: ImageShape,
     /// Class names, in label order.
     pub classes: Vec<String>,
-    /// Quantisation levels of the data.
-    pub levels: usize,
+    /// Quantisation bins of the data (17 for the UCI digits, 256 for 8-bit images).
+    pub bins: usize,
     /// Whether route (b) is available.
     pub agnostic: bool,
     /// What the flows were trained on (the manifest's `data`; fine-tuned flows say so).
@@ -73,7 +74,7 @@ impl FlowRoute {
 }
 
 /// The ciphertexts of the images of a batch that encrypt, and the others named
-/// ([`crate::session::Session::flow_encrypt_checked`]).
+/// ([`super::FlowRotation::encrypt_checked`]).
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct CheckedCiphertexts {
     /// The ciphertexts of the images in `kept`, in that order.
@@ -238,7 +239,7 @@ impl Flows {
             family: self.family.clone(),
             shape: self.shape,
             classes: self.set.manifest.classes.clone(),
-            levels: self.levels(),
+            bins: self.bins(),
             agnostic: self.set.agnostic.is_some(),
             data: self.set.manifest.data.clone(),
             encryption: self.set.manifest.encryption,
@@ -250,9 +251,9 @@ impl Flows {
         self.shape
     }
 
-    /// Quantisation levels of the data.
-    pub fn levels(&self) -> usize {
-        self.set.manifest.preprocess.levels
+    /// Quantisation bins of the data.
+    pub fn bins(&self) -> usize {
+        self.set.manifest.preprocess.bins
     }
 
     fn classes(&self) -> usize {
@@ -527,24 +528,6 @@ pub async fn read_parts(
     Ok(out)
 }
 
-/// Checks that `pixels` is a whole, non-empty number of finite `shape` images; their count.
-pub fn check_batch(pixels: &[f32], shape: ImageShape) -> Result<usize, ClientError> {
-    if pixels.is_empty() || !pixels.len().is_multiple_of(shape.len()) {
-        return Err(ClientError::BadInput(format!(
-            "expected a whole number of {shape} images ({} values each), got {} values",
-            shape.len(),
-            pixels.len()
-        )));
-    }
-    if let Some(i) = pixels.iter().position(|p| !p.is_finite()) {
-        return Err(ClientError::BadInput(format!(
-            "image {} has a value that is not finite",
-            i / shape.len()
-        )));
-    }
-    Ok(pixels.len() / shape.len())
-}
-
 /// Route (c)'s decision ([`veil::schemes::flow_rotation::model_routed`]), with the client's
 /// error.
 pub fn model_routed(
@@ -553,29 +536,4 @@ pub fn model_routed(
 ) -> Result<(Vec<u32>, Vec<Vec<f32>>), ClientError> {
     veil::schemes::flow_rotation::model_routed(probs, n)
         .map_err(|e| ClientError::BadInput(e.to_string()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn check_batch_names_the_problem() {
-        let shape = ImageShape::new(1, 2, 2);
-        assert_eq!(check_batch(&[0.0; 8], shape).unwrap(), 2);
-        assert!(
-            check_batch(&[0.0; 7], shape)
-                .unwrap_err()
-                .to_string()
-                .contains("whole number")
-        );
-        let mut px = [0.0; 8];
-        px[5] = f32::NAN;
-        assert!(
-            check_batch(&px, shape)
-                .unwrap_err()
-                .to_string()
-                .contains("image 1")
-        );
-    }
 }

@@ -12,8 +12,9 @@ use veil::data::images_tensor;
 use veil::flow::glow::{Glow, Preprocess};
 use veil::schemes::flow_rotation::public_latents;
 
+use super::flows::Flows;
+use crate::device::check_batch;
 use crate::error::ClientError;
-use crate::flows::{Flows, check_batch};
 
 /// What the attacker knows about the flows that encrypted one class (all of it public).
 pub struct PublicFlows {

@@ -27,11 +27,12 @@ fn the_page_encrypts_like_the_library() {
     let pgd = PgdConfig::with_epsilon(1.5, 10);
     for method in [None, Some(CombineMethod::HorizontalConcat)] {
         let status = s
-            .adversarial_begin(digits_adversarial_setup(method), None)
+            .adversarial()
+            .begin(digits_adversarial_setup(method), None)
             .unwrap();
         assert!(status.demo_base);
         assert_eq!(status.fingerprint, key.fingerprint().to_string());
-        let page = block_on(s.adversarial_encrypt(&data.images, &data.labels)).unwrap();
+        let page = block_on(s.adversarial().encrypt(&data.images, &data.labels)).unwrap();
         let native = match method {
             None => encrypt_basic(
                 &base,
@@ -73,7 +74,8 @@ fn the_page_encrypts_like_the_library() {
         assert!(page.ssim.iter().all(|&v| v > 0.0 && v <= 1.0));
         // The container names the scheme and the key's fingerprint, and holds what was encrypted.
         let bytes = s
-            .adversarial_container(page.pixels.clone(), data.labels.clone())
+            .adversarial()
+            .container(page.pixels.clone(), data.labels.clone())
             .unwrap();
         let c = veil::data::container::decode(&bytes).unwrap();
         assert_eq!(c.meta.scheme, "adversarial");
@@ -89,11 +91,11 @@ fn bad_setups_and_batches_are_refused_with_the_cause() {
     fn msg<T>(r: Result<T, veil_client::ClientError>) -> String {
         r.err().expect("refused").to_string()
     }
-    assert!(msg(s.adversarial_begin(digits_adversarial_setup(None), None)).contains("no key"));
+    assert!(msg(s.adversarial().begin(digits_adversarial_setup(None), None)).contains("no key"));
     let s = session(&key);
     let mut bad = digits_adversarial_setup(None);
     bad.epsilon = 0.0;
-    assert!(msg(s.adversarial_begin(bad, None)).contains("ε must be a positive"));
+    assert!(msg(s.adversarial().begin(bad, None)).contains("ε must be a positive"));
     // A base model for another shape, and the demo model for data it does not fit.
     let other = SmallCnnConfig::new(1, 16, 16, 10)
         .init(&Device::flex())
@@ -101,14 +103,14 @@ fn bad_setups_and_batches_are_refused_with_the_cause() {
         .unwrap();
     let mut sixteen = digits_adversarial_setup(None);
     sixteen.shape = ImageShape::new(1, 16, 16);
-    assert!(msg(s.adversarial_begin(sixteen.clone(), None)).contains("import a base model"));
+    assert!(msg(s.adversarial().begin(sixteen.clone(), None)).contains("import a base model"));
     let mut six = digits_adversarial_setup(None);
     six.classes.truncate(6);
-    assert!(msg(s.adversarial_begin(six, Some(&other))).contains("not a SmallCnn"));
+    assert!(msg(s.adversarial().begin(six, Some(&other))).contains("not a SmallCnn"));
     // One class: no correspondence exists.
     let mut one = digits_adversarial_setup(None);
     one.classes.truncate(1);
-    assert!(msg(s.adversarial_begin(one, None)).contains("at least 2 classes"));
+    assert!(msg(s.adversarial().begin(one, None)).contains("at least 2 classes"));
     // A base model whose weights hold NaN is refused when it is loaded.
     let nan = {
         let mut b = demo::WEIGHTS.to_vec();
@@ -116,16 +118,21 @@ fn bad_setups_and_batches_are_refused_with_the_cause() {
         b[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
         b
     };
-    let m = msg(s.adversarial_begin(digits_adversarial_setup(None), Some(&nan)));
+    let m = msg(s
+        .adversarial()
+        .begin(digits_adversarial_setup(None), Some(&nan)));
     assert!(m.contains("NaN"), "{m}");
-    s.adversarial_begin(digits_adversarial_setup(None), None)
+    s.adversarial()
+        .begin(digits_adversarial_setup(None), None)
         .unwrap();
     let data = digits().subset(&[0, 1]);
-    assert!(msg(block_on(s.adversarial_encrypt(&data.images, &[0]))).contains("1 labels for 2"));
-    assert!(msg(block_on(s.adversarial_encrypt(&data.images, &[0, 10]))).contains("out of range"));
+    assert!(msg(block_on(s.adversarial().encrypt(&data.images, &[0]))).contains("1 labels for 2"));
+    assert!(
+        msg(block_on(s.adversarial().encrypt(&data.images, &[0, 10]))).contains("out of range")
+    );
     let mut bright = data.images.clone();
     bright[3] = 1.5;
-    assert!(msg(block_on(s.adversarial_encrypt(&bright, &data.labels))).contains("[0, 1]"));
+    assert!(msg(block_on(s.adversarial().encrypt(&bright, &data.labels))).contains("[0, 1]"));
 }
 
 /// A base model imported from safetensors (PyTorch's layout, as OWSD's encoders) encrypts exactly
@@ -143,14 +150,16 @@ fn a_safetensors_base_model_is_the_same_model() {
         .load(demo::WEIGHTS, &Device::flex())
         .unwrap();
     let file = export_encoder(&demo_model, WeightLayout::PyTorch).unwrap();
-    s.adversarial_begin(digits_adversarial_setup(None), None)
+    s.adversarial()
+        .begin(digits_adversarial_setup(None), None)
         .unwrap();
-    let from_demo = block_on(s.adversarial_encrypt(&data.images, &data.labels)).unwrap();
+    let from_demo = block_on(s.adversarial().encrypt(&data.images, &data.labels)).unwrap();
     let status = s
-        .adversarial_begin(digits_adversarial_setup(None), Some(&file))
+        .adversarial()
+        .begin(digits_adversarial_setup(None), Some(&file))
         .unwrap();
     assert!(!status.demo_base);
-    let from_file = block_on(s.adversarial_encrypt(&data.images, &data.labels)).unwrap();
+    let from_file = block_on(s.adversarial().encrypt(&data.images, &data.labels)).unwrap();
     assert_eq!(from_demo.pixels, from_file.pixels);
 
     fn msg<T>(r: Result<T, veil_client::ClientError>) -> String {
@@ -158,17 +167,19 @@ fn a_safetensors_base_model_is_the_same_model() {
     }
     let mut six = digits_adversarial_setup(None);
     six.classes.truncate(6);
-    let m = msg(s.adversarial_begin(six, Some(&file)));
+    let m = msg(s.adversarial().begin(six, Some(&file)));
     assert!(
         m.contains("scores 10 classes") && m.contains("have 6"),
         "{m}"
     );
-    let m = msg(s.adversarial_begin(digits_adversarial_setup(None), Some(b"not a model at all")));
+    let m = msg(s
+        .adversarial()
+        .begin(digits_adversarial_setup(None), Some(b"not a model at all")));
     assert!(m.contains("not a SmallCnn"), "{m}");
 
     let shape = ImageShape::new(1, 8, 8);
     let ones: Vec<u32> = vec![0; data.len()];
-    let m = msg(s.adversarial_train_begin(
+    let m = msg(s.adversarial().train_begin(
         data.images.clone(),
         ones,
         shape,
@@ -176,7 +187,7 @@ fn a_safetensors_base_model_is_the_same_model() {
         BaseTrainOptions::default(),
     ));
     assert!(m.contains("at least two"), "{m}");
-    let m = msg(s.adversarial_train_begin(
+    let m = msg(s.adversarial().train_begin(
         data.images.clone(),
         data.labels.clone(),
         shape,
@@ -187,5 +198,5 @@ fn a_safetensors_base_model_is_the_same_model() {
         },
     ));
     assert!(m.contains("must be positive"), "{m}");
-    assert!(msg(block_on(s.adversarial_train_run(1))).contains("no base model is being trained"));
+    assert!(msg(block_on(s.adversarial().train_run(1))).contains("no base model is being trained"));
 }

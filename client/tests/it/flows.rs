@@ -1,5 +1,8 @@
 //! Flow rotation through the client session, natively (flex): the page's code path against
 //! `veil::schemes::flow_rotation` used directly.
+//!
+//! Why this file is over 600 lines: the flow-rotation tests of the client (routes, containers,
+//! fine-tuning, known pairs), each short, over the same fixtures.
 #![cfg(not(target_arch = "wasm32"))]
 
 use std::path::PathBuf;
@@ -70,10 +73,11 @@ fn session_with(key: &MasterKey, manifest: Option<&str>) -> Session {
     session.import_key(&file, None).unwrap();
     let (shipped, files) = shipped_flows();
     let info = session
-        .load_flows("digits", manifest.unwrap_or(&shipped), &files)
+        .flow_rotation()
+        .load("digits", manifest.unwrap_or(&shipped), &files)
         .unwrap();
     assert_eq!(info.classes.len(), 10);
-    assert_eq!((info.shape.height, info.levels), (8, 17));
+    assert_eq!((info.shape.height, info.bins), (8, 17));
     assert!(info.agnostic);
     session
 }
@@ -88,7 +92,7 @@ fn the_page_path_encrypts_like_the_library_and_round_trips() {
     let session = session_with_key(&key);
     let data = digits().subset(&(0..40).collect::<Vec<_>>());
     // Route (a), images of mixed classes in one call.
-    let c = block_on(session.flow_apply(
+    let c = block_on(session.flow_rotation().apply(
         &data.images,
         &FlowRoute::TrueClass(data.labels.clone()),
         false,
@@ -113,14 +117,28 @@ fn the_page_path_encrypts_like_the_library_and_round_trips() {
         .sum::<f32>()
         / c.len() as f32;
     assert!(moved > 0.1, "mean |c - x| = {moved}");
-    let back =
-        block_on(session.flow_apply(&c, &FlowRoute::TrueClass(data.labels.clone()), true)).unwrap();
+    let back = block_on(session.flow_rotation().apply(
+        &c,
+        &FlowRoute::TrueClass(data.labels.clone()),
+        true,
+    ))
+    .unwrap();
     let worst = max_abs_diff(&back, &data.images);
     assert!(worst < 1e-6, "round trip error {worst}");
     // Route (b) differs from route (a) and also round-trips.
-    let b = block_on(session.flow_apply(&data.images, &FlowRoute::Agnostic, false)).unwrap();
+    let b = block_on(
+        session
+            .flow_rotation()
+            .apply(&data.images, &FlowRoute::Agnostic, false),
+    )
+    .unwrap();
     assert!(b.iter().zip(&c).any(|(x, y)| (x - y).abs() > 1e-2));
-    let back = block_on(session.flow_apply(&b, &FlowRoute::Agnostic, true)).unwrap();
+    let back = block_on(
+        session
+            .flow_rotation()
+            .apply(&b, &FlowRoute::Agnostic, true),
+    )
+    .unwrap();
     assert_eq!(back, data.images);
 }
 
@@ -135,12 +153,12 @@ fn the_page_follows_the_manifests_encryption_settings() {
         serde_json::json!({ "temperature": 0.5, "cover_classes": true, "rotation": "householder" })
     );
     let session = session_with(&key, None);
-    let info = session.flows_info().unwrap();
+    let info = session.flow_rotation().info().unwrap();
     assert_eq!(info.encryption.temperature, 0.5);
     assert!(info.encryption.cover_classes);
     let data = digits().subset(&(0..30).collect::<Vec<_>>());
     let route = FlowRoute::TrueClass(data.labels.clone());
-    let c = block_on(session.flow_apply(&data.images, &route, false)).unwrap();
+    let c = block_on(session.flow_rotation().apply(&data.images, &route, false)).unwrap();
     let device = Device::flex();
     let pi = veil::schemes::flow_rotation::cover_permutation(&key, 10);
     let plain = shipped_set(&device);
@@ -171,7 +189,7 @@ fn the_page_follows_the_manifests_encryption_settings() {
             / len as f32;
         assert!(moved > 0.05, "image {i}: mean difference {moved}");
     }
-    let back = block_on(session.flow_apply(&c, &route, true)).unwrap();
+    let back = block_on(session.flow_rotation().apply(&c, &route, true)).unwrap();
     assert_eq!(back, data.images);
 }
 
@@ -180,14 +198,15 @@ fn containers_carry_ciphertexts_and_the_fingerprint_never_the_key() {
     let key = MasterKey::from_bytes([22; 32]);
     let session = session_with_key(&key);
     let data = digits().subset(&(0..12).collect::<Vec<_>>());
-    let c = block_on(session.flow_apply(
+    let c = block_on(session.flow_rotation().apply(
         &data.images,
         &FlowRoute::TrueClass(data.labels.clone()),
         false,
     ))
     .unwrap();
     let bytes = session
-        .flow_container(c.clone(), data.labels.clone(), false)
+        .flow_rotation()
+        .container(c.clone(), data.labels.clone(), false)
         .unwrap();
     let (summary, pixels, labels) = session.read_container(&bytes).unwrap();
     assert_eq!(summary.scheme, "flow-rotation");
@@ -206,15 +225,20 @@ fn containers_carry_ciphertexts_and_the_fingerprint_never_the_key() {
     assert_eq!(made_with.route, CiphertextRoute::PerClass);
     assert_eq!(
         made_with.encryption,
-        session.flows_info().unwrap().encryption
+        session.flow_rotation().info().unwrap().encryption
     );
     assert_eq!(
         made_with.encryption.rotation,
         RotationDerivation::Householder
     );
-    let back = block_on(session.flow_decrypt(&pixels, Some(labels.clone()), &made_with)).unwrap();
+    let back = block_on(
+        session
+            .flow_rotation()
+            .decrypt(&pixels, Some(labels.clone()), &made_with),
+    )
+    .unwrap();
     assert_eq!(back, data.images);
-    let err = block_on(session.flow_decrypt(&pixels, None, &made_with)).unwrap_err();
+    let err = block_on(session.flow_rotation().decrypt(&pixels, None, &made_with)).unwrap_err();
     assert!(err.to_string().contains("needs their labels"), "{err}");
 }
 
@@ -226,7 +250,7 @@ fn containers_decrypt_under_the_derivation_they_record_and_refuse_other_settings
     let key = MasterKey::from_bytes([24; 32]);
     let session = session_with_key(&key);
     let data = digits().subset(&(0..10).collect::<Vec<_>>());
-    let info = session.flows_info().unwrap();
+    let info = session.flow_rotation().info().unwrap();
     // An older Veil's ciphertexts: the same flows and settings, the QR rotations.
     let device = Device::flex();
     let set = shipped_set(&device);
@@ -259,12 +283,21 @@ fn containers_decrypt_under_the_derivation_they_record_and_refuse_other_settings
     let (summary, pixels, labels) = session.read_container(&bytes).unwrap();
     let made_with = summary.flow.unwrap();
     assert_eq!(made_with.encryption, legacy);
-    let back = block_on(session.flow_decrypt(&pixels, Some(labels.clone()), &made_with)).unwrap();
+    let back = block_on(
+        session
+            .flow_rotation()
+            .decrypt(&pixels, Some(labels.clone()), &made_with),
+    )
+    .unwrap();
     assert_eq!(back, data.images, "a QR container does not decrypt");
     // Decrypted with the family's own (Householder) rotations, the same ciphertexts give
     // other pixels: the record is what makes them decrypt.
-    let wrong =
-        block_on(session.flow_apply(&pixels, &FlowRoute::TrueClass(labels.clone()), true)).unwrap();
+    let wrong = block_on(session.flow_rotation().apply(
+        &pixels,
+        &FlowRoute::TrueClass(labels.clone()),
+        true,
+    ))
+    .unwrap();
     assert!(max_abs_diff(&wrong, &data.images) > 0.5);
     // Made at τ = 1 (Algorithm 1): these τ = 0.5 flows refuse, and say why.
     let other = CiphertextSettings {
@@ -277,8 +310,12 @@ fn containers_decrypt_under_the_derivation_they_record_and_refuse_other_settings
     };
     let bytes = container::encode(&old_data, &meta, PixelType::F32).unwrap();
     let (summary, pixels, labels) = session.read_container(&bytes).unwrap();
-    let err =
-        block_on(session.flow_decrypt(&pixels, Some(labels), &summary.flow.unwrap())).unwrap_err();
+    let err = block_on(session.flow_rotation().decrypt(
+        &pixels,
+        Some(labels),
+        &summary.flow.unwrap(),
+    ))
+    .unwrap_err();
     let text = err.to_string();
     assert!(
         text.contains("temperature 1 without cover classes")
@@ -292,22 +329,43 @@ fn bad_input_is_refused_with_a_reason() {
     let key = MasterKey::from_bytes([23; 32]);
     let session = session_with_key(&key);
     let px = vec![0.5f32; 64 * 2];
-    let err = block_on(session.flow_apply(&px, &FlowRoute::TrueClass(vec![1]), false)).unwrap_err();
+    let err = block_on(
+        session
+            .flow_rotation()
+            .apply(&px, &FlowRoute::TrueClass(vec![1]), false),
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("2 images but 1 labels"), "{err}");
-    let err =
-        block_on(session.flow_apply(&px, &FlowRoute::TrueClass(vec![1, 10]), false)).unwrap_err();
+    let err = block_on(session.flow_rotation().apply(
+        &px,
+        &FlowRoute::TrueClass(vec![1, 10]),
+        false,
+    ))
+    .unwrap_err();
     assert!(err.to_string().contains("label 10"), "{err}");
-    let err = block_on(session.flow_apply(&px[..100], &FlowRoute::Agnostic, false)).unwrap_err();
+    let err = block_on(
+        session
+            .flow_rotation()
+            .apply(&px[..100], &FlowRoute::Agnostic, false),
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("whole number"), "{err}");
     let err = session
+        .flow_rotation()
         .decode_images(&[("cat.png".into(), b"not an image".to_vec())])
         .unwrap_err();
     assert!(err.to_string().contains("cat.png"), "{err}");
     session.forget_key();
-    let err = block_on(session.flow_apply(&px, &FlowRoute::Agnostic, false)).unwrap_err();
+    let err = block_on(
+        session
+            .flow_rotation()
+            .apply(&px, &FlowRoute::Agnostic, false),
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("no key"), "{err}");
     let err = session
-        .load_flows("digits", "{}", &[])
+        .flow_rotation()
+        .load("digits", "{}", &[])
         .unwrap_err()
         .to_string();
     assert!(err.contains("manifest"), "{err}");
@@ -330,7 +388,7 @@ fn decoded_files_give_the_dataset_pixels() {
         img.write_to(&mut png, image::ImageFormat::Png).unwrap();
         files.push((format!("{i}.png"), png.into_inner()));
     }
-    let decoded = session.decode_images(&files).unwrap();
+    let decoded = session.flow_rotation().decode_images(&files).unwrap();
     assert_eq!(decoded, data.images[..5 * 64]);
 }
 
@@ -338,12 +396,15 @@ fn decoded_files_give_the_dataset_pixels() {
 
 use veil::burn::module::Module;
 use veil::flow::train::{FlowTrainOptions, train_flow};
-use veil_client::finetune::{FineTuneOptions, FineTuneTarget, Slot};
+use veil_client::flow_rotation::finetune::{FineTuneOptions, FineTuneTarget, Slot};
 
 /// Runs a planned fine-tuning to the end in calls of `chunk` steps, as the worker does.
-fn run_to_end(session: &Session, chunk: usize) -> veil_client::finetune::FineTuneProgress {
+fn run_to_end(
+    session: &Session,
+    chunk: usize,
+) -> veil_client::flow_rotation::finetune::FineTuneProgress {
     loop {
-        let p = block_on(session.fine_tune_run(chunk)).unwrap();
+        let p = block_on(session.flow_rotation().fine_tune_run(chunk)).unwrap();
         assert!(p.done_steps <= p.total_steps);
         if p.finished {
             return p;
@@ -374,6 +435,7 @@ fn fine_tuning_one_flow_takes_exactly_the_native_trainers_steps() {
     };
     // Class 3 has 29 images here: 4 steps of 8 = one whole epoch (ceil(29 / 8) = 4 steps).
     let plan = session
+        .flow_rotation()
         .fine_tune_begin(data.images.clone(), data.labels.clone(), options)
         .unwrap();
     assert_eq!(plan.flows.len(), 1);
@@ -381,8 +443,8 @@ fn fine_tuning_one_flow_takes_exactly_the_native_trainers_steps() {
     assert_eq!(plan.total_steps, 4);
     let progress = run_to_end(&session, 3);
     assert_eq!(progress.done_steps, 4);
-    session.fine_tune_apply("tuned").unwrap();
-    let (manifest, files) = session.export_flows().unwrap();
+    session.flow_rotation().fine_tune_apply("tuned").unwrap();
+    let (manifest, files) = session.flow_rotation().export().unwrap();
 
     // The same steps through the native trainer.
     let (_, served_files) = shipped_flows();
@@ -451,7 +513,12 @@ fn checked_encryption_leaves_out_and_names_what_the_flows_cannot_encrypt() {
     let upright = digits().subset(&(0..20).collect::<Vec<_>>());
     let batch = upright.concat(&inverted(&upright)).unwrap();
     let len = batch.shape.len();
-    let out = block_on(session.flow_encrypt_checked(&batch.images, &FlowRoute::Agnostic)).unwrap();
+    let out = block_on(
+        session
+            .flow_rotation()
+            .encrypt_checked(&batch.images, &FlowRoute::Agnostic),
+    )
+    .unwrap();
     assert_eq!(out.kept.len() + out.failures.len(), 40);
     assert!(
         out.kept.starts_with(&(0..20).collect::<Vec<u32>>()),
@@ -463,19 +530,33 @@ fn checked_encryption_leaves_out_and_names_what_the_flows_cannot_encrypt() {
         && (f.reason.contains("overflowed") || f.reason.contains("does not decrypt back"))));
     assert_eq!(out.ciphertexts.len(), out.kept.len() * len);
     // What was kept decrypts to its images; the unchecked path refuses the batch, naming one.
-    let back = block_on(session.flow_apply(&out.ciphertexts, &FlowRoute::Agnostic, true)).unwrap();
+    let back = block_on(session.flow_rotation().apply(
+        &out.ciphertexts,
+        &FlowRoute::Agnostic,
+        true,
+    ))
+    .unwrap();
     let want: Vec<f32> = out
         .kept
         .iter()
         .flat_map(|&i| batch.image(i as usize).to_vec())
         .collect();
     assert_eq!(back, want);
-    let err = block_on(session.flow_apply(&batch.images, &FlowRoute::Agnostic, false)).unwrap_err();
+    let err = block_on(
+        session
+            .flow_rotation()
+            .apply(&batch.images, &FlowRoute::Agnostic, false),
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("non-finite"), "{err}");
     // Route (a) keeps each image's class.
     let labels: Vec<u32> = batch.labels.clone();
-    let a = block_on(session.flow_encrypt_checked(&batch.images, &FlowRoute::TrueClass(labels)))
-        .unwrap();
+    let a = block_on(
+        session
+            .flow_rotation()
+            .encrypt_checked(&batch.images, &FlowRoute::TrueClass(labels)),
+    )
+    .unwrap();
     assert!(a.kept.len() >= 20);
 }
 
@@ -491,6 +572,7 @@ fn fine_tuning_on_unseen_data_improves_likelihood_and_gaussianity_and_still_roun
         ..FineTuneOptions::default()
     };
     let plan = session
+        .flow_rotation()
         .fine_tune_begin(owner.images.clone(), owner.labels.clone(), options)
         .unwrap();
     assert_eq!(
@@ -524,7 +606,10 @@ fn fine_tuning_on_unseen_data_improves_likelihood_and_gaussianity_and_still_roun
         r.before.gaussianity.sliced_wasserstein,
         r.after.gaussianity.sliced_wasserstein
     );
-    let info = session.fine_tune_apply("inverted digits").unwrap();
+    let info = session
+        .flow_rotation()
+        .fine_tune_apply("inverted digits")
+        .unwrap();
     assert_eq!(info.family, "inverted digits");
     assert!(
         info.data.contains("fine-tuned in the browser on 600"),
@@ -533,9 +618,13 @@ fn fine_tuning_on_unseen_data_improves_likelihood_and_gaussianity_and_still_roun
     );
 
     // The fine-tuned flow encrypts along route (b) and decrypts exactly.
-    let c = block_on(session.flow_apply(&owner.images, &FlowRoute::Agnostic, false));
+    let c = block_on(
+        session
+            .flow_rotation()
+            .apply(&owner.images, &FlowRoute::Agnostic, false),
+    );
     for i in 0..600 {
-        if block_on(session.flow_apply(
+        if block_on(session.flow_rotation().apply(
             &owner.images[i * 64..(i + 1) * 64],
             &FlowRoute::Agnostic,
             false,
@@ -546,22 +635,37 @@ fn fine_tuning_on_unseen_data_improves_likelihood_and_gaussianity_and_still_roun
         }
     }
     let c = c.unwrap();
-    let back = block_on(session.flow_apply(&c, &FlowRoute::Agnostic, true)).unwrap();
+    let back = block_on(
+        session
+            .flow_rotation()
+            .apply(&c, &FlowRoute::Agnostic, true),
+    )
+    .unwrap();
     let err = max_abs_diff(&back, &owner.images);
     assert_eq!(err, 0.0, "the fine-tuned flow does not round-trip");
     // Exported and loaded again (as the pages do from IndexedDB), it encrypts the same.
-    let (manifest, files) = session.export_flows().unwrap();
+    let (manifest, files) = session.flow_rotation().export().unwrap();
     let again = session_with_key(&key);
     again
-        .load_flows("inverted digits", &manifest, &files)
+        .flow_rotation()
+        .load("inverted digits", &manifest, &files)
         .unwrap();
-    let c2 = block_on(again.flow_apply(&owner.images, &FlowRoute::Agnostic, false)).unwrap();
+    let c2 = block_on(
+        again
+            .flow_rotation()
+            .apply(&owner.images, &FlowRoute::Agnostic, false),
+    )
+    .unwrap();
     assert_eq!(c, c2);
     // The served flow refuses them.
     let served = session_with_key(&key);
-    let refused = block_on(served.flow_apply(&owner.images, &FlowRoute::Agnostic, false))
-        .unwrap_err()
-        .to_string();
+    let refused = block_on(served.flow_rotation().apply(
+        &owner.images,
+        &FlowRoute::Agnostic,
+        false,
+    ))
+    .unwrap_err()
+    .to_string();
     assert!(refused.contains("non-finite"), "{refused}");
 }
 
@@ -577,6 +681,7 @@ fn fine_tuning_refuses_what_it_cannot_do() {
     let data = all.subset(&keep);
     let begin = |options: FineTuneOptions| {
         session
+            .flow_rotation()
             .fine_tune_begin(data.images.clone(), data.labels.clone(), options)
             .unwrap_err()
             .to_string()
@@ -606,6 +711,7 @@ fn fine_tuning_refuses_what_it_cannot_do() {
     );
     // 3 images of class 0: too few for a flow of its own.
     let few = session
+        .flow_rotation()
         .fine_tune_begin(
             data.images.clone(),
             data.labels.clone(),
@@ -619,6 +725,7 @@ fn fine_tuning_refuses_what_it_cannot_do() {
     assert!(few.contains("at least 5"), "{few}");
     // With all flows, the small classes are skipped and said so.
     let plan = session
+        .flow_rotation()
         .fine_tune_begin(data.images.clone(), data.labels.clone(), d)
         .unwrap();
     assert!(plan.flows.iter().any(|f| f.name == "agnostic"));
@@ -630,14 +737,15 @@ fn fine_tuning_refuses_what_it_cannot_do() {
     // Applying before the end, or running with nothing planned, is refused.
     assert!(
         session
+            .flow_rotation()
             .fine_tune_apply("x")
             .unwrap_err()
             .to_string()
             .contains("not finished")
     );
-    session.fine_tune_cancel();
+    session.flow_rotation().fine_tune_cancel();
     assert!(
-        block_on(session.fine_tune_run(1))
+        block_on(session.flow_rotation().fine_tune_run(1))
             .unwrap_err()
             .to_string()
             .contains("start one")
@@ -645,6 +753,7 @@ fn fine_tuning_refuses_what_it_cannot_do() {
     // Wrong-sized pixels are refused before anything runs.
     assert!(
         session
+            .flow_rotation()
             .fine_tune_begin(vec![0.5; 65], vec![0], d)
             .unwrap_err()
             .to_string()
@@ -665,19 +774,23 @@ fn known_pairs_break_a_class_key_in_the_page() {
     let idx: Vec<usize> = all.class_indices(class).into_iter().take(80).collect();
     let data = all.subset(&idx);
     let labels = vec![class; data.len()];
-    let c =
-        block_on(session.flow_apply(&data.images, &FlowRoute::TrueClass(labels), false)).unwrap();
+    let c = block_on(session.flow_rotation().apply(
+        &data.images,
+        &FlowRoute::TrueClass(labels),
+        false,
+    ))
+    .unwrap();
     let (known, victims) = (72 * len, 8 * len);
     let victims_plain = &data.images[known..known + victims];
     let victims_ct = &c[known..known + victims];
-    let info = session.flows_info().unwrap();
+    let info = session.flow_rotation().info().unwrap();
     assert!(
         info.encryption.cover_classes,
         "the shipped flows use cover classes"
     );
     let pi = veil::schemes::flow_rotation::cover_permutation(&key, 10);
     for (n, exact) in [(4, false), (64, true)] {
-        let step = block_on(session.known_plaintext(
+        let step = block_on(session.flow_rotation().known_plaintext(
             &data.images[..n * len],
             &c[..n * len],
             victims_ct,
@@ -697,8 +810,13 @@ fn known_pairs_break_a_class_key_in_the_page() {
         }
     }
     // Route (b): the agnostic flow, no decoder to find.
-    let cb = block_on(session.flow_apply(&data.images, &FlowRoute::Agnostic, false)).unwrap();
-    let step = block_on(session.known_plaintext(
+    let cb = block_on(
+        session
+            .flow_rotation()
+            .apply(&data.images, &FlowRoute::Agnostic, false),
+    )
+    .unwrap();
+    let step = block_on(session.flow_rotation().known_plaintext(
         &data.images[..72 * len],
         &cb[..72 * len],
         &cb[known..known + victims],
@@ -708,7 +826,7 @@ fn known_pairs_break_a_class_key_in_the_page() {
     let worst = max_abs_diff(&step.decrypted, victims_plain);
     assert!(worst < 1e-6, "route (b): worst pixel error {worst}");
     // Mismatched pairs are refused with the reason.
-    let err = block_on(session.known_plaintext(
+    let err = block_on(session.flow_rotation().known_plaintext(
         &data.images[..4 * len],
         &c[..3 * len],
         victims_ct,

@@ -1,6 +1,9 @@
 //! `veil-bench`: measures Veil natively and in headless Chromium (CPU and WebGPU) and writes
 //! `docs/BENCHMARKS.md` and `docs/benchmarks.json`. Run through `cargo xtask bench`, which builds
 //! the shipped (size-optimised) wasm client first.
+//!
+//! Why this file is over 600 lines: one benchmark per measured operation, each short, and the
+//! writer of docs/BENCHMARKS.md.
 
 use std::io::Write;
 use std::path::Path;
@@ -34,8 +37,8 @@ fn main() -> Result<()> {
         return Ok(());
     }
     // `--only a,b`: re-measure these sections (names as in benchmarks.json: native, peers,
-    // flow_rotation, leakage, owsd, adversarial, rtas, factory, load_and_faults) and keep the
-    // rest of the last run.
+    // flow_rotation, leakage, owsd, adversarial, rtas, factory, load_and_faults, browser; or
+    // browser-cpu, the page's CPU figures only) and keep the rest of the last run.
     let only: Option<Vec<String>> = std::env::args()
         .skip_while(|a| a != "--only")
         .nth(1)
@@ -49,7 +52,12 @@ fn main() -> Result<()> {
         let runtime = tokio::runtime::Runtime::new()?;
         for name in &only {
             eprintln!("re-measuring {name}…");
-            results[name.as_str()] = match name.as_str() {
+            let section = if name.starts_with("browser") {
+                "browser"
+            } else {
+                name.as_str()
+            };
+            results[section] = match name.as_str() {
                 "native" => native()?,
                 "peers" => peers()?,
                 "flow_rotation" => flow_rotation()?,
@@ -59,6 +67,25 @@ fn main() -> Result<()> {
                 "rtas" => rtas()?,
                 "factory" => runtime.block_on(factory())?,
                 "load_and_faults" => runtime.block_on(load_and_faults()),
+                // The page's benchmarks with the www/pkg already built (`cargo xtask bench`
+                // builds the shipped client first; this reuses whatever is there).
+                "browser" | "browser-cpu" => {
+                    let mut browser = previous["browser"].clone();
+                    let modes: &[GpuMode] = if name == "browser" {
+                        &[GpuMode::NoWebgpu, GpuMode::Webgpu]
+                    } else {
+                        &[GpuMode::NoWebgpu]
+                    };
+                    for &mode in modes {
+                        let tag = mode.expected_backend();
+                        eprintln!("browser ({tag}): running bench.html…");
+                        browser[tag] = runtime
+                            .block_on(browser_bench(mode))
+                            .unwrap_or_else(|e| json!({ "error": format!("{e:#}") }));
+                        eprintln!("{}", browser[tag]);
+                    }
+                    browser
+                }
                 other => anyhow::bail!("--only: no section {other:?}"),
             };
         }
@@ -246,12 +273,12 @@ fn ready<F: Future>(f: F) -> F::Output {
 }
 
 /// OWSD scrambling through the client's own code path (`veil_client::Session` on flex,
-/// natively), as the page's benchmark (`benchScramble` in worker.js) runs it: 256 fixed 64-d
+/// natively), as the page's benchmark (`benchScramble` in www/bench/worker.js) runs it: 256 fixed 64-d
 /// embeddings, `reps` repetitions after a warm-up, the budget forced.
 fn scramble_native(channels: usize, side: usize, reps: usize) -> Result<f64> {
     let session = ready(veil_client::Session::start(false))?;
     session.generate_key("bench")?;
-    session.scramble_begin(
+    session.owsd().scramble_begin(
         veil_client::owsd::ScrambleSetup {
             encoders: vec![64],
             output: veil::data::ImageShape::new(channels, side, side),
@@ -263,22 +290,22 @@ fn scramble_native(channels: usize, side: usize, reps: usize) -> Result<f64> {
     let emb: Vec<f32> = (0..batch * 64)
         .map(|i| ((i * 7919) % 101) as f32 / 50.0 - 1.0)
         .collect();
-    ready(session.scramble(&emb, true))?;
+    ready(session.owsd().scramble(&emb, true))?;
     let t = Instant::now();
     for _ in 0..reps {
-        ready(session.scramble(&emb, true))?;
+        ready(session.owsd().scramble(&emb, true))?;
     }
     Ok((batch * reps) as f64 / t.elapsed().as_secs_f64())
 }
 
 /// Adversarial data encryption of digits through the client's own code path
 /// (`veil_client::Session` on flex, natively), as the page's benchmark (`benchAdversarial` in
-/// worker.js) runs it: the first 128 digits, the demo model as the base model, ε 1.5, 100 PGD
+/// www/bench/worker.js) runs it: the first 128 digits, the demo model as the base model, ε 1.5, 100 PGD
 /// steps, one warm-up batch and 2 timed.
 fn adversarial_native() -> Result<f64> {
     let session = ready(veil_client::Session::start(false))?;
     session.generate_key("bench")?;
-    session.adversarial_begin(
+    session.adversarial().begin(
         veil_client::adversarial::AdversarialSetup {
             shape: veil::data::ImageShape::new(1, 8, 8),
             classes: (0..10).map(|c| c.to_string()).collect(),
@@ -292,17 +319,17 @@ fn adversarial_native() -> Result<f64> {
     let batch = 128;
     let pixels = &data.images[..batch * 64];
     let labels = &data.labels[..batch];
-    ready(session.adversarial_encrypt(pixels, labels))?;
+    ready(session.adversarial().encrypt(pixels, labels))?;
     let reps = 2;
     let t = Instant::now();
     for _ in 0..reps {
-        ready(session.adversarial_encrypt(pixels, labels))?;
+        ready(session.adversarial().encrypt(pixels, labels))?;
     }
     Ok((batch * reps) as f64 / t.elapsed().as_secs_f64())
 }
 
 /// Flow-rotation encryption of digits through the client's own code path (`veil_client::Session`
-/// on flex, natively), with the same batch as the page's benchmark (`benchEncrypt` in worker.js):
+/// on flex, natively), with the same batch as the page's benchmark (`benchEncrypt` in www/bench/worker.js):
 /// the first 256 digits with their classes, route (a), 8 repetitions after a warm-up.
 fn encrypt_digits_native() -> Result<f64> {
     let session = ready(veil_client::Session::start(false))?;
@@ -311,7 +338,7 @@ fn encrypt_digits_native() -> Result<f64> {
         .iter()
         .map(|(n, b)| ((*n).to_owned(), b.to_vec()))
         .collect();
-    session.load_flows(
+    session.flow_rotation().load(
         "digits",
         veil_server::embedded::DIGITS_FLOWS_MANIFEST,
         &files,
@@ -320,11 +347,11 @@ fn encrypt_digits_native() -> Result<f64> {
     let data = digits();
     let pixels = &data.images[..batch * data.shape.len()];
     let route = veil_client::FlowRoute::TrueClass(data.labels[..batch].to_vec());
-    ready(session.flow_apply(pixels, &route, false))?;
+    ready(session.flow_rotation().apply(pixels, &route, false))?;
     let reps = 8;
     let t = Instant::now();
     for _ in 0..reps {
-        ready(session.flow_apply(pixels, &route, false))?;
+        ready(session.flow_rotation().apply(pixels, &route, false))?;
     }
     Ok((batch * reps) as f64 / t.elapsed().as_secs_f64())
 }
@@ -542,7 +569,7 @@ fn flow_rotation() -> Result<Value> {
     let data = digits();
     let (train, _) = data.split(0.2, 7);
     let pre = Preprocess {
-        levels: 17,
+        bins: 17,
         alpha: 0.05,
     };
     let ad = Device::flex().autodiff();
