@@ -3,10 +3,12 @@
 // worker runs targeted L2 PGD toward the key's secret targets on WebGPU or the CPU; only the
 // container of encrypted images (with labels and the key's fingerprint) leaves, by download or
 // upload to the factory.
-import {
-  $, say, startClient, showKey, apiJson, drawImage, progressTo, imageEntries, inputEntries, bindDrop,
-  decodeEntries, labelsFor, keepContainer, download,
-} from './common.js';
+import { apiJson } from '../lib/api.js';
+import { $, say, showKey, progressTo, download } from '../lib/dom.js';
+import { imageCanvas, imageLen, shapeText } from '../lib/draw.js';
+import { imageEntries, inputEntries, bindDrop, decodeEntries, labelsFor } from '../lib/files.js';
+import { startClient } from '../lib/rpc.js';
+import { keepContainer } from '../lib/store.js';
 
 const DIGITS = [...'0123456789'];
 const state = {
@@ -21,10 +23,6 @@ const parseShape = (v) => {
   const [channels, height, width] = v.split('x').map(Number);
   return { channels, height, width };
 };
-const imageLen = (s) => s.channels * s.height * s.width;
-const shapeText = (s) => `${s.channels}×${s.height}×${s.width}`;
-// Grey 8×8 images are read as the UCI digits were made (17 levels); others at 8 bits.
-const levelsOf = (s) => (s.height === 8 && s.width === 8 && s.channels === 1 ? 17 : 256);
 // Images per wasm call: small enough for steady progress and a prompt cancel.
 const chunkOf = (s) => Math.max(8, Math.min(64, Math.floor(4096 / imageLen(s))));
 
@@ -135,7 +133,7 @@ async function readImages() {
   if (state.originals && datasetTag() === `${shapeText(shape)}:${state.pendingClasses.join('|')}`) return;
   const classes = state.pendingClasses;
   const labels = labelsFor(state.entries, classes, 0);
-  const pixels = await decodeEntries(state.call, state.entries, shape, progressTo($('encrypt-progress'), $('encrypt-label')), levelsOf(shape));
+  const pixels = await decodeEntries(state.call, state.entries, shape, progressTo($('encrypt-progress'), $('encrypt-label')), { flows: false });
   state.shape = shape;
   state.classes = classes;
   state.originals = pixels;
@@ -281,11 +279,7 @@ function showSummary(status, ms) {
 }
 
 function canvasOf(pixels, shape) {
-  const c = document.createElement('canvas');
-  c.width = Math.max(48, shape.width * 2);
-  c.height = Math.max(48, shape.height * 2);
-  drawImage(c, pixels, shape);
-  return c;
+  return imageCanvas(pixels, shape, Math.max(48, shape.width * 2), Math.max(48, shape.height * 2));
 }
 
 function showPairs() {

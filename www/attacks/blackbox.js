@@ -2,9 +2,11 @@
 // against one of the factory's models and draws what its event stream reports. No wasm and no
 // key: the attack runs where the model is, on what the model answers.
 
-import { apiJson, drawImage, ownerEvents, startRun } from './common.js';
+import { apiJson, ownerEvents, startRun } from '../lib/api.js';
+import { histograms, lineChart } from '../lib/chart.js';
+import { $ } from '../lib/dom.js';
+import { drawImage } from '../lib/draw.js';
 
-const $ = (id) => document.getElementById(id);
 const state = { run: null, stop: null, membership: null, points: [], inverted: [], done: null };
 // For tests and curious users: what the stream has delivered.
 window.veilBlackBox = state;
@@ -36,40 +38,16 @@ function figures(rows) {
   }
 }
 
-// The chart, cleared, with its axes: the context and the plotting area.
-function frame() {
-  const c = $('chart');
-  const ctx = c.getContext('2d');
-  const pad = { l: 40, r: 10, t: 10, b: 30 };
-  ctx.clearRect(0, 0, c.width, c.height);
-  ctx.strokeStyle = '#889';
-  ctx.lineWidth = 1;
-  ctx.beginPath();
-  ctx.moveTo(pad.l, pad.t);
-  ctx.lineTo(pad.l, c.height - pad.b);
-  ctx.lineTo(c.width - pad.r, c.height - pad.b);
-  ctx.stroke();
-  ctx.fillStyle = '#5b6478';
-  ctx.font = '11px system-ui, sans-serif';
-  return { c, ctx, pad, W: c.width - pad.l - pad.r, H: c.height - pad.t - pad.b };
-}
+const CHART_PAD = { l: 40, r: 10, t: 10, b: 30 };
 
 // Two histograms of log10(loss): members (blue) in front of non-members (orange).
 function drawMembership(m) {
-  const { c, ctx, pad, W, H } = frame();
-  const bins = m.member_histogram.length;
+  const c = $('chart');
   const share = (h, n) => h.map((v) => v / Math.max(1, n));
-  const series = [[share(m.non_member_histogram, m.non_members), 'rgba(230,140,40,.6)'],
-    [share(m.member_histogram, m.members), 'rgba(50,90,200,.6)']];
-  const top = Math.max(0.01, ...series.flatMap(([h]) => h));
-  for (const [h, color] of series) {
-    ctx.fillStyle = color;
-    h.forEach((v, i) => {
-      const bh = (v / top) * H;
-      ctx.fillRect(pad.l + (i / bins) * W, pad.t + H - bh, W / bins - 1, bh);
-    });
-  }
-  ctx.fillStyle = '#5b6478';
+  const { ctx, pad, W } = histograms(c, [
+    { shares: share(m.non_member_histogram, m.non_members), colour: 'rgba(230,140,40,.6)' },
+    { shares: share(m.member_histogram, m.members), colour: 'rgba(50,90,200,.6)' },
+  ], { pad: CHART_PAD });
   const [lo, hi] = m.log10_loss_range;
   ctx.fillText(`loss 1e${lo}`, pad.l, c.height - 10);
   ctx.fillText(`1e${hi.toFixed(1)}`, pad.l + W - 40, c.height - 10);
@@ -78,20 +56,14 @@ function drawMembership(m) {
 
 // Agreement (blue) and the copy's accuracy (grey) against the number of queries.
 function drawExtraction(points) {
-  const { c, ctx, pad, W, H } = frame();
-  const lx = (q) => pad.l + (Math.log2(q / 25) / Math.log2(800 / 25)) * W;
-  const y = (v) => pad.t + H - v * H;
-  for (const [key, color] of [['copy_accuracy', '#99a'], ['agreement', '#325ac8']]) {
-    ctx.strokeStyle = color;
-    ctx.lineWidth = 2;
-    ctx.beginPath();
-    points.forEach((p, i) => (i ? ctx.lineTo(lx(p.queries), y(p[key])) : ctx.moveTo(lx(p.queries), y(p[key]))));
-    ctx.stroke();
-  }
-  ctx.fillStyle = '#5b6478';
-  for (const p of points) ctx.fillText(String(p.queries), Math.min(lx(p.queries) - 8, c.width - 28), c.height - 10);
-  ctx.fillText('100 %', 4, y(1) + 8);
-  ctx.fillText('0', 24, y(0));
+  const series = (key, colour) => ({ colour, points: points.map((p) => ({ x: p.queries, y: p[key] })) });
+  lineChart($('chart'), {
+    pad: CHART_PAD,
+    axes: true,
+    x: { min: 25, max: 800, log: true, ticks: points.map((p) => p.queries) },
+    y: { min: 0, max: 1, grid: [0, 1], format: (v) => (v ? '100 %' : '0') },
+    series: [series('copy_accuracy', '#99a'), series('agreement', '#325ac8')],
+  });
 }
 
 // Each class: the mean of its training images above the inversion, with the scores.

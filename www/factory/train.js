@@ -1,6 +1,10 @@
 // The train page: upload a ciphertext container to the factory, start a job, follow it live.
 // Everything sent here is public to the factory by design: ciphertexts, labels, a fingerprint.
-import { $, say, startClient, apiJson, ownerEvents, lastContainer } from './common.js';
+import { apiJson, ownerEvents } from '../lib/api.js';
+import { lineChart } from '../lib/chart.js';
+import { $, say } from '../lib/dom.js';
+import { startClient } from '../lib/rpc.js';
+import { lastContainer } from '../lib/store.js';
 
 const state = { call: null, bytes: null, summary: null, job: null, history: [], progress: null, source: null };
 window.veilTrain = state;
@@ -176,37 +180,19 @@ function follow(id, epochs) {
 }
 
 function draw() {
-  const c = $('chart');
-  const ctx = c.getContext('2d');
-  const pad = { l: 44, r: 12, t: 10, b: 26 };
-  const W = c.width - pad.l - pad.r;
-  const H = c.height - pad.t - pad.b;
-  ctx.clearRect(0, 0, c.width, c.height);
   const h = state.history;
   const epochs = Math.max(Number($('epochs').value) || 1, h.length);
   const maxLoss = Math.max(0.5, ...h.map((p) => p.loss));
-  const x = (e) => pad.l + (e / epochs) * W;
-  const y = (v) => pad.t + H - v * H;
-  ctx.font = '11px system-ui, sans-serif';
-  ctx.fillStyle = '#5b6478';
-  ctx.strokeStyle = '#e3e6ee';
-  for (let v = 0; v <= 1.0001; v += 0.25) {
-    ctx.beginPath(); ctx.moveTo(pad.l, y(v)); ctx.lineTo(pad.l + W, y(v)); ctx.stroke();
-    ctx.fillText(`${Math.round(v * 100)} %`, 4, y(v) + 4);
-  }
-  ctx.fillText('epoch', pad.l + W - 30, c.height - 6);
-  const line = (color, value) => {
-    const pts = h.filter((p) => value(p) != null);
-    if (!pts.length) return;
-    ctx.strokeStyle = color;
-    ctx.lineWidth = 2;
-    ctx.beginPath();
-    pts.forEach((p, i) => (i ? ctx.lineTo : ctx.moveTo).call(ctx, x(p.epoch), y(value(p))));
-    ctx.stroke();
-  };
-  line('#2f5fd0', (p) => p.loss / maxLoss);
-  line('#1b7a3d', (p) => p.accuracy);
-  line('#d0762f', (p) => p.val_accuracy);
+  const series = (colour, value) => ({ colour, points: h.map((p) => ({ x: p.epoch, y: value(p) ?? NaN })) });
+  lineChart($('chart'), {
+    x: { min: 0, max: epochs, label: 'epoch' },
+    y: { min: 0, max: 1, grid: [0, 0.25, 0.5, 0.75, 1], format: (v) => `${Math.round(v * 100)} %` },
+    series: [
+      series('#2f5fd0', (p) => p.loss / maxLoss),
+      series('#1b7a3d', (p) => p.accuracy),
+      series('#d0762f', (p) => p.val_accuracy),
+    ],
+  });
 }
 
 draw();

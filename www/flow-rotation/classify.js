@@ -1,15 +1,16 @@
 // The classify page: new images are encrypted here along one of the three routes, only the
 // ciphertexts go to the factory's model, and the answer is read here.
-import {
-  $, say, startClient, showKey, apiJson, drawImage, progressTo, imageEntries, inputEntries, bindDrop,
-  flowFamilies, loadFamily, familyLabel, activeFamily,
-} from './common.js';
+import { flowFamilies, loadFamily, familyLabel, activeFamily } from './families.js';
+import { apiJson } from '../lib/api.js';
+import { $, say, showKey, progressTo } from '../lib/dom.js';
+import { drawImage, imageLen } from '../lib/draw.js';
+import { imageEntries, inputEntries, bindDrop } from '../lib/files.js';
+import { startClient } from '../lib/rpc.js';
 
 const state = { call: null, key: null, models: [], model: null, info: null, entries: [], results: null, accuracy: null };
 window.veilClassify = state;
 const MAX_BATCH = 1024; // the factory's limit per request
 
-function imageLen(s) { return s.channels * s.height * s.width; }
 function sameShape(a, b) { return a.channels === b.channels && a.height === b.height && a.width === b.width; }
 
 async function start() {

@@ -1,22 +1,22 @@
 // The encrypt page: labelled images in, a container of flow-rotation ciphertexts out. Pixels and
 // the key stay in this page and its worker; the container holds ciphertexts, labels and the key's
 // fingerprint, and goes to the IndexedDB outbox (for the train page) or to a download.
-import {
-  $, say, startClient, showKey, drawImage, progressTo, keepContainer, download, imageEntries, inputEntries, bindDrop,
-  labelsFor, decodeEntries, flowFamilies, loadFamily, familyLabel, activeFamily, setActiveFamily,
-} from './common.js';
+import { flowFamilies, loadFamily, familyLabel, activeFamily, setActiveFamily } from './families.js';
+import { $, say, showKey, progressTo, download } from '../lib/dom.js';
+import { drawImage, imageLen, shapeText } from '../lib/draw.js';
+import { imageEntries, inputEntries, bindDrop, labelsFor, decodeEntries } from '../lib/files.js';
+import { startClient } from '../lib/rpc.js';
+import { keepContainer } from '../lib/store.js';
 
 const state = { call: null, info: null, entries: [], originals: null, labels: null, container: null, done: false };
 // For tests and the curious: what the page holds (no key material is in it).
 window.veilEncrypt = state;
 
-function shapeText(s) { return `${s.channels}×${s.height}×${s.width}`; }
 // The sample digits fit flows of 1×8×8 images with the ten digit classes.
 function isDigitsShape(info) {
   const s = info.shape;
   return s.channels === 1 && s.height === 8 && s.width === 8 && info.classes.join('') === '0123456789';
 }
-function imageLen(s) { return s.channels * s.height * s.width; }
 
 async function start() {
   let client;
@@ -54,7 +54,7 @@ async function loadFlows(id) {
       : `latent temperature τ = ${enc.temperature}${enc.cover_classes ? ', cover classes (each class looks like another)' : ''}`;
     $('flows-status').textContent = `loaded (${info.agnostic ? 'per-class and class-agnostic flows' : 'per-class flows'}; encryption: ${how})`;
     $('class-names').textContent = info.classes.join(', ');
-    $('shape').textContent = `${shapeText(info.shape)} with ${info.levels} grey levels`;
+    $('shape').textContent = `${shapeText(info.shape)} with ${info.bins} grey levels`;
     $('files-label').replaceChildren(...info.classes.map((c, k) => new Option(c, String(k))));
     $('route').querySelector('[value=agnostic]').disabled = !info.agnostic;
     $('sample-row').hidden = !isDigitsShape(info);
@@ -305,7 +305,7 @@ $('attack-run').addEventListener('click', async () => {
         victims: victimsCt,
         cls,
       });
-      const s = score(step.decrypted, victimsPlain, len, info.levels);
+      const s = score(step.decrypted, victimsPlain, len, info.bins);
       const point = { n, psnr: s.psnr, exact: s.exact, victims, rank: step.rank, dim: step.dim, decoder: step.decoder, captured_energy: step.captured_energy };
       state.attack.push(point);
       const psnr = s.exact === victims ? 'exact' : `${s.psnr.toFixed(1)} dB`;

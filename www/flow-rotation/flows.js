@@ -2,17 +2,18 @@
 // labelled images in the worker, measured before and after on held-out images (bits/dim, the
 // Gaussianity probe, the share the key can encrypt), and kept in this browser's IndexedDB. Nothing
 // on this page is sent anywhere: the only requests are the public flows' downloads.
-import {
-  $, say, startClient, showKey, progressTo, imageEntries, inputEntries, bindDrop, labelsFor, decodeEntries,
-  flowFamilies, loadFamily, familyLabel, activeFamily, setActiveFamily, storeFlows, listStoredFlows,
-  deleteStoredFlows,
-} from './common.js';
+import { flowFamilies, loadFamily, familyLabel, activeFamily, setActiveFamily } from './families.js';
+import { COLOURS, lineChart } from '../lib/chart.js';
+import { shapeText } from '../lib/draw.js';
+import { $, say, showKey, progressTo } from '../lib/dom.js';
+import { imageEntries, inputEntries, bindDrop, labelsFor, decodeEntries } from '../lib/files.js';
+import { startClient } from '../lib/rpc.js';
+import { storeFlows, listStoredFlows, deleteStoredFlows } from '../lib/store.js';
 
 const state = { call: null, key: null, info: null, familyId: null, entries: [], sample: null, progress: null, result: null, curve: [] };
 // For tests and the curious: what the page holds (no key material is in it).
 window.veilFlows = state;
 
-const shapeText = (s) => `${s.channels}×${s.height}×${s.width}`;
 const fmt = (v, d = 3) => (v == null || Number.isNaN(v) ? '–' : Number(v).toFixed(d));
 
 async function start() {
@@ -49,7 +50,7 @@ async function useFamily(id) {
     state.familyId = id;
     $('flows-status').textContent = `loaded: ${info.data}`;
     $('class-names').textContent = info.classes.join(', ');
-    $('shape').textContent = `${shapeText(info.shape)} with ${info.levels} grey levels`;
+    $('shape').textContent = `${shapeText(info.shape)} with ${info.bins} grey levels`;
     $('files-label').replaceChildren(...info.classes.map((c, k) => new Option(c, String(k))));
     $('target').replaceChildren(
       new Option('every class\'s flow on its images, and the class-agnostic flow on all', 'all'),
@@ -193,35 +194,25 @@ function showReports(reports) {
 }
 
 function drawCurve() {
-  const c = $('curve');
-  const ctx = c.getContext('2d');
-  const pad = { l: 44, r: 12, t: 10, b: 22 };
-  const W = c.width - pad.l - pad.r;
-  const H = c.height - pad.t - pad.b;
-  ctx.clearRect(0, 0, c.width, c.height);
   const pts = state.curve;
-  if (!pts.length) return;
+  if (!pts.length) {
+    lineChart($('curve'), { x: { min: 0, max: 1 }, y: { min: 0, max: 1 }, series: [] });
+    return;
+  }
   const total = state.progress?.total_steps || pts[pts.length - 1].step;
   const lo = Math.min(...pts.map((p) => p.bpd));
   const hi = Math.max(...pts.map((p) => p.bpd));
-  const span = Math.max(1e-6, hi - lo);
-  const x = (s) => pad.l + (s / total) * W;
-  const y = (v) => pad.t + H - ((v - lo) / span) * H;
-  ctx.font = '11px system-ui, sans-serif';
-  ctx.fillStyle = '#5b6478';
-  ctx.fillText(hi.toFixed(2), 4, pad.t + 8);
-  ctx.fillText(lo.toFixed(2), 4, pad.t + H);
-  ctx.fillText('bits/dim over the steps of every flow', pad.l, c.height - 6);
-  ctx.lineWidth = 2;
-  const colors = ['#2f5fd0', '#1b7a3d', '#d0762f', '#8a3fd0'];
-  let prev = null;
-  for (const p of pts) {
-    ctx.strokeStyle = colors[p.flow % colors.length];
-    if (prev && prev.flow === p.flow) {
-      ctx.beginPath(); ctx.moveTo(x(prev.step), y(prev.bpd)); ctx.lineTo(x(p.step), y(p.bpd)); ctx.stroke();
-    }
-    prev = p;
-  }
+  const flows = [...new Set(pts.map((p) => p.flow))];
+  lineChart($('curve'), {
+    pad: { l: 44, r: 12, t: 10, b: 22 },
+    x: { min: 0, max: total },
+    y: { min: lo, max: Math.max(hi, lo + 1e-6), grid: [hi, lo], format: (v) => v.toFixed(2) },
+    note: 'bits/dim over the steps of every flow',
+    series: flows.map((f) => ({
+      colour: COLOURS[f % 4],
+      points: pts.filter((p) => p.flow === f).map((p) => ({ x: p.step, y: p.bpd })),
+    })),
+  });
 }
 
 // --- keeping the flows ----------------------------------------------------------------------

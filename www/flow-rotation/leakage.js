@@ -2,9 +2,11 @@
 // reconstruction and both PSNR curves from the attack's event stream. No wasm: the secret here is
 // the server's own demo key, and the point is to watch what a server can do with a gradient.
 
-import { failOnBrokenStream, startRun } from './common.js';
+import { failOnBrokenStream, startRun } from '../lib/api.js';
+import { lineChart } from '../lib/chart.js';
+import { $ } from '../lib/dom.js';
+import { drawImage } from '../lib/draw.js';
 
-const $ = (id) => document.getElementById(id);
 const state = { info: null, sample: 0, attack: null, source: null, history: [] };
 // For tests and curious users: the points received so far.
 window.veilLeakage = state;
@@ -22,60 +24,24 @@ function setState(s) {
   $('cancel').disabled = s !== 'running';
 }
 
-function draw(canvas, pixels, shape) {
-  const ctx = canvas.getContext('2d');
-  const { height: h, width: w } = shape;
-  const img = ctx.createImageData(w, h);
-  for (let i = 0; i < h * w; i++) {
-    const v = Math.round(Math.min(1, Math.max(0, pixels[i])) * 255);
-    img.data.set([v, v, v, 255], i * 4);
-  }
-  const off = new OffscreenCanvas(w, h);
-  off.getContext('2d').putImageData(img, 0, 0);
-  ctx.imageSmoothingEnabled = false;
-  ctx.clearRect(0, 0, canvas.width, canvas.height);
-  ctx.drawImage(off, 0, 0, canvas.width, canvas.height);
-}
-
 function drawChart() {
-  const c = $('chart');
-  const ctx = c.getContext('2d');
-  const pad = { l: 40, r: 10, t: 10, b: 28 };
-  const W = c.width - pad.l - pad.r;
-  const H = c.height - pad.t - pad.b;
-  ctx.clearRect(0, 0, c.width, c.height);
   const pts = state.history;
   const maxIt = Math.max(1, state.attack?.request?.iterations || 1, ...pts.map((p) => p.iteration));
   const top = Math.max(40, ...pts.map((p) => Math.min(p.psnr_vs_input, 100)));
-  const x = (it) => pad.l + (it / maxIt) * W;
-  const y = (db) => pad.t + H - (Math.min(db, top) / top) * H;
-  ctx.strokeStyle = '#ccd';
-  ctx.fillStyle = '#5b6478';
-  ctx.font = '11px system-ui, sans-serif';
-  ctx.lineWidth = 1;
-  for (let db = 0; db <= top; db += top > 60 ? 20 : 10) {
-    ctx.beginPath();
-    ctx.moveTo(pad.l, y(db));
-    ctx.lineTo(pad.l + W, y(db));
-    ctx.stroke();
-    ctx.fillText(`${db} dB`, 2, y(db) + 4);
-  }
-  ctx.fillText('0', pad.l, c.height - 10);
-  ctx.fillText(`${maxIt} iterations`, pad.l + W - 70, c.height - 10);
-  const line = (key, colour) => {
-    ctx.strokeStyle = colour;
-    ctx.lineWidth = 2;
-    ctx.beginPath();
-    pts.forEach((p, i) => (i ? ctx.lineTo : ctx.moveTo).call(ctx, x(p.iteration), y(p[key])));
-    ctx.stroke();
-  };
-  line('psnr_vs_plaintext', '#d0762f');
-  line('psnr_vs_input', '#2f5fd0');
+  const grid = [];
+  for (let db = 0; db <= top; db += top > 60 ? 20 : 10) grid.push(db);
+  const series = (key, colour) => ({ colour, points: pts.map((p) => ({ x: p.iteration, y: p[key] })) });
+  lineChart($('chart'), {
+    pad: { l: 40, r: 10, t: 10, b: 28 },
+    x: { min: 0, max: maxIt, ticks: [0], label: `${maxIt} iterations` },
+    y: { min: 0, max: top, grid, format: (db) => `${db} dB` },
+    series: [series('psnr_vs_plaintext', '#d0762f'), series('psnr_vs_input', '#2f5fd0')],
+  });
 }
 
 function show(p, final) {
   const shape = state.info.shape;
-  draw($('reconstruction'), p.image, shape);
+  drawImage($('reconstruction'), p.image, shape);
   $('iteration').textContent = `${p.iteration} / ${p.iterations}`;
   $('loss').textContent = Number.isFinite(p.loss) ? p.loss.toExponential(3) : '—';
   const db = (v) => (v >= 100 ? 'exact (≥ 100 dB)' : `${v.toFixed(1)} dB`);
@@ -102,8 +68,8 @@ function training() {
 
 function showInputs() {
   const s = state.info.samples[state.sample];
-  draw($('plaintext'), s.plaintext, state.info.shape);
-  draw($('input'), training() === 'plain' ? s.plaintext : s.ciphertext, state.info.shape);
+  drawImage($('plaintext'), s.plaintext, state.info.shape);
+  drawImage($('input'), training() === 'plain' ? s.plaintext : s.ciphertext, state.info.shape);
 }
 
 async function start() {
@@ -198,7 +164,7 @@ async function init() {
     c.height = 40;
     b.append(c);
     box.append(b);
-    draw(c, s.plaintext, info.shape);
+    drawImage(c, s.plaintext, info.shape);
     b.addEventListener('click', () => selectSample(s.id));
   }
   for (const r of document.querySelectorAll('input[name=training]')) r.addEventListener('change', showInputs);

@@ -1,7 +1,8 @@
-// Veil's first page: backend status, the key (keys-ui.js) and local digit classification.
-// All work happens in worker.js; this file only handles the page.
-import { $, say, startClient } from './common.js';
-import { bindKeys } from './keys-ui.js';
+// Veil's first page: backend status, the key (lib/keys-ui.js) and local digit classification.
+// All work happens in the worker (worker.js); this file only handles the page.
+import { $, say } from '../lib/dom.js';
+import { bindKeys } from '../lib/keys-ui.js';
+import { startClient } from '../lib/rpc.js';
 
 let call = null;
 let classes = [];

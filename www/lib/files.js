@@ -42,19 +42,21 @@ export function labelsFor(entries, classes, fallback) {
   return labels;
 }
 
-// Decodes the entries' files in the worker (the native decoder, resized to `shape` and quantised
-// to `levels`, by default the loaded flows' levels), 256 at a time; one Float32Array of
-// [N, C, H, W] pixels.
-export async function decodeEntries(call, entries, shape, onProgress, levels) {
+// Decodes the entries' files in the worker (the native decoder, resized to `shape`), 256 at a
+// time; one Float32Array of [N, C, H, W] pixels. They are quantised as the loaded flows read
+// them, or with `flows: false` as images of `shape` are read (the library's default: the UCI
+// digits' 17 grey levels for 8×8 grey images, 8 bits otherwise).
+export async function decodeEntries(call, entries, shape, onProgress, { flows = true } = {}) {
   const len = shape.channels * shape.height * shape.width;
   const out = new Float32Array(entries.length * len);
   for (let s = 0; s < entries.length; s += 256) {
     const part = entries.slice(s, s + 256);
     const buffers = await Promise.all(part.map(async (e) => new Uint8Array(await e.file.arrayBuffer())));
     const names = part.map((e) => e.file.webkitRelativePath || e.file.name);
-    const pixels = levels
-      ? await call('decodeImagesAs', { names, buffers, shape, levels }, { transfer: buffers.map((b) => b.buffer) })
-      : await call('decodeImages', { names, buffers }, { transfer: buffers.map((b) => b.buffer) });
+    const transfer = buffers.map((b) => b.buffer);
+    const pixels = flows
+      ? await call('decodeImages', { names, buffers }, { transfer })
+      : await call('decodeImagesAs', { names, buffers, shape }, { transfer });
     out.set(pixels, s * len);
     onProgress({ done: Math.min(entries.length, s + 256), total: entries.length, what: 'reading images' });
   }

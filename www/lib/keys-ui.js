@@ -1,7 +1,8 @@
 // The key controls (index.html and keys.html): generate, export passphrase-wrapped, import,
 // forget, and the keys stored in this browser. Keys go between the worker, IndexedDB and files
 // the user downloads; never to the server.
-import { $, say, showKey, listKeys, deleteKey, setActiveKey, keepWorkerKey, download } from './common.js';
+import { $, say, showKey, download } from './dom.js';
+import { listKeys, deleteKey, setActiveKey, keepWorkerKey } from './store.js';
 
 export function bindKeys(call, initial) {
   const msg = $('keys-message');

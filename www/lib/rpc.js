@@ -4,9 +4,10 @@ import { $ } from './dom.js';
 import { loadActiveKey } from './store.js';
 
 // Starts a worker (the production one unless `url` names another, as the bench page does) and
-// returns `call(op, args, {transfer, onProgress})`, a promise of the operation's answer.
-export function startWorker(onFailure, url = '../worker.js') {
-  const worker = new Worker(new URL(url, import.meta.url), { type: 'module' });
+// returns `call(op, args, {transfer, onProgress})`, a promise of the operation's answer, with
+// `call.terminate()` to stop the worker.
+export function startWorker(onFailure, url = new URL('../worker.js', import.meta.url)) {
+  const worker = new Worker(url, { type: 'module' });
   let nextId = 1;
   const pending = new Map();
   worker.onmessage = ({ data }) => {
@@ -18,13 +19,16 @@ export function startWorker(onFailure, url = '../worker.js') {
   };
   worker.onerror = (e) => onFailure?.(`the worker failed to load: ${e.message || 'see the console'}`);
   // `transfer`: buffers handed to the worker instead of copied (the caller's arrays are emptied).
-  return function call(op, args, { transfer = [], onProgress } = {}) {
+  function call(op, args, { transfer = [], onProgress } = {}) {
     const id = nextId++;
     return new Promise((resolve, reject) => {
       pending.set(id, { resolve, reject, onProgress });
       worker.postMessage({ id, op, args }, transfer);
     });
-  };
+  }
+  // Stops the worker (the bench page's, when its run is over).
+  call.terminate = () => worker.terminate();
+  return call;
 }
 
 // Starts the client (WebGPU unless `?backend=cpu`), shows the backend in #backend, and loads the

@@ -3,14 +3,16 @@
 // scrambled images go to the cloud's classifier; the internal network, trained here, reads the
 // owner's label from [embeddings ‖ cloud vectors]. The key counts what it scrambles; the count
 // lives in IndexedDB (store `owsd`) and comes back on reload.
-import {
-  $, say, startClient, showKey, apiJson, drawImage, progressTo, imageEntries, inputEntries, bindDrop,
-  decodeEntries, owsdRecord, storeOwsdRecord,
-} from './common.js';
+import { apiJson } from '../lib/api.js';
+import { $, say, showKey, progressTo } from '../lib/dom.js';
+import { imageCanvas, imageLen } from '../lib/draw.js';
+import { imageEntries, inputEntries, bindDrop, decodeEntries } from '../lib/files.js';
+import { startClient } from '../lib/rpc.js';
+import { owsdRecord, storeOwsdRecord } from '../lib/store.js';
 
-// The demo CNN, the default encoder, reads 8×8 grey digits with 17 levels.
+// The demo CNN, the default encoder, reads 8×8 grey digits (at the UCI digits' grey levels, which
+// the library picks for this shape).
 const ENCODER_SHAPE = { channels: 1, height: 8, width: 8 };
-const LEVELS = 17;
 const MAX_BATCH = 1024; // the cloud's limit per request
 
 const state = {
@@ -21,7 +23,6 @@ const state = {
 };
 window.veilOwsd = state;
 
-const imageLen = (s) => s.channels * s.height * s.width;
 
 async function start() {
   let client;
@@ -206,7 +207,7 @@ $('new-digits').addEventListener('click', async () => {
 
 // --- the pipeline -----------------------------------------------------------------------------
 async function readImages(entries, onProgress) {
-  return decodeEntries(state.call, entries, ENCODER_SHAPE, onProgress, LEVELS);
+  return decodeEntries(state.call, entries, ENCODER_SHAPE, onProgress, { flows: false });
 }
 
 // Embeds (by every chosen encoder) and scrambles `pixels` here (counted first), then sends only
@@ -310,11 +311,7 @@ $('classify').addEventListener('click', async () => {
 });
 
 function canvasOf(pixels, shape) {
-  const c = document.createElement('canvas');
-  c.width = shape.width * 5;
-  c.height = shape.height * 5;
-  drawImage(c, pixels, shape);
-  return c;
+  return imageCanvas(pixels, shape, shape.width * 5, shape.height * 5);
 }
 
 // Image i's E scrambles (one per encoder), side by side.

@@ -2,9 +2,11 @@
 // and draws what crossed every link from the run's event stream. No wasm and no key here: the
 // parties are the server's own demo, on public digits (see the note on the page).
 
-import { failOnBrokenStream, startRun } from './common.js';
+import { failOnBrokenStream, startRun } from '../lib/api.js';
+import { barChart } from '../lib/chart.js';
+import { $ } from '../lib/dom.js';
+import { imageCanvas } from '../lib/draw.js';
 
-const $ = (id) => document.getElementById(id);
 const ROLES = ['p0', 'p1', 'dealer', 'helper'];
 const TITLES = {
   p0: 'P0 — the data owner',
@@ -43,27 +45,9 @@ function bytes(n) {
   return `${n} B`;
 }
 
-// Draws `values` in [0, 1] as a w × h grey image on `canvas`.
-function drawGrid(canvas, values, w, h) {
-  const ctx = canvas.getContext('2d');
-  const img = ctx.createImageData(w, h);
-  for (let i = 0; i < w * h; i++) {
-    const v = Math.round(Math.min(1, Math.max(0, values[i] ?? 0)) * 255);
-    img.data.set([v, v, v, 255], i * 4);
-  }
-  const off = new OffscreenCanvas(w, h);
-  off.getContext('2d').putImageData(img, 0, 0);
-  ctx.imageSmoothingEnabled = false;
-  ctx.clearRect(0, 0, canvas.width, canvas.height);
-  ctx.drawImage(off, 0, 0, canvas.width, canvas.height);
-}
-
 function canvasOf(values, w, h, size, label) {
-  const c = document.createElement('canvas');
-  c.width = size;
-  c.height = size * (h / w);
+  const c = imageCanvas(values, { channels: 1, height: h, width: w }, size);
   c.setAttribute('aria-label', label);
-  drawGrid(c, values, w, h);
   return c;
 }
 
@@ -234,30 +218,9 @@ function showOpened(o) {
   }
 }
 
-function drawBars(canvas, values) {
-  const ctx = canvas.getContext('2d');
-  ctx.clearRect(0, 0, canvas.width, canvas.height);
-  if (!values.length) return;
-  const lo = Math.min(0, ...values);
-  const hi = Math.max(1e-9, ...values);
-  const H = canvas.height - 10;
-  const y = (v) => 5 + H - ((v - lo) / (hi - lo)) * H;
-  const w = canvas.width / values.length;
-  ctx.fillStyle = '#2f5fd0';
-  values.forEach((v, i) => {
-    const top = Math.min(y(v), y(0));
-    ctx.fillRect(i * w, top, Math.max(1, w), Math.max(1, Math.abs(y(v) - y(0))));
-  });
-  ctx.strokeStyle = '#8a93a8';
-  ctx.beginPath();
-  ctx.moveTo(0, y(0));
-  ctx.lineTo(canvas.width, y(0));
-  ctx.stroke();
-}
-
 function showHelper(h) {
-  drawBars($('helper-order'), h.values);
-  drawBars($('helper-sorted'), [...h.values].sort((a, b) => a - b));
+  barChart($('helper-order'), h.values);
+  barChart($('helper-sorted'), [...h.values].sort((a, b) => a - b));
   const n = h.rows * h.cols;
   $('helper-caption').textContent = h.permuted
     ? `The helper added P0's and P1's shares of a ${h.rows}×${h.cols} vector and saw these ${n} values (the inputs of ${h.function}), in an order only P0 and P1 know. There are n! = 10^${h.log10_factorial.toFixed(0)} orders.`

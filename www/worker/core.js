@@ -12,8 +12,9 @@ export const coreOps = {
   classify: ({ pixels }) => veil.classify(pixels),
   // A drawn or dropped image (RGBA bytes) made into an 8×8 digit as the UCI digits were.
   uciDigit: ({ rgba, width, height }) => uciDigit(rgba, width, height),
-  // Image files decoded natively to a shape and number of levels, whatever flows are loaded.
-  decodeImagesAs: ({ names, buffers, shape, levels }) => veil.decodeImagesAs(names, buffers, shape.channels, shape.height, shape.width, levels),
+  // Image files decoded natively to a shape, at `bins` grey levels (by default the shape's),
+  // whatever flows are loaded.
+  decodeImagesAs: ({ names, buffers, shape, bins }) => veil.decodeImagesAs(names, buffers, shape.channels, shape.height, shape.width, bins ?? undefined),
   readContainer: ({ bytes }) => veil.readContainer(bytes),
   sampleDigits: ({ n }) => sampleDigits(n),
 };

@@ -19,7 +19,8 @@ fn usage() -> ! {
         "usage: cargo xtask <command>\n\n\
          commands:\n  \
            serve [--fast] [-- <veil serve args>]  build the wasm client (size-optimised; --fast: plain release)\n                                          and run the server at http://127.0.0.1:8080/\n  \
-           test                                   every check: fmt, clippy (native and wasm32), native tests,\n                                          wasm tests and end-to-end tests in headless Chromium\n  \
+           test                                   every check: fmt, clippy (native and wasm32), ESLint on www/,\n                                          native tests, wasm tests and end-to-end tests in headless Chromium\n  \
+           eslint                                 ESLint on www/ alone (undefined and unused names)\n  \
            bench [--peers]                        measure, and write docs/BENCHMARKS.md and docs/benchmarks.json\n                                          (--peers: also numpy's QR key, from PyPI in target/bench-venv)\n  \
            cold-test                              time `cargo xtask test` on a fresh clone (docs/cold-test.json)\n  \
            fuzz [--seconds N]                     fuzz the dataset container decoder with cargo-fuzz (nightly;\n                                          default 120 s); new inputs join fuzz/corpus/, which `test` replays"
@@ -39,6 +40,7 @@ fn main() -> Result<()> {
         "bench" => bench::run_bench(&root, &rest),
         "cold-test" => bench::cold_test(&root),
         "fuzz" => tools::fuzz(&root, &rest),
+        "eslint" => tools::eslint(&root),
         "build-wasm" => build_wasm(&root, rest.iter().any(|a| a == "--size")).map(|_| ()),
         _ => usage(),
     }
@@ -246,6 +248,7 @@ fn test(root: &Path) -> Result<()> {
             "warnings",
         ]))
     })?;
+    step("eslint (www)", &mut || tools::eslint(root))?;
     step("native tests", &mut || {
         run_tests(cargo().args(["test", "--workspace", "--release"])).map(count)
     })?;

@@ -148,6 +148,46 @@ pub fn wasm_opt(root: &Path) -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// The ESLint configuration for `www/`: the pages' own modules (not the built `www/pkg`), in a
+/// browser or a worker, with the two rules that catch what no test would until a page is opened:
+/// a name that is not defined and a name that is never used.
+const ESLINT_CONFIG: &str = r#"import globals from 'globals';
+export default [{
+  files: ['**/*.js'],
+  ignores: ['pkg/**'],
+  languageOptions: {
+    ecmaVersion: 'latest',
+    sourceType: 'module',
+    globals: { ...globals.browser, ...globals.worker },
+  },
+  rules: { 'no-undef': 'error', 'no-unused-vars': ['error', { args: 'none' }] },
+}];
+"#;
+
+/// ESLint over `www/` (see [`ESLINT_CONFIG`]), installed from npm under `target/npm` on first
+/// use, with its configuration written beside it.
+pub fn eslint(root: &Path) -> Result<()> {
+    let prefix = crate::target_dir(root).join("npm");
+    let modules = prefix.join("node_modules");
+    let bin = modules.join(".bin").join("eslint");
+    if !bin.exists() || !modules.join("globals").exists() {
+        std::fs::create_dir_all(&prefix)?;
+        run(Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--prefix"])
+            .arg(&prefix)
+            .args(["eslint@9.39.5", "globals@17.15.0"]))
+        .context("installing ESLint from npm")?;
+    }
+    let config = prefix.join("eslint.config.mjs");
+    std::fs::write(&config, ESLINT_CONFIG)?;
+    run(Command::new(&bin)
+        .current_dir(root.join("www"))
+        .arg("--config")
+        .arg(&config)
+        .arg("."))
+    .context("ESLint found problems in www/ (see above)")
+}
+
 /// `cargo xtask fuzz [--seconds N]`: cargo-fuzz (libFuzzer) on the dataset container decoder for
 /// a fixed budget, installing the nightly toolchain and cargo-fuzz when missing. Fails if the
 /// fuzzer finds a crash (it then leaves the input under fuzz/artifacts/).
