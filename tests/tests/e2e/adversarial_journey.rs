@@ -12,7 +12,7 @@ use veil::crypto::keys::MasterKey;
 use veil::data::{ImageShape, digits};
 use veil_tests::{Browser, GpuMode, Recorded, Recording};
 
-use crate::flow_journey::{
+use crate::journeys::{
     LONG, assert_nothing_secret, choose, click, import_key, max_diff, wait_state, with_browser,
     write_folder,
 };
@@ -108,7 +108,7 @@ async fn adversarial(b: &Browser, base: &str, mode: GpuMode, rec: &Recording) ->
     // The native library with the same key, base model and images.
     let native = veil_client::Session::start(false).await?;
     native.import_key(&key_text, Some("journey passphrase"))?;
-    native.adversarial_begin(
+    native.adversarial().begin(
         veil_client::adversarial::AdversarialSetup {
             shape: ImageShape::new(1, 8, 8),
             classes: data.class_names.clone(),
@@ -118,7 +118,7 @@ async fn adversarial(b: &Browser, base: &str, mode: GpuMode, rec: &Recording) ->
         },
         Some(&base_model),
     )?;
-    let expected = native.adversarial_encrypt(&originals, &labels).await?;
+    let expected = native.adversarial().encrypt(&originals, &labels).await?;
     let worst = max_diff(&page, &expected.pixels);
     let mean_diff = page
         .iter()
@@ -155,7 +155,7 @@ async fn adversarial(b: &Browser, base: &str, mode: GpuMode, rec: &Recording) ->
     let requests: Vec<Recorded> = rec.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
     let posts: Vec<&Recorded> = requests
         .iter()
-        .filter(|r| crate::flow_journey::is_post_of_data(r))
+        .filter(|r| crate::journeys::is_post_of_data(r))
         .collect();
     ensure!(
         posts.len() == 1 && posts[0].uri.starts_with("/api/datasets"),

@@ -4,4 +4,9 @@
 
 mod adversarial_journey;
 mod browser;
+mod fine_tune_journey;
 mod flow_journey;
+mod journeys;
+mod known_pairs_journey;
+mod labs_journey;
+mod owsd_journey;
