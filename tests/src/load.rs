@@ -4,6 +4,9 @@
 //! on a small tmpfs that fills up. Afterwards every owner's objects are checked through the API:
 //! each acknowledged dataset is downloaded and compared by SHA-256, each acknowledged job and
 //! each finished job's model must still be there, and no owner may see another's.
+//!
+//! Why this file is over 600 lines: one scenario (many owners, a kill and restart, slow clients, a
+//! full disk) whose phases share the server process and the owners' state.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
