@@ -4,10 +4,10 @@
 // container of encrypted images (with labels and the key's fingerprint) leaves, by download or
 // upload to the factory.
 import { apiJson } from '../lib/api.js';
-import { $, say, showKey, progressTo, download } from '../lib/dom.js';
+import { $, say, progressTo, download, definitions } from '../lib/dom.js';
 import { imageCanvas, imageLen, shapeText } from '../lib/draw.js';
 import { imageEntries, inputEntries, bindDrop, decodeEntries, labelsFor } from '../lib/files.js';
-import { startClient } from '../lib/rpc.js';
+import { startKeyedPage } from '../lib/rpc.js';
 import { keepContainer } from '../lib/store.js';
 
 const DIGITS = [...'0123456789'];
@@ -42,11 +42,8 @@ function showEpsilon() {
 $('psnr').addEventListener('input', showEpsilon);
 
 async function start() {
-  let client;
-  try { client = await startClient(); } catch { return; }
-  state.call = client.call;
-  state.key = client.key;
-  showKey($('key'), client.key);
+  const client = await startKeyedPage(state);
+  if (!client) return;
   if (!client.key) say($('encrypt-message'), 'Load a key first: the secret targets are drawn from it.', 'error');
   showEpsilon();
   updateButtons();
@@ -270,11 +267,7 @@ function showSummary(status, ms) {
     ['Time', `${(ms / 1000).toFixed(1)} s (${(n / (ms / 1000)).toFixed(1)} images/s on ${document.getElementById('backend').dataset.backend})`],
     ['Container', `${(state.container.bytes.length / 1024).toFixed(0)} KiB: encrypted images (f32), labels, the key's fingerprint`],
   ];
-  $('summary').replaceChildren(...rows.flatMap(([k, v]) => {
-    const dt = document.createElement('dt'); dt.textContent = k;
-    const dd = document.createElement('dd'); dd.textContent = v;
-    return [dt, dd];
-  }));
+  definitions($('summary'), rows);
   document.body.dataset.meanPsnr = psnr.length ? mean(psnr).toFixed(3) : 'inf';
 }
 

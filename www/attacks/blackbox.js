@@ -4,17 +4,14 @@
 
 import { apiJson, ownerEvents, startRun } from '../lib/api.js';
 import { histograms, lineChart } from '../lib/chart.js';
-import { $ } from '../lib/dom.js';
+import { $, definitions, sayMessage } from '../lib/dom.js';
 import { drawImage } from '../lib/draw.js';
 
 const state = { run: null, stop: null, membership: null, points: [], inverted: [], done: null };
 // For tests and curious users: what the stream has delivered.
 window.veilBlackBox = state;
 
-function say(text, kind) {
-  $('message').textContent = text;
-  $('message').className = `message ${kind || ''}`;
-}
+const say = sayMessage;
 
 function setState(s) {
   document.body.dataset.state = s;
@@ -26,16 +23,7 @@ function setState(s) {
 const pct = (x) => `${(100 * x).toFixed(1)} %`;
 
 function figures(rows) {
-  const dl = $('figures');
-  dl.replaceChildren();
-  for (const [id, name, value] of rows) {
-    const dt = document.createElement('dt');
-    dt.textContent = name;
-    const dd = document.createElement('dd');
-    dd.id = id;
-    dd.textContent = value;
-    dl.append(dt, dd);
-  }
+  definitions($('figures'), rows.map(([id, name, value]) => [name, value, id]));
 }
 
 const CHART_PAD = { l: 40, r: 10, t: 10, b: 30 };

@@ -2,7 +2,7 @@
 // Everything sent here is public to the factory by design: ciphertexts, labels, a fingerprint.
 import { apiJson, ownerEvents } from '../lib/api.js';
 import { lineChart } from '../lib/chart.js';
-import { $, say } from '../lib/dom.js';
+import { $, say, definitions } from '../lib/dom.js';
 import { startClient } from '../lib/rpc.js';
 import { lastContainer } from '../lib/store.js';
 
@@ -52,11 +52,7 @@ async function useBytes(bytes, name) {
       ['Description', summary.description || '—'],
       ['Size', `${(bytes.length / 1024).toFixed(0)} KiB`],
     ];
-    $('dataset-summary').replaceChildren(...rows.flatMap(([k, v]) => {
-      const dt = document.createElement('dt'); dt.textContent = k;
-      const dd = document.createElement('dd'); dd.textContent = v;
-      return [dt, dd];
-    }));
+    definitions($('dataset-summary'), rows);
     $('dataset-name').value = name.slice(0, 100);
     $('upload').disabled = false;
     say($('upload-message'), '', '');

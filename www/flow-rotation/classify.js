@@ -2,10 +2,10 @@
 // ciphertexts go to the factory's model, and the answer is read here.
 import { flowFamilies, loadFamily, familyLabel, activeFamily } from './families.js';
 import { apiJson } from '../lib/api.js';
-import { $, say, showKey, progressTo } from '../lib/dom.js';
+import { $, say, progressTo } from '../lib/dom.js';
 import { drawImage, imageLen } from '../lib/draw.js';
 import { imageEntries, inputEntries, bindDrop } from '../lib/files.js';
-import { startClient } from '../lib/rpc.js';
+import { startKeyedPage } from '../lib/rpc.js';
 
 const state = { call: null, key: null, models: [], model: null, info: null, entries: [], results: null, accuracy: null };
 window.veilClassify = state;
@@ -14,11 +14,8 @@ const MAX_BATCH = 1024; // the factory's limit per request
 function sameShape(a, b) { return a.channels === b.channels && a.height === b.height && a.width === b.width; }
 
 async function start() {
-  let client;
-  try { client = await startClient(); } catch { return; }
-  state.call = client.call;
-  state.key = client.key;
-  showKey($('key'), client.key, 'no key loaded — generate or import one on the Keys page');
+  const client = await startKeyedPage(state, 'no key loaded — generate or import one on the Keys page');
+  if (!client) return;
   try {
     const models = (await apiJson('/api/models')).filter((m) => m.scheme === 'flow-rotation');
     state.models = models;

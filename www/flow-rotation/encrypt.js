@@ -2,7 +2,7 @@
 // the key stay in this page and its worker; the container holds ciphertexts, labels and the key's
 // fingerprint, and goes to the IndexedDB outbox (for the train page) or to a download.
 import { flowFamilies, loadFamily, familyLabel, activeFamily, setActiveFamily } from './families.js';
-import { $, say, showKey, progressTo, download } from '../lib/dom.js';
+import { $, say, showKey, progressTo, download, definitions } from '../lib/dom.js';
 import { drawImage, imageLen, shapeText } from '../lib/draw.js';
 import { imageEntries, inputEntries, bindDrop, labelsFor, decodeEntries } from '../lib/files.js';
 import { startClient } from '../lib/rpc.js';
@@ -166,11 +166,7 @@ $('encrypt').addEventListener('click', async () => {
 });
 
 function showSummary(rows) {
-  $('summary').replaceChildren(...rows.flatMap(([k, v]) => {
-    const dt = document.createElement('dt'); dt.textContent = k;
-    const dd = document.createElement('dd'); dd.textContent = v;
-    return [dt, dd];
-  }));
+  definitions($('summary'), rows);
 }
 
 function showPairs(el, top, bottom, labels, info, count = 24) {

@@ -5,9 +5,9 @@
 import { flowFamilies, loadFamily, familyLabel, activeFamily, setActiveFamily } from './families.js';
 import { COLOURS, lineChart } from '../lib/chart.js';
 import { shapeText } from '../lib/draw.js';
-import { $, say, showKey, progressTo } from '../lib/dom.js';
+import { $, say, progressTo } from '../lib/dom.js';
 import { imageEntries, inputEntries, bindDrop, labelsFor, decodeEntries } from '../lib/files.js';
-import { startClient } from '../lib/rpc.js';
+import { startKeyedPage } from '../lib/rpc.js';
 import { storeFlows, listStoredFlows, deleteStoredFlows } from '../lib/store.js';
 
 const state = { call: null, key: null, info: null, familyId: null, entries: [], sample: null, progress: null, result: null, curve: [] };
@@ -17,11 +17,7 @@ window.veilFlows = state;
 const fmt = (v, d = 3) => (v == null || Number.isNaN(v) ? '–' : Number(v).toFixed(d));
 
 async function start() {
-  let client;
-  try { client = await startClient(); } catch { return; }
-  state.call = client.call;
-  state.key = client.key;
-  showKey($('key'), client.key);
+  if (!(await startKeyedPage(state))) return;
   await refreshFamilies();
   await showStored();
 }

@@ -4,18 +4,14 @@
 
 import { failOnBrokenStream, startRun } from '../lib/api.js';
 import { lineChart } from '../lib/chart.js';
-import { $ } from '../lib/dom.js';
+import { $, sayMessage } from '../lib/dom.js';
 import { drawImage } from '../lib/draw.js';
 
 const state = { info: null, sample: 0, attack: null, source: null, history: [] };
 // For tests and curious users: the points received so far.
 window.veilLeakage = state;
 
-function say(text, kind) {
-  const m = $('message');
-  m.textContent = text;
-  m.className = `message ${kind || ''}`;
-}
+const say = sayMessage;
 
 function setState(s) {
   document.body.dataset.state = s;

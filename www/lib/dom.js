@@ -32,3 +32,19 @@ export function download(name, blob) {
   a.remove();
   setTimeout(() => URL.revokeObjectURL(url), 10_000);
 }
+
+// Fills the definition list `dl` with `rows` of [term, value] or [term, value, id] (the value's
+// element gets the id, for tests and links).
+export function definitions(dl, rows) {
+  dl.replaceChildren(...rows.flatMap(([term, value, id]) => {
+    const dt = document.createElement('dt');
+    dt.textContent = term;
+    const dd = document.createElement('dd');
+    dd.textContent = value;
+    if (id) dd.id = id;
+    return [dt, dd];
+  }));
+}
+
+// A page's message line #message, for pages with only one.
+export const sayMessage = (text, kind) => say($('message'), text, kind);

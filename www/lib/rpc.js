@@ -1,6 +1,6 @@
 // The page's side of the worker that runs the wasm client: numbered requests, progress events,
 // and starting the client with the backend badge and the active key.
-import { $ } from './dom.js';
+import { $, showKey } from './dom.js';
 import { loadActiveKey } from './store.js';
 
 // Starts a worker (the production one unless `url` names another, as the bench page does) and
@@ -59,3 +59,14 @@ export async function startClient() {
   }
 }
 
+// Starts the client for a page that works with the owner's key: sets `state.call` and
+// `state.key`, and shows the key in #key (`none`: what to say when there is none). Resolves to
+// the client, or null when it could not start (the backend badge says why).
+export async function startKeyedPage(state, none) {
+  let client;
+  try { client = await startClient(); } catch { return null; }
+  state.call = client.call;
+  state.key = client.key;
+  showKey($('key'), client.key, none);
+  return client;
+}

@@ -4,10 +4,10 @@
 // owner's label from [embeddings ‖ cloud vectors]. The key counts what it scrambles; the count
 // lives in IndexedDB (store `owsd`) and comes back on reload.
 import { apiJson } from '../lib/api.js';
-import { $, say, showKey, progressTo } from '../lib/dom.js';
+import { $, say, progressTo, definitions } from '../lib/dom.js';
 import { imageCanvas, imageLen } from '../lib/draw.js';
 import { imageEntries, inputEntries, bindDrop, decodeEntries } from '../lib/files.js';
-import { startClient } from '../lib/rpc.js';
+import { startKeyedPage } from '../lib/rpc.js';
 import { owsdRecord, storeOwsdRecord } from '../lib/store.js';
 
 // The demo CNN, the default encoder, reads 8×8 grey digits (at the UCI digits' grey levels, which
@@ -25,11 +25,7 @@ window.veilOwsd = state;
 
 
 async function start() {
-  let client;
-  try { client = await startClient(); } catch { return; }
-  state.call = client.call;
-  state.key = client.key;
-  showKey($('key'), client.key);
+  if (!(await startKeyedPage(state))) return;
   try {
     state.clouds = (await apiJson('/api/models')).filter((m) => m.scheme === 'plain');
     const sel = $('cloud');
@@ -292,15 +288,11 @@ $('classify').addEventListener('click', async () => {
     state.results = { labels, cloudTop, accuracy };
     showResults(images, scrambled, labels, cloudTop, e);
     $('classify-label').textContent = 'done';
-    $('summary').replaceChildren(...[
+    definitions($('summary'), [
       ['Images', String(n)],
       ['Accuracy (internal network)', accuracy === null ? 'unknown (no labels)' : `${(100 * accuracy).toFixed(1)} %`],
       ['Sent to the cloud', `${state.sent} scrambled images, nothing else`],
-    ].flatMap(([a, b]) => {
-      const dt = document.createElement('dt'); dt.textContent = a;
-      const dd = document.createElement('dd'); dd.textContent = b;
-      return [dt, dd];
-    }));
+    ]);
     document.body.dataset.state = 'classified';
     say($('classify-message'), `Classified ${n} images.`, 'ok');
   } catch (err) {

@@ -4,7 +4,7 @@
 
 import { failOnBrokenStream, startRun } from '../lib/api.js';
 import { barChart } from '../lib/chart.js';
-import { $ } from '../lib/dom.js';
+import { $, definitions, sayMessage } from '../lib/dom.js';
 import { imageCanvas } from '../lib/draw.js';
 
 const ROLES = ['p0', 'p1', 'dealer', 'helper'];
@@ -28,11 +28,7 @@ const state = { info: null, picked: [], run: null, source: null, events: [] };
 // For tests and curious users: every event received so far.
 window.veilRtas = state;
 
-function say(text, kind) {
-  const m = $('message');
-  m.textContent = text;
-  m.className = `message ${kind || ''}`;
-}
+const say = sayMessage;
 
 function setState(s) {
   document.body.dataset.state = s;
@@ -242,14 +238,7 @@ function showClaims() {
     ['RTAS-fast inversion from known pairs', `${m.fast_inversion_psnr.toFixed(1)} dB: the image comes back`],
   ];
   const dl = $('claims');
-  dl.replaceChildren();
-  for (const [k, v] of rows) {
-    const dt = document.createElement('dt');
-    dt.textContent = k;
-    const dd = document.createElement('dd');
-    dd.textContent = v;
-    dl.append(dt, dd);
-  }
+  definitions(dl, rows);
   const note = document.createElement('dd');
   note.className = 'note';
   note.textContent = 'Measured by `veil experiment rtas` on the UCI digits (docs/results/rtas.json).';
@@ -278,15 +267,7 @@ function showResult(r) {
     ['Values too large to be real (truncation failures)', String(r.implausible)],
     ['Wall time of the protocol', `${r.seconds.toFixed(1)} s`],
   ];
-  const dl = $('result-figures');
-  dl.replaceChildren();
-  for (const [k, v] of rows) {
-    const dt = document.createElement('dt');
-    dt.textContent = k;
-    const dd = document.createElement('dd');
-    dd.textContent = v;
-    dl.append(dt, dd);
-  }
+  definitions($('result-figures'), rows);
 }
 
 async function start() {
