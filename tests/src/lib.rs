@@ -361,3 +361,19 @@ pub fn digit_png(pixels: &[f32], scale: u32, path: &Path) -> Result<()> {
     img.save(path)?;
     Ok(())
 }
+
+/// Loads the shipped digits flows (the ones `veil serve` serves) into a native client session,
+/// as the pages load them from `/api/flows`.
+pub fn load_digits_flows(
+    session: &veil_client::Session,
+) -> Result<veil_client::flow_rotation::flows::FlowsInfo> {
+    let files: Vec<(String, Vec<u8>)> = veil_server::embedded::DIGITS_FLOW_FILES
+        .iter()
+        .map(|(n, b)| ((*n).to_owned(), b.to_vec()))
+        .collect();
+    Ok(session.flow_rotation().load(
+        "digits",
+        veil_server::embedded::DIGITS_FLOWS_MANIFEST,
+        &files,
+    )?)
+}

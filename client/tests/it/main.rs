@@ -6,4 +6,5 @@
 mod adversarial;
 mod common;
 mod flows;
+mod layers;
 mod owsd;

@@ -86,15 +86,7 @@ async fn fine_tune(b: &Browser, base: &str, mode: GpuMode, rec: &Recording) -> R
     let native = {
         let session = veil_client::Session::start(false).await?;
         session.import_key(&key_text, Some("journey passphrase"))?;
-        let files: Vec<(String, Vec<u8>)> = veil_server::embedded::DIGITS_FLOW_FILES
-            .iter()
-            .map(|(n, b)| (n.to_string(), b.to_vec()))
-            .collect();
-        session.flow_rotation().load(
-            "digits",
-            veil_server::embedded::DIGITS_FLOWS_MANIFEST,
-            &files,
-        )?;
+        veil_tests::load_digits_flows(&session)?;
         session.flow_rotation().fine_tune_begin(
             owner.images.clone(),
             owner.labels.clone(),
