@@ -53,19 +53,37 @@ fn bench_venv(root: &Path) -> Result<std::path::PathBuf> {
 }
 
 /// `cargo xtask cold-test`: a fresh clone of HEAD with an empty target directory, then
-/// `cargo xtask test` in it; the timings land in docs/cold-test.json.
+/// `cargo xtask test` in it; the timings land in docs/cold-test.json, with the commit measured
+/// and the run before it (as `previous`), so BENCHMARKS.md shows both.
 pub fn cold_test(root: &Path) -> Result<()> {
     let dir = std::env::temp_dir().join(format!("veil-cold-{}", std::process::id()));
     run(std::process::Command::new("git")
         .args(["clone", "--quiet"])
         .arg(root)
         .arg(&dir))?;
+    let commit = tools::output(std::process::Command::new("git").current_dir(&dir).args([
+        "rev-parse",
+        "--short",
+        "HEAD",
+    ]))
+    .unwrap_or_default();
     run(cargo()
         .current_dir(&dir)
         .args(["xtask", "test"])
         .env_remove("CARGO_TARGET_DIR"))?;
     let times = dir.join("target").join("xtask-test-times.json");
-    std::fs::copy(&times, root.join("docs").join("cold-test.json"))?;
+    let mut record: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&times)?)?;
+    let kept = root.join("docs").join("cold-test.json");
+    let mut previous: serde_json::Value = std::fs::read_to_string(&kept)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(serde_json::Value::Null);
+    if let Some(p) = previous.as_object_mut() {
+        p.remove("previous");
+    }
+    record["commit"] = commit.trim().into();
+    record["previous"] = previous;
+    std::fs::write(&kept, serde_json::to_string_pretty(&record)?)?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

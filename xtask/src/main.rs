@@ -287,11 +287,13 @@ fn test(root: &Path) -> Result<()> {
             &mut || {
                 run_tests(
                     cargo()
+                        // `--workspace`, not `-p veil-tests`: with one package selected, cargo
+                        // resolves other features for burn and the rest, and rebuilt them all
+                        // here (430 s of the cold run); this reuses the native tests' build.
                         .args([
                             "test",
+                            "--workspace",
                             "--release",
-                            "-p",
-                            "veil-tests",
                             "--test",
                             "e2e",
                             "--",

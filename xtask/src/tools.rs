@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::run;
 
-fn output(cmd: &mut Command) -> Option<String> {
+pub(crate) fn output(cmd: &mut Command) -> Option<String> {
     let out = cmd.output().ok()?;
     out.status
         .success()

@@ -32,9 +32,9 @@ fn main() -> Result<()> {
             !previous.is_null(),
             "docs/benchmarks.json is missing or unreadable"
         );
-        std::fs::write(root.join("docs/BENCHMARKS.md"), markdown(&previous))?;
-        eprintln!("wrote docs/BENCHMARKS.md from docs/benchmarks.json");
-        return Ok(());
+        let mut results = previous;
+        results["cold_xtask_test"] = cold_test_record(&root);
+        return write_results(&root, &results);
     }
     // `--only a,b`: re-measure these sections (names as in benchmarks.json: native, peers,
     // flow_rotation, leakage, owsd, adversarial, rtas, factory, load_and_faults, browser; or
@@ -105,6 +105,7 @@ fn main() -> Result<()> {
         );
         results["partial_rerun"] = json!(parts);
         results["machine"] = machine();
+        results["cold_xtask_test"] = cold_test_record(&root);
         return write_results(&root, &results);
     }
     let mut results = json!({});
@@ -161,10 +162,16 @@ fn main() -> Result<()> {
         wasm_size(&root.join("www/pkg/veil_client_bg.wasm"))?
     };
     results["machine"] = machine();
-    if let Ok(text) = std::fs::read_to_string(root.join("docs/cold-test.json")) {
-        results["cold_xtask_test"] = serde_json::from_str(&text).unwrap_or(Value::Null);
-    }
+    results["cold_xtask_test"] = cold_test_record(&root);
     write_results(&root, &results)
+}
+
+/// The last `cargo xtask cold-test` (docs/cold-test.json, with the run before it), or null.
+fn cold_test_record(root: &Path) -> Value {
+    std::fs::read_to_string(root.join("docs/cold-test.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(Value::Null)
 }
 
 fn write_results(root: &Path, results: &Value) -> Result<()> {
@@ -334,15 +341,7 @@ fn adversarial_native() -> Result<f64> {
 fn encrypt_digits_native() -> Result<f64> {
     let session = ready(veil_client::Session::start(false))?;
     session.generate_key("bench")?;
-    let files: Vec<(String, Vec<u8>)> = veil_server::embedded::DIGITS_FLOW_FILES
-        .iter()
-        .map(|(n, b)| ((*n).to_owned(), b.to_vec()))
-        .collect();
-    session.flow_rotation().load(
-        "digits",
-        veil_server::embedded::DIGITS_FLOWS_MANIFEST,
-        &files,
-    )?;
+    veil_tests::load_digits_flows(&session)?;
     let batch = 256;
     let data = digits();
     let pixels = &data.images[..batch * data.shape.len()];
@@ -1161,17 +1160,53 @@ fn markdown(r: &Value) -> String {
     s += "## `cargo xtask test` on a fresh clone\n\n";
     match r.get("cold_xtask_test") {
         Some(c) if !c.is_null() => {
+            let at = |c: &Value| match c["commit"].as_str() {
+                Some(commit) if !commit.is_empty() => format!(" at {commit}"),
+                _ => String::new(),
+            };
+            let prev = &c["previous"];
             s += &format!(
-                "Cold run (empty target directory, tools already installed): {:.1} min on this machine.\n\n| Step | Seconds |\n|---|---|\n",
+                "Cold run (empty target directory, tools already installed){}: {:.1} min on this machine.",
+                at(c),
                 f(&c["total_s"]).unwrap_or(0.0) / 60.0
             );
-            if let Some(steps) = c["steps"].as_array() {
-                for st in steps {
-                    s += &format!(
-                        "| {} | {:.0} |\n",
-                        st["step"].as_str().unwrap_or("?"),
-                        f(&st["seconds"]).unwrap_or(0.0)
-                    );
+            if prev.is_object() {
+                s += &format!(
+                    " The run before it{}: {:.1} min.",
+                    at(prev),
+                    f(&prev["total_s"]).unwrap_or(0.0) / 60.0
+                );
+            }
+            s += "\n\n";
+            let steps = |c: &Value| -> Vec<(String, f64)> {
+                c["steps"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .map(|st| {
+                                (
+                                    st["step"].as_str().unwrap_or("?").to_owned(),
+                                    f(&st["seconds"]).unwrap_or(0.0),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            };
+            let before = steps(prev);
+            if before.is_empty() {
+                s += "| Step | Seconds |\n|---|---|\n";
+                for (name, secs) in steps(c) {
+                    s += &format!("| {name} | {secs:.0} |\n");
+                }
+            } else {
+                s += "| Step | Seconds | The run before |\n|---|---|---|\n";
+                for (name, secs) in steps(c) {
+                    let was = before
+                        .iter()
+                        .find(|(n, _)| *n == name)
+                        .map_or("—".to_owned(), |(_, v)| format!("{v:.0}"));
+                    s += &format!("| {name} | {secs:.0} | {was} |\n");
                 }
             }
         }
