@@ -228,5 +228,19 @@ async fn owsd(b: &Browser, base: &str, mode: GpuMode, rec: &Recording) -> Result
         worst < 1e-3,
         "the page's scrambles differ from native by {worst}"
     );
+    // A typed argument with a misspelt field is refused by name, not silently ignored.
+    let answer = c
+        .execute(
+            "return window.veilOwsd.call('scrambleBegin', { setup: { encoders: [64], \
+             output: { channels: 1, height: 8, width: 8 }, generation: 0, genration: 1 }, \
+             usage: { used: 0, budget: 10, warn_at: 8 } }).then(() => 'accepted', (e) => e.message);",
+            vec![],
+        )
+        .await?;
+    let refusal = answer.as_str().unwrap_or_default();
+    ensure!(
+        refusal.contains("unknown field `genration`"),
+        "a misspelt setup field was not refused by name: {answer}"
+    );
     Ok(())
 }
