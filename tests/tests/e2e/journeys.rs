@@ -26,13 +26,27 @@ pub(crate) async fn with_browser(
     let (server, recording) = start_recording_server().await?;
     let browser = Browser::start(mode).await?;
     let base = format!("http://{}", server.addr);
+    let started = std::time::Instant::now();
     let result = journey(&browser, &base, mode, &recording).await;
+    let tag = mode.expected_backend();
     if result.is_err() {
-        let _ = browser
-            .screenshot(&format!("{name}-failure-{}", mode.expected_backend()))
-            .await;
+        let _ = browser.screenshot(&format!("{name}-failure-{tag}")).await;
     }
     browser.close().await?;
+    // How long the journey took on this backend (cargo test shows no output of passing tests):
+    // target/e2e-figures/timing-<journey>-<backend>.json, to see what the slow e2e step spends.
+    let dir = veil_tests::repo_root().join("target").join("e2e-figures");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(
+        dir.join(format!("timing-{name}-{tag}.json")),
+        serde_json::json!({
+            "journey": name,
+            "backend": tag,
+            "seconds": started.elapsed().as_secs_f64(),
+            "passed": result.is_ok(),
+        })
+        .to_string(),
+    )?;
     result
 }
 
