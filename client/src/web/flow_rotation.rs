@@ -5,7 +5,7 @@ use std::rc::Rc;
 
 use wasm_bindgen::prelude::*;
 
-use super::{Veil, err, from_js, named_buffers, options_or_default, to_js};
+use super::{Veil, err, from_js, named_buffers, object, options_or_default, set_field, to_js};
 use crate::flow_rotation::FlowRoute;
 use crate::flow_rotation::finetune::FineTuneOptions;
 
@@ -86,17 +86,14 @@ impl Veil {
             .encrypt_checked(&pixels, &route)
             .await
             .map_err(err)?;
-        let failures = to_js(&out.failures)?;
-        let obj = js_sys::Object::new();
-        let set = |k: &str, v: JsValue| js_sys::Reflect::set(&obj, &k.into(), &v);
-        set(
-            "ciphertexts",
-            js_sys::Float32Array::from(&out.ciphertexts[..]).into(),
-        )
-        .and_then(|_| set("kept", js_sys::Uint32Array::from(&out.kept[..]).into()))
-        .and_then(|_| set("failures", failures))
-        .map_err(|_| JsError::new("internal: cannot build the answer object"))?;
-        Ok(obj.into())
+        object([
+            (
+                "ciphertexts",
+                js_sys::Float32Array::from(&out.ciphertexts[..]).into(),
+            ),
+            ("kept", js_sys::Uint32Array::from(&out.kept[..]).into()),
+            ("failures", to_js(&out.failures)?),
+        ])
     }
 
     /// Known-plaintext key recovery, the attacker's side (no key is used): fits class `class`'s
@@ -119,12 +116,11 @@ impl Veil {
             .map_err(err)?;
         let decrypted = std::mem::take(&mut step.decrypted);
         let obj = to_js(&step)?;
-        js_sys::Reflect::set(
+        set_field(
             &obj,
-            &"decrypted".into(),
+            "decrypted",
             &js_sys::Float32Array::from(&decrypted[..]).into(),
-        )
-        .map_err(|_| JsError::new("internal: cannot build the answer object"))?;
+        )?;
         Ok(obj)
     }
 
@@ -259,13 +255,11 @@ impl Veil {
             names.push(&name.into());
             buffers.push(&js_sys::Uint8Array::from(bytes.as_slice()).into());
         }
-        let out = js_sys::Object::new();
-        let set = |k: &str, v: JsValue| js_sys::Reflect::set(&out, &k.into(), &v);
-        set("manifest", manifest.into())
-            .and_then(|_| set("names", names.into()))
-            .and_then(|_| set("files", buffers.into()))
-            .map_err(|_| JsError::new("internal: cannot build the answer"))?;
-        Ok(out.into())
+        object([
+            ("manifest", manifest.into()),
+            ("names", names.into()),
+            ("files", buffers.into()),
+        ])
     }
 }
 

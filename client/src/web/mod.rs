@@ -178,23 +178,17 @@ impl Veil {
     #[wasm_bindgen(js_name = readContainer)]
     pub fn read_container(&self, bytes: Vec<u8>) -> Result<JsValue, JsError> {
         let (summary, pixels, labels) = self.inner.read_container(&bytes).map_err(err)?;
-        let out = js_sys::Object::new();
-        let set = |k: &str, v: JsValue| js_sys::Reflect::set(&out, &k.into(), &v);
-        set("summary", to_js(&summary)?)
-            .and_then(|_| {
-                set(
-                    "pixels",
-                    js_sys::Float32Array::from(pixels.as_slice()).into(),
-                )
-            })
-            .and_then(|_| {
-                set(
-                    "labels",
-                    js_sys::Uint32Array::from(labels.as_slice()).into(),
-                )
-            })
-            .map_err(|_| JsError::new("internal: cannot build the answer"))?;
-        Ok(out.into())
+        object([
+            ("summary", to_js(&summary)?),
+            (
+                "pixels",
+                js_sys::Float32Array::from(pixels.as_slice()).into(),
+            ),
+            (
+                "labels",
+                js_sys::Uint32Array::from(labels.as_slice()).into(),
+            ),
+        ])
     }
 }
 
@@ -232,20 +226,16 @@ pub fn uci_digit(rgba: Vec<u8>, width: usize, height: usize) -> Result<JsValue, 
 pub fn sample_digits(n: usize) -> Result<JsValue, JsError> {
     let data = veil::data::digits();
     let n = n.min(data.len());
-    let out = js_sys::Object::new();
-    let set = |k: &str, v: JsValue| js_sys::Reflect::set(&out, &k.into(), &v);
-    set(
-        "pixels",
-        js_sys::Float32Array::from(&data.images[..n * data.shape.len()]).into(),
-    )
-    .and_then(|_| {
-        set(
+    object([
+        (
+            "pixels",
+            js_sys::Float32Array::from(&data.images[..n * data.shape.len()]).into(),
+        ),
+        (
             "labels",
             js_sys::Uint32Array::from(&data.labels[..n]).into(),
-        )
-    })
-    .map_err(|_| JsError::new("internal: cannot build the answer"))?;
-    Ok(out.into())
+        ),
+    ])
 }
 
 fn named_buffers(
@@ -269,11 +259,23 @@ fn named_buffers(
 /// `value` with a `pixels` field holding `pixels` as a `Float32Array` (serde skips pixel
 /// buffers: a JSON array of floats would be slow and large).
 fn with_pixels(value: JsValue, pixels: &[f32]) -> Result<JsValue, JsError> {
-    js_sys::Reflect::set(
-        &value,
-        &"pixels".into(),
-        &js_sys::Float32Array::from(pixels).into(),
-    )
-    .map_err(|_| JsError::new("internal: cannot build the answer"))?;
+    set_field(&value, "pixels", &js_sys::Float32Array::from(pixels).into())?;
     Ok(value)
+}
+
+/// A plain object with these properties: the answers that carry typed arrays (pixels, labels,
+/// files), which serde would copy element by element.
+fn object<const N: usize>(fields: [(&str, JsValue); N]) -> Result<JsValue, JsError> {
+    let obj: JsValue = js_sys::Object::new().into();
+    for (key, value) in fields {
+        set_field(&obj, key, &value)?;
+    }
+    Ok(obj)
+}
+
+/// Sets one property of an answer object.
+fn set_field(obj: &JsValue, key: &str, value: &JsValue) -> Result<(), JsError> {
+    js_sys::Reflect::set(obj, &key.into(), value)
+        .map(|_| ())
+        .map_err(|_| JsError::new("internal: cannot build the answer"))
 }

@@ -5,7 +5,7 @@ use std::rc::Rc;
 
 use wasm_bindgen::prelude::*;
 
-use super::{Veil, err, from_js, options_or_default, to_js, with_pixels};
+use super::{Veil, err, from_js, object, options_or_default, to_js, with_pixels};
 
 #[wasm_bindgen]
 impl Veil {
@@ -104,20 +104,16 @@ impl Veil {
             .owsd()
             .iin_predict(&embeddings, &cloud)
             .map_err(err)?;
-        let out = js_sys::Object::new();
-        let set = |k: &str, v: JsValue| js_sys::Reflect::set(&out, &k.into(), &v);
-        set(
-            "labels",
-            js_sys::Uint32Array::from(labels.as_slice()).into(),
-        )
-        .and_then(|_| {
-            set(
+        object([
+            (
+                "labels",
+                js_sys::Uint32Array::from(labels.as_slice()).into(),
+            ),
+            (
                 "probabilities",
                 js_sys::Float32Array::from(probs.as_slice()).into(),
-            )
-        })
-        .map_err(|_| JsError::new("internal: cannot build the answer"))?;
-        Ok(out.into())
+            ),
+        ])
     }
 }
 
