@@ -1,6 +1,6 @@
 // Adversarial data encryption's operations: the key's secret correspondence and the owner's base
 // model (or the demo model for digits) stay here; only encrypted images go back to the page.
-import { veil } from './serve.js';
+import { stepped, veil } from './serve.js';
 
 let cancelAdversarial = false;
 
@@ -34,21 +34,18 @@ export const adversarialOps = {
   // The owner's base model, trained here on their labelled images (never sent).
   adversarialTrainBegin: ({ pixels, labels, shape, classes, options }) =>
     veil.adversarialTrainBegin(pixels, labels, shape, classes, options),
-  async adversarialTrain(_args, progress) {
+  adversarialTrain(_args, progress) {
     cancelAdversarial = false;
-    let perCall = 1;
-    for (;;) {
-      const t0 = performance.now();
-      const p = await veil.adversarialTrainRun(perCall);
-      perCall = Math.max(1, Math.min(50, Math.round(perCall * 250 / Math.max(1, performance.now() - t0))));
-      progress({ done: p.done_steps, total: p.total_steps, what: `training the base model (epoch ${p.epoch} of ${p.epochs})`, detail: p });
-      if (p.finished) return p;
-      await new Promise((r) => setTimeout(r, 0));
-      if (cancelAdversarial) {
-        veil.adversarialTrainCancel();
-        throw new Error('training cancelled; no base model was kept');
-      }
-    }
+    return stepped(
+      (n) => veil.adversarialTrainRun(n),
+      (p) => `training the base model (epoch ${p.epoch} of ${p.epochs})`,
+      progress,
+      {
+        cancelled: () => cancelAdversarial,
+        cancel: () => veil.adversarialTrainCancel(),
+        message: 'training cancelled; no base model was kept',
+      },
+    );
   },
   adversarialBaseModel: () => veil.adversarialBaseModel(),
 

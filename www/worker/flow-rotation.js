@@ -1,7 +1,7 @@
 // Flow rotation's operations. The flows are public files of the server; only the key makes them
 // secret.
 import { modelRouted } from '../pkg/veil_client.js';
-import { chunked, CHUNK, fetchBytes, veil } from './serve.js';
+import { chunked, CHUNK, fetchBytes, stepped, veil } from './serve.js';
 
 let cancelFineTune = false;
 
@@ -27,22 +27,13 @@ export const flowRotationOps = {
   // Fine-tuning the loaded flows: plan, then run a few steps per wasm call, reporting progress
   // and yielding to the event loop between calls so that fineTuneCancel gets through.
   fineTuneBegin: ({ pixels, labels, options }) => veil.fineTuneBegin(pixels, labels, options),
-  async fineTune(_args, progress) {
+  fineTune(_args, progress) {
     cancelFineTune = false;
-    let perCall = 1;
-    for (;;) {
-      const t0 = performance.now();
-      const p = await veil.fineTuneRun(perCall);
-      // Aim for about 4 progress reports a second whatever the backend's speed.
-      perCall = Math.max(1, Math.min(50, Math.round(perCall * 250 / Math.max(1, performance.now() - t0))));
-      progress({ done: p.done_steps, total: p.total_steps, what: 'fine-tuning', detail: p });
-      if (p.finished) return p;
-      await new Promise((r) => setTimeout(r, 0));
-      if (cancelFineTune) {
-        veil.fineTuneCancel();
-        throw new Error('fine-tuning cancelled; the flows are as they were');
-      }
-    }
+    return stepped((n) => veil.fineTuneRun(n), () => 'fine-tuning', progress, {
+      cancelled: () => cancelFineTune,
+      cancel: () => veil.fineTuneCancel(),
+      message: 'fine-tuning cancelled; the flows are as they were',
+    });
   },
   fineTuneCancel() { cancelFineTune = true; },
   fineTuneApply: ({ family }) => veil.fineTuneApply(family),

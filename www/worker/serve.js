@@ -39,6 +39,26 @@ export async function chunked(pixels, labels, size, what, progress, step) {
   return out;
 }
 
+// Drives a run the wasm client advances a few steps per call (`step(n)` resolves to its progress,
+// `{done_steps, total_steps, finished}`), sizing the calls for about 4 progress reports a second
+// whatever the backend's speed and yielding between them so that a cancel gets through:
+// `cancelled()` is checked after each call, and then `cancel()` runs and `message` is thrown.
+export async function stepped(step, what, progress, { cancelled, cancel, message }) {
+  let perCall = 1;
+  for (;;) {
+    const t0 = performance.now();
+    const p = await step(perCall);
+    perCall = Math.max(1, Math.min(50, Math.round(perCall * 250 / Math.max(1, performance.now() - t0))));
+    progress({ done: p.done_steps, total: p.total_steps, what: what(p), detail: p });
+    if (p.finished) return p;
+    await new Promise((r) => setTimeout(r, 0));
+    if (cancelled()) {
+      cancel();
+      throw new Error(message);
+    }
+  }
+}
+
 // The operation every worker has: starting the session.
 async function start({ preferGpu }) {
   veil = await Veil.create(preferGpu);
