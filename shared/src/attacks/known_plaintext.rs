@@ -289,7 +289,7 @@ pub fn plaintext_latents(glow: &Glow, pre: Preprocess, x: Tensor<4>) -> Vec<f32>
 /// asynchronously (WebGPU in a browser).
 pub fn plaintext_latent_rows(glow: &Glow, pre: Preprocess, x: Tensor<4>) -> Tensor<2> {
     let (s, _) = pre.to_logit(x, false);
-    Glow::flatten_latents(glow.forward(s).eps)
+    Glow::flatten_latents(glow.encode(s))
 }
 
 /// The ciphertext latents `g(c)` of ciphertexts `c` under decoding flow `glow`: rows of `m`

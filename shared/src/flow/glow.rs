@@ -186,6 +186,11 @@ impl ActNorm {
         (y, logdet)
     }
 
+    /// [`ActNorm::forward`] without the log-determinant.
+    fn transform(&self, x: Tensor<4>) -> Tensor<4> {
+        (x + self.bias.val()) * self.log_scale.val().exp()
+    }
+
     fn inverse(&self, y: Tensor<4>) -> Tensor<4> {
         y * self.log_scale.val().neg().exp() - self.bias.val()
     }
@@ -294,6 +299,11 @@ impl InvConv1x1 {
         (Self::apply(self.weight(), x), logdet)
     }
 
+    /// [`InvConv1x1::forward`] without the log-determinant.
+    fn transform(&self, x: Tensor<4>) -> Tensor<4> {
+        Self::apply(self.weight(), x)
+    }
+
     fn inverse(&self, y: Tensor<4>) -> Tensor<4> {
         Self::apply(self.inverse_weight(), y)
     }
@@ -378,6 +388,20 @@ impl AffineCoupling {
         }
     }
 
+    /// [`AffineCoupling::forward`] without the log-determinant (which costs a logarithm of
+    /// every scale).
+    fn transform(&self, x: Tensor<4>) -> Tensor<4> {
+        let [_, c, _, _] = x.dims();
+        let xa = x.clone().narrow(1, 0, c / 2);
+        let xb = x.narrow(1, c / 2, c - c / 2);
+        let (shift, scale) = self.params(xa.clone());
+        let yb = match scale {
+            None => xb + shift,
+            Some(scale) => (xb + shift) * scale,
+        };
+        Tensor::cat(vec![xa, yb], 1)
+    }
+
     fn forward(&self, x: Tensor<4>) -> (Tensor<4>, Tensor<1>) {
         let [b, c, _, _] = x.dims();
         let xa = x.clone().narrow(1, 0, c / 2);
@@ -428,6 +452,12 @@ impl FlowStep {
         let (x, b) = self.invconv.forward(x);
         let (x, c) = self.coupling.forward(x);
         (x, a + b + c)
+    }
+
+    /// [`FlowStep::forward`] without the log-determinant.
+    fn transform(&self, x: Tensor<4>) -> Tensor<4> {
+        self.coupling
+            .transform(self.invconv.transform(self.actnorm.transform(x)))
     }
 
     fn inverse(&self, y: Tensor<4>) -> Tensor<4> {
@@ -530,15 +560,28 @@ impl Glow {
     fn forward_with_kept(&self, x: Tensor<4>) -> (Vec<Tensor<4>>, Vec<Tensor<4>>, Tensor<1>) {
         let [b, _, _, _] = x.dims();
         let mut logdet = Tensor::zeros([b], &x.device());
+        let (zs, kept) = self.run_levels(x, |step, h| {
+            let (y, ld) = step.forward(h);
+            logdet = logdet.clone() + ld;
+            y
+        });
+        (zs, kept, logdet)
+    }
+
+    /// The levels' split-off `z` (the last level's whole state last) and the kept half of each
+    /// split, with `step` applying each flow step.
+    fn run_levels(
+        &self,
+        x: Tensor<4>,
+        mut step: impl FnMut(&FlowStep, Tensor<4>) -> Tensor<4>,
+    ) -> (Vec<Tensor<4>>, Vec<Tensor<4>>) {
         let mut zs = Vec::with_capacity(self.levels.len());
         let mut kept = Vec::with_capacity(self.levels.len());
         let mut h = x;
         for level in &self.levels {
             h = squeeze(h);
-            for step in &level.steps {
-                let (y, ld) = step.forward(h);
-                h = y;
-                logdet = logdet + ld;
+            for s in &level.steps {
+                h = step(s, h);
             }
             if level.prior.is_some() {
                 let [_, c, _, _] = h.dims();
@@ -548,7 +591,7 @@ impl Glow {
             }
         }
         zs.push(h);
-        (zs, kept, logdet)
+        (zs, kept)
     }
 
     /// The inverse of [`Glow::forward_raw`].
@@ -577,20 +620,44 @@ impl Glow {
         let [b, _, _, _] = x.dims();
         let (zs, kept, logdet) = self.forward_with_kept(x);
         let mut log_prior = Tensor::zeros([b], &logdet.device());
-        let mut eps = Vec::with_capacity(zs.len());
-        for (l, z) in zs.into_iter().enumerate() {
-            let (mean, logs) = match (&self.levels[l].prior, kept.get(l)) {
-                (Some(prior), Some(k)) => mean_logs(prior.forward(k.clone())),
-                _ => self.top(b),
-            };
-            log_prior = log_prior + gaussian_log_prob(z.clone(), mean.clone(), logs.clone());
-            eps.push((z - mean) * logs.neg().exp());
-        }
+        let eps = self.standardise(zs, &kept, |z, mean, logs| {
+            log_prior = log_prior.clone() + gaussian_log_prob(z, mean, logs);
+        });
         FlowOutput {
             eps,
             logdet,
             log_prior,
         }
+    }
+
+    /// The standardised latents ε alone: [`Glow::forward`]'s `eps` (the same values) without
+    /// the log-determinants and log-prior, which encryption and the latent routes would compute
+    /// and discard (a logarithm of every coupling scale and a Gaussian log-density per level).
+    pub fn encode(&self, x: Tensor<4>) -> Vec<Tensor<4>> {
+        let (zs, kept) = self.run_levels(x, |step, h| step.transform(h));
+        self.standardise(zs, &kept, |_, _, _| {})
+    }
+
+    /// `(z − mean)·exp(−logs)` per level, with each level's prior (the top prior for the last);
+    /// `seen` gets each level's `z`, mean and log-scale first.
+    fn standardise(
+        &self,
+        zs: Vec<Tensor<4>>,
+        kept: &[Tensor<4>],
+        mut seen: impl FnMut(Tensor<4>, Tensor<4>, Tensor<4>),
+    ) -> Vec<Tensor<4>> {
+        let [b, _, _, _] = zs[0].dims();
+        zs.into_iter()
+            .enumerate()
+            .map(|(l, z)| {
+                let (mean, logs) = match (&self.levels[l].prior, kept.get(l)) {
+                    (Some(prior), Some(k)) => mean_logs(prior.forward(k.clone())),
+                    _ => self.top(b),
+                };
+                seen(z.clone(), mean.clone(), logs.clone());
+                (z - mean) * logs.neg().exp()
+            })
+            .collect()
     }
 
     /// Runs the flow layer by layer (without autodiff, reading values back) and names the first
@@ -906,6 +973,10 @@ mod tests {
             assert_eq!(out.eps.len(), 2);
             assert_eq!(out.eps[0].dims(), [5, 2, 4, 4]);
             assert_eq!(out.eps[1].dims(), [5, 8, 2, 2]);
+            // `encode` gives the same latents without the log-determinants, to the bit.
+            for (a, b) in glow.encode(x.clone()).into_iter().zip(&out.eps) {
+                assert_eq!(max_abs_diff(a, b.clone()), 0.0, "additive {additive}");
+            }
             let decoded = glow.decode_eps(&out.eps);
             // Logit-space values of order 1 through 6 perturbed steps and back, in f32. (The
             // pixel-unit bound of the encryption round trip is tested where encryption is.)

@@ -309,7 +309,7 @@ pub fn bits_per_dim_with_noise(
 /// Gaussianity probe ([`crate::flow::gaussianity::probe`]) reads.
 pub fn flow_latents(glow: &Glow, pixels: Tensor<4>, pre: Preprocess) -> Tensor<2> {
     let (logit, _) = pre.to_logit(pixels, false);
-    Glow::flatten_latents(glow.forward(logit).eps)
+    Glow::flatten_latents(glow.encode(logit))
 }
 
 /// Mean NLL in bits per dimension of `data` (uniform dequantisation noise from the device's RNG).

@@ -105,7 +105,7 @@ impl FlowEncryptor {
         } else {
             (cover, &self.glow)
         };
-        let flat = Glow::flatten_latents(from.forward(s).eps);
+        let flat = Glow::flatten_latents(from.encode(s));
         let flat = if encrypt {
             self.rotation.rotate_rows(flat)
         } else {
@@ -214,7 +214,7 @@ impl FlowEncryptor {
 pub fn public_latents(glow: &Glow, pre: Preprocess, c: Tensor<4>) -> Tensor<2> {
     let p = c * (1.0 - pre.alpha) + pre.alpha;
     let s = p.clone().log() - (p.neg() + 1.0).log();
-    Glow::flatten_latents(glow.forward(s).eps)
+    Glow::flatten_latents(glow.encode(s))
 }
 
 /// Why an image could not be encrypted ([`FlowEncryptor::encrypt_verified`]).
