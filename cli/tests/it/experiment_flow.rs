@@ -109,6 +109,11 @@ fn quick_flow_experiment_writes_a_consistent_report() {
             "{setting}: {d} vs {ceiling}"
         );
         assert!(get(&r, &["route_d", setting, "enc_orig"]) < 0.3);
+        // With the owner's test-time copies: measured, and the recipe recorded.
+        let copies = get(&r, &["route_d", setting, "enc_enc_copies"]);
+        assert!(copies > ceiling - 0.06, "{setting}: {copies} vs {ceiling}");
+        assert_eq!(get(&r, &["route_d", setting, "train_copies"]), 4.0);
+        assert_eq!(get(&r, &["route_d", setting, "test_copies"]), 8.0);
     }
     let report = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
     assert!(report.contains("## Route (d)") && report.contains("## Encryption"));

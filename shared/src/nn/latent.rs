@@ -26,6 +26,49 @@ pub const NOISE_PER_TAU: f32 = 0.4;
 /// Noisy copies per latent.
 pub const NOISE_COPIES: usize = 4;
 
+/// The owner's side of route (d)'s recipe: besides each training image, the owner encrypts this
+/// many jittered copies of it ([`crate::data::augment::handwriting_jitter`]: small rotations,
+/// shears, stretches and shifts) under the same class-agnostic key, and at test time it sends
+/// [`TEST_COPIES`] jittered copies of each image beside it and averages the factory's
+/// probabilities ([`mean_probabilities`]). Neither needs a label, and the factory cannot jitter
+/// rotated latents itself: only the owner, who holds the images, can. Measured on the digits
+/// (the served class-agnostic flow, unrotated latents, the perceptron with [`NOISE_COPIES`] at
+/// σ = 0.4, 20 epochs, 359 held-out digits, one seed): no copies 97.2 % (test-time copies then
+/// *hurt*: 91.6 %, the model never saw jitter); 4 training copies 97.8 %, with 8 test-time
+/// copies **99.4 %**; 8 training copies and a 1,024-wide perceptron 98.6 % / 99.4 % at nine times
+/// the training time; 4 copies at 10 epochs 97.5 % / 98.3 %.
+pub const OWNER_JITTER_COPIES: usize = 4;
+/// Jittered copies of each test image the owner encrypts beside it (see
+/// [`OWNER_JITTER_COPIES`]): `1 + TEST_COPIES` queries per image.
+pub const TEST_COPIES: usize = 8;
+
+/// The mean of the softmax probabilities of the rows that belong to each of `n` images:
+/// `rows` gives each row's image (in `0..n`) and its `k` logits, in any order and any number per
+/// image. An image without a row gets all zeros (the caller counts it as unread).
+pub fn mean_probabilities<'a>(
+    rows: impl IntoIterator<Item = (usize, &'a [f32])>,
+    n: usize,
+    k: usize,
+) -> Vec<f32> {
+    let mut sum = vec![0.0f32; n * k];
+    let mut count = vec![0usize; n];
+    for (i, logits) in rows {
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let exp: Vec<f32> = logits.iter().map(|l| (l - max).exp()).collect();
+        let total: f32 = exp.iter().sum();
+        for (s, e) in sum[i * k..(i + 1) * k].iter_mut().zip(&exp) {
+            *s += e / total;
+        }
+        count[i] += 1;
+    }
+    for (row, c) in sum.chunks_exact_mut(k).zip(&count) {
+        if *c > 0 {
+            row.iter_mut().for_each(|v| *v /= *c as f32);
+        }
+    }
+    sum
+}
+
 /// `data` (feature vectors) followed by `copies` copies with isotropic Gaussian noise of
 /// standard deviation `sigma` added, reproducible from `seed`. Isotropic noise commutes with
 /// every rotation (`A·z + n` has the law of `A·(z + n)`), so a factory can augment rotated
@@ -99,6 +142,20 @@ impl Classifier for LatentMlp {
 mod tests {
     use super::*;
     use crate::data::ImageShape;
+
+    #[test]
+    fn mean_probabilities_average_each_images_rows() {
+        let rows: [(usize, &[f32]); 3] = [
+            (1, &[0.0, 0.0]),
+            (0, &[2.0f32.ln(), 0.0]),
+            (1, &[0.0, 3.0f32.ln()]),
+        ];
+        let p = mean_probabilities(rows, 3, 2);
+        let want = [2.0 / 3.0, 1.0 / 3.0, 0.375, 0.625, 0.0, 0.0];
+        for (got, want) in p.iter().zip(want) {
+            assert!((got - want).abs() < 1e-6, "{p:?}");
+        }
+    }
 
     #[test]
     fn noisy_copies_keep_labels_and_have_the_asked_spread() {

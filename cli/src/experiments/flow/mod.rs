@@ -19,12 +19,16 @@ use veil::burn;
 use veil::crypto::keys::MasterKey;
 use veil::data::ImageDataset;
 use veil::data::ImageShape;
+use veil::data::augment::handwriting_jitter;
 use veil::flow::gaussianity::{GaussianityReport, probe};
 use veil::flow::glow::{Glow, GlowConfig, Preprocess};
 use veil::flow::train::{
     FlowTrainOptions, evaluate_bits_per_dim, flow_latents, train_flow_resumable,
 };
-use veil::nn::latent::{LatentMlpConfig, NOISE_COPIES, NOISE_PER_TAU, with_isotropic_noise};
+use veil::nn::latent::{
+    LatentMlpConfig, NOISE_COPIES, NOISE_PER_TAU, OWNER_JITTER_COPIES, TEST_COPIES,
+    mean_probabilities, with_isotropic_noise,
+};
 use veil::nn::model::{Classifier, SmallCnnConfig};
 use veil::nn::resnet::SmallResNetConfig;
 use veil::nn::train::{Control, TrainOptions, accuracy, argmax_rows, predict_logits};
@@ -574,11 +578,11 @@ pub fn run(args: FlowArgs) -> Result<()> {
     }
     let latent_orig = latent_baseline(&s, &agnostic, args.common.seed)?;
     let mut route_d = BTreeMap::new();
-    for (name, ct, tau) in [
-        ("algorithm_1", &paper_ct, 1.0),
-        ("veil", &veil_ct, args.temperature),
+    for (name, enc, ct) in [
+        ("algorithm_1", &paper, &paper_ct),
+        ("veil", &veil, &veil_ct),
     ] {
-        let row = latent_route(&s, &agnostic, ct, tau, latent_orig, args.common.seed, name)?;
+        let row = latent_route(&s, &agnostic, enc, ct, latent_orig, args.common.seed, name)?;
         eprintln!("route (d), {name}: {row:?}");
         route_d.insert(name.to_owned(), row);
     }
@@ -869,24 +873,28 @@ fn fit_latent<M: Classifier>(model: M, s: &Setup, data: &ImageDataset, label: &s
     fit_with(model, options, data, label)
 }
 
-/// Route (d) for one setting's class-agnostic ciphertexts (see [`LatentRoute`]); `originals`
-/// are the perceptron's results on the original latents, shared by both settings.
+/// Route (d) for one setting's class-agnostic ciphertexts (see [`LatentRoute`]), with the
+/// owner's jittered copies ([`OWNER_JITTER_COPIES`] per training image, [`TEST_COPIES`] per
+/// test image) encrypted under the same key; `ceiling` is the perceptron's results on the
+/// original latents, shared by both settings.
 fn latent_route(
     s: &Setup,
     agnostic: &Glow,
+    enc: &Encryptors,
     ct: &Ciphertexts,
-    ct_temperature: f32,
-    orig_orig: f64,
+    ceiling: (f64, f64),
     seed: u64,
     what: &str,
 ) -> Result<LatentRoute> {
     let device = Device::flex().autodiff();
     device.seed(seed);
     let mlp = LatentMlpConfig::new(s.train.shape.len(), s.train.num_classes()).init(&device);
+    let encrypt = |d: &ImageDataset| encrypt_all(d, |_| enc.agnostic.clone(), Some(0));
+    let train_ct = encrypt(&jittered(s, &s.train, OWNER_JITTER_COPIES, seed + 1));
     let train = with_isotropic_noise(
-        &latent_features(agnostic, s.pre, &ct.train_b.data, true),
+        &latent_features(agnostic, s.pre, &train_ct.data, true),
         NOISE_COPIES,
-        NOISE_PER_TAU * ct_temperature,
+        NOISE_PER_TAU * enc.settings.temperature,
         seed,
     );
     let on_enc = fit_latent(
@@ -896,35 +904,92 @@ fn latent_route(
         &format!("latent perceptron on g(c), {what}"),
     )?;
     let flex = Device::flex();
+    let test_ct = encrypt(&jittered(s, &s.test, TEST_COPIES, seed + 2));
+    let origin: Vec<usize> = test_ct.kept.iter().map(|i| i % s.test.len()).collect();
     Ok(LatentRoute {
-        orig_orig,
+        orig_orig: ceiling.0,
+        orig_orig_copies: Some(ceiling.1),
         enc_enc: f64::from(accuracy(
             &on_enc,
             &latent_features(agnostic, s.pre, &ct.test_b.data, true),
             &flex,
+        )),
+        enc_enc_copies: Some(accuracy_over_copies(
+            &on_enc,
+            &latent_features(agnostic, s.pre, &test_ct.data, true),
+            &origin,
+            &s.test.labels,
+            &ct.test_b.kept,
         )),
         enc_orig: f64::from(accuracy(
             &on_enc,
             &latent_features(agnostic, s.pre, &s.test, false),
             &flex,
         )),
+        train_copies: OWNER_JITTER_COPIES,
+        test_copies: TEST_COPIES,
     })
 }
 
-/// The latent perceptron trained and tested on the original images' latents `g(s)`.
-fn latent_baseline(s: &Setup, agnostic: &Glow, seed: u64) -> Result<f64> {
+/// `data` followed by `copies` jittered copies of each image (row `j` is a copy of image
+/// `j % data.len()`): route (d)'s owner-side augmentation, reproducible from `seed`.
+fn jittered(s: &Setup, data: &ImageDataset, copies: usize, seed: u64) -> ImageDataset {
+    handwriting_jitter(data, copies, s.pre.bins, seed)
+}
+
+/// The accuracy on the images `among` when each is read by the mean probability of its rows in
+/// `features` (`origin[r]` is row `r`'s image; `labels` are the images' labels).
+fn accuracy_over_copies<M: Classifier>(
+    model: &M,
+    features: &ImageDataset,
+    origin: &[usize],
+    labels: &[u32],
+    among: &[usize],
+) -> f64 {
+    let k = features.num_classes();
+    let logits = predict_logits(model, features, &Device::flex());
+    let probs = mean_probabilities(
+        origin.iter().copied().zip(logits.chunks_exact(k)),
+        labels.len(),
+        k,
+    );
+    let predicted = argmax_rows(&probs, k);
+    let hits = among.iter().filter(|&&i| predicted[i] == labels[i]).count();
+    hits as f64 / among.len().max(1) as f64
+}
+
+/// The latent perceptron trained and tested on the original images' latents `g(s)`, with the
+/// same jittered copies as route (d): its accuracy on one latent per image, and with the
+/// test-time copies.
+fn latent_baseline(s: &Setup, agnostic: &Glow, seed: u64) -> Result<(f64, f64)> {
     let device = Device::flex().autodiff();
     device.seed(seed);
     let mlp = LatentMlpConfig::new(s.train.shape.len(), s.train.num_classes()).init(&device);
     let train = with_isotropic_noise(
-        &latent_features(agnostic, s.pre, &s.train, false),
+        &latent_features(
+            agnostic,
+            s.pre,
+            &jittered(s, &s.train, OWNER_JITTER_COPIES, seed + 1),
+            false,
+        ),
         NOISE_COPIES,
         NOISE_PER_TAU,
         seed,
     );
     let on_orig = fit_latent(mlp, s, &train, "latent perceptron on g(s)")?;
     let test = latent_features(agnostic, s.pre, &s.test, false);
-    Ok(f64::from(accuracy(&on_orig, &test, &Device::flex())))
+    let copies = latent_features(
+        agnostic,
+        s.pre,
+        &jittered(s, &s.test, TEST_COPIES, seed + 2),
+        false,
+    );
+    let origin: Vec<usize> = (0..copies.len()).map(|i| i % s.test.len()).collect();
+    let all: Vec<usize> = (0..s.test.len()).collect();
+    Ok((
+        f64::from(accuracy(&on_orig, &test, &Device::flex())),
+        accuracy_over_copies(&on_orig, &copies, &origin, &s.test.labels, &all),
+    ))
 }
 
 /// The cover-class attack: a factory that owns a classifier of the domain (`public`, trained on

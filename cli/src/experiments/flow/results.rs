@@ -50,16 +50,30 @@ pub struct FlowResults {
 
 /// Route (d) of one setting: the factory maps each class-agnostic ciphertext through the public
 /// flow, `g(c) = τ·A·g(s)`, and trains a perceptron on those vectors. No label is needed at
-/// test time.
+/// test time. The owner encrypts `train_copies` jittered copies of each training image beside
+/// it, and (for `*_copies`) `test_copies` jittered copies of each test image, whose
+/// probabilities are averaged (`veil::nn::latent::OWNER_JITTER_COPIES`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LatentRoute {
     /// The same perceptron trained and tested on the latents `g(s)` of the original images: the
     /// ceiling of route (d).
     pub orig_orig: f64,
-    /// Trained and tested on `g(c)` of ciphertexts (route d).
+    /// The ceiling with the test-time copies (absent in runs before the copies).
+    #[serde(default)]
+    pub orig_orig_copies: Option<f64>,
+    /// Trained and tested on `g(c)` of ciphertexts (route d), one query per test image.
     pub enc_enc: f64,
+    /// Route (d) with the test-time copies: `1 + test_copies` queries per test image.
+    #[serde(default)]
+    pub enc_enc_copies: Option<f64>,
     /// Trained on `g(c)`, tested on `g(s)` of originals (specificity: low is good).
     pub enc_orig: f64,
+    /// Jittered copies of each training image the owner encrypted (0 before the copies).
+    #[serde(default)]
+    pub train_copies: usize,
+    /// Jittered copies of each test image for `*_copies`.
+    #[serde(default)]
+    pub test_copies: usize,
 }
 
 /// Verified encryption of the four sets of one setting.
@@ -287,17 +301,26 @@ pub(super) fn report(r: &FlowResults) -> String {
             .filter(|row| !baseline_failed(row.orig_orig, r.classes, r.test_images))
             .map(|row| row.enc_enc_true_class)
             .fold(f64::NAN, f64::max);
-        s += "## Route (d): label-free, a perceptron on the public flow's latents\n\nThe factory maps each class-agnostic (route b) ciphertext through the public flow g: g(c) = τ·A·g(s), the image's latent rotated by the owner's secret A. A perceptron trained on these vectors needs no label at test time; a fixed rotation costs its first layer nothing. What the factory sees is what g(c) shows to anyone who holds g: the latents' norms and pairwise inner products.\n\n| Setting | perceptron on g(s), originals | on g(c), route (d) | trained on g(c), tested on g(s) | route (d) − best route (a) |\n|---|---|---|---|---|\n";
+        s += "## Route (d): label-free, a perceptron on the public flow's latents\n\nThe factory maps each class-agnostic (route b) ciphertext through the public flow g: g(c) = τ·A·g(s), the image's latent rotated by the owner's secret A. A perceptron trained on these vectors needs no label at test time; a fixed rotation costs its first layer nothing. What the factory sees is what g(c) shows to anyone who holds g: the latents' norms and pairwise inner products. The owner encrypts jittered copies of each training image beside it (the factory cannot jitter rotated latents), and with test-time copies sends jittered copies of each test image and averages the probabilities: no label either way.\n\n| Setting | perceptron on g(s), originals (with copies) | route (d), one query | route (d) with test-time copies | trained on g(c), tested on g(s) | route (d) − best route (a): one query / with copies |\n|---|---|---|---|---|---|\n";
         for (setting, d) in &r.route_d {
             s += &format!(
-                "| {setting} | {} | {} | {} | {} |\n",
+                "| {setting} | {} ({}) | {} | {} | {} | {} |\n",
                 pct(Some(d.orig_orig)),
+                pct(d.orig_orig_copies),
                 pct(Some(d.enc_enc)),
+                match d.enc_enc_copies {
+                    Some(v) => format!("{} ({} copies)", pct(Some(v)), d.test_copies),
+                    None => "—".to_owned(),
+                },
                 pct(Some(d.enc_orig)),
                 if best_a.is_nan() {
                     "— (baselines failed)".to_owned()
                 } else {
-                    format!("{:+.1} points", 100.0 * (d.enc_enc - best_a))
+                    let gap = |v: f64| format!("{:+.1}", 100.0 * (v - best_a));
+                    match d.enc_enc_copies {
+                        Some(v) => format!("{} / {} points", gap(d.enc_enc), gap(v)),
+                        None => format!("{} points", gap(d.enc_enc)),
+                    }
                 }
             );
         }
