@@ -8,8 +8,9 @@ use anyhow::Result;
 use crate::{build_wasm, cargo, run, tools};
 
 /// `cargo xtask bench [--peers]`. With `--peers`, also the references a user would pick
-/// instead, measured in the same run: numpy from PyPI, in a virtual environment made under
-/// `target/bench-venv` (never needed by the tests).
+/// instead, measured in the same run: numpy and PyTorch (CPU) from PyPI, in a virtual
+/// environment made under `target/bench-venv` (never needed by the tests; PyPI's Linux torch
+/// wheel brings its CUDA libraries, several GB, which the CPU reference does not use).
 pub fn run_bench(root: &Path, args: &[String]) -> Result<()> {
     let peers = args.iter().any(|a| a == "--peers");
     tools::ensure_chromium()?;
@@ -42,12 +43,19 @@ fn bench_venv(root: &Path) -> Result<std::path::PathBuf> {
             .args(["-m", "venv"])
             .arg(&venv))?;
     }
-    let has_numpy = std::process::Command::new(&python)
-        .args(["-c", "import numpy"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !has_numpy {
-        run(std::process::Command::new(&python).args(["-m", "pip", "install", "--quiet", "numpy"]))?;
+    for package in ["numpy", "torch"] {
+        let has = std::process::Command::new(&python)
+            .args(["-c", &format!("import {package}")])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !has {
+            eprintln!(
+                "bench: installing {package} from PyPI into {}",
+                venv.display()
+            );
+            run(std::process::Command::new(&python)
+                .args(["-m", "pip", "install", "--quiet", package]))?;
+        }
     }
     Ok(python)
 }

@@ -21,7 +21,7 @@ fn usage() -> ! {
            serve [--fast] [-- <veil serve args>]  build the wasm client (size-optimised; --fast: plain release)\n                                          and run the server at http://127.0.0.1:8080/\n  \
            test                                   every check: fmt, clippy (native and wasm32), ESLint on www/,\n                                          native tests, wasm tests and end-to-end tests in headless Chromium\n  \
            eslint                                 ESLint on www/ alone (undefined and unused names)\n  \
-           bench [--peers]                        measure, and write docs/BENCHMARKS.md and docs/benchmarks.json\n                                          (--peers: also numpy's QR key, from PyPI in target/bench-venv)\n  \
+           bench [--peers]                        measure, and write docs/BENCHMARKS.md and docs/benchmarks.json\n                                          (--peers: also numpy's QR key and PyTorch's Glow encryption, from PyPI in target/bench-venv)\n  \
            cold-test                              time `cargo xtask test` on a fresh clone (docs/cold-test.json)\n  \
            fuzz [--seconds N]                     fuzz the dataset container decoder with cargo-fuzz (nightly;\n                                          default 120 s); new inputs join fuzz/corpus/, which `test` replays"
     );

@@ -8,6 +8,7 @@
 use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
+use veil::burn::module::Module;
 
 use anyhow::{Context, Result};
 use fantoccini::Locator;
@@ -37,7 +38,7 @@ fn main() -> Result<()> {
         return write_results(&root, &results);
     }
     // `--only a,b`: re-measure these sections (names as in benchmarks.json: native, peers,
-    // flow_rotation, leakage, owsd, adversarial, rtas, factory, load_and_faults, browser; or
+    // torch_glow (PyTorch's Glow, with `--peers`), flow_rotation, leakage, owsd, adversarial, rtas, factory, load_and_faults, browser; or
     // browser-cpu, the page's CPU figures only) and keep the rest of the last run.
     let only: Option<Vec<String>> = std::env::args()
         .skip_while(|a| a != "--only")
@@ -60,6 +61,7 @@ fn main() -> Result<()> {
             results[section] = match name.as_str() {
                 "native" => native()?,
                 "peers" => peers()?,
+                "torch_glow" => torch_glow()?,
                 "flow_rotation" => flow_rotation()?,
                 "leakage" => leakage(),
                 "owsd" => owsd()?,
@@ -104,7 +106,8 @@ fn main() -> Result<()> {
                 .collect::<Vec<_>>(),
         );
         results["partial_rerun"] = json!(parts);
-        results["machine"] = machine();
+        // `machine` stays the full run's: the sections not re-measured were measured there.
+        results["partial_machine"] = machine();
         results["cold_xtask_test"] = cold_test_record(&root);
         return write_results(&root, &results);
     }
@@ -114,6 +117,7 @@ fn main() -> Result<()> {
     results["peers"] = peers()?;
     eprintln!("native: flow rotation…");
     results["flow_rotation"] = flow_rotation()?;
+    results["torch_glow"] = torch_glow()?;
     eprintln!("native: gradient leakage…");
     results["leakage"] = leakage();
     eprintln!("native: OWSD scrambling…");
@@ -218,6 +222,40 @@ print(json.dumps({"numpy": np.__version__, "cpus": os.cpu_count(), "numpy_qr_307
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// PyTorch's flow-rotation encryption of the same Glow (`tests/bench/torch_glow.py`) at
+/// 1×28×28 and 3×32×32, with its parameter count checked against Veil's for each shape: a
+/// reference of another size would make the ratio meaningless, so a mismatch fails the run.
+fn torch_glow() -> Result<Value> {
+    let Ok(python) = std::env::var("VEIL_BENCH_PYTHON") else {
+        return Ok(Value::Null);
+    };
+    eprintln!("peers: PyTorch Glow encryption at 1×28×28 and 3×32×32…");
+    let shapes: Vec<[usize; 2]> = FLOW_BENCH_SHAPES[1..]
+        .iter()
+        .map(|&(c, s)| [c, s])
+        .collect();
+    let out = std::process::Command::new(&python)
+        .args(["-c", include_str!("../../bench/torch_glow.py")])
+        .arg(serde_json::to_string(&shapes)?)
+        .output()
+        .with_context(|| format!("running {python}"))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "the PyTorch reference failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let torch: Value = serde_json::from_slice(&out.stdout)?;
+    for [c, side] in shapes {
+        let ours = flow_bench_glow(c, side).init(&Device::flex()).num_params();
+        let theirs = torch[format!("params_{c}x{side}x{side}")].as_u64();
+        anyhow::ensure!(
+            theirs == Some(ours as u64),
+            "PyTorch's Glow at {c}×{side}×{side} has {theirs:?} parameters, Veil's {ours}: not the same flow"
+        );
+    }
+    Ok(torch)
 }
 
 fn native() -> Result<Value> {
@@ -525,6 +563,17 @@ fn leakage() -> Value {
     out
 }
 
+/// The image shapes (channels, side) of the flow-encryption figures; PyTorch's reference
+/// (`--peers`) runs the same Glow at the last two.
+const FLOW_BENCH_SHAPES: [(usize, usize); 3] = [(1, 16), (1, 28), (3, 32)];
+
+/// The Glow of the flow-encryption figures: 2 levels, 4 steps, 48 hidden channels.
+fn flow_bench_glow(channels: usize, side: usize) -> veil::flow::glow::GlowConfig {
+    veil::flow::glow::GlowConfig::new(channels, side, side)
+        .with_steps(4)
+        .with_hidden(48)
+}
+
 fn flow_rotation() -> Result<Value> {
     use veil::burn::tensor::Distribution;
     use veil::flow::glow::{GlowConfig, Preprocess};
@@ -533,8 +582,8 @@ fn flow_rotation() -> Result<Value> {
     let device = Device::flex();
     let key = veil::crypto::testvectors::test_key();
     let mut out = json!({});
-    for (c, side) in [(1usize, 16usize), (3, 32)] {
-        let config = GlowConfig::new(c, side, side).with_steps(4).with_hidden(48);
+    for (c, side) in FLOW_BENCH_SHAPES {
+        let config = flow_bench_glow(c, side);
         let x = veil::burn::tensor::Tensor::<4>::random(
             [128, c, side, side],
             Distribution::Uniform(0.0, 1.0),
@@ -556,14 +605,21 @@ fn flow_rotation() -> Result<Value> {
                 &device,
             );
             let _ = enc.encrypt(x.clone()).into_data();
+            // The best of 3 rounds of 3 batches (PyTorch's reference is timed alike).
             let reps = 3;
-            let t = Instant::now();
-            for _ in 0..reps {
-                let _ = enc.encrypt(x.clone()).into_data();
-            }
+            let seconds = (0..3)
+                .map(|_| {
+                    let t = Instant::now();
+                    for _ in 0..reps {
+                        let _ = enc.encrypt(x.clone()).into_data();
+                    }
+                    t.elapsed().as_secs_f64()
+                })
+                .fold(f64::INFINITY, f64::min);
             out[format!("encrypt_{c}x{side}x{side}{suffix}_images_per_s")] =
-                json!((128 * reps) as f64 / t.elapsed().as_secs_f64());
+                json!((128 * reps) as f64 / seconds);
         }
+        out[format!("params_{c}x{side}x{side}")] = json!(glow.num_params());
     }
     let data = digits();
     let (train, _) = data.split(0.2, 7);
@@ -951,9 +1007,22 @@ fn markdown(r: &Value) -> String {
     );
     if let Some(parts) = r["partial_rerun"].as_array() {
         let names: Vec<&str> = parts.iter().filter_map(Value::as_str).collect();
+        let pm = &r["partial_machine"];
+        let on = if pm.is_object() {
+            format!(
+                "on {} ({} cores), {} GiB, {}",
+                pm["cpu"].as_str().unwrap_or("?"),
+                pm["cores"],
+                pm["memory_gib"],
+                pm["os"].as_str().unwrap_or("?")
+            )
+        } else {
+            "on the machine above".to_owned()
+        };
         s += &format!(
-            "Re-measured in a later partial run (`cargo xtask bench --only {}`) on the machine above: {}; \
-             the other sections come from the last full run.\n\n",
+            "Re-measured in later partial runs (`cargo xtask bench --only {}`), the last {on}: {}; \
+             the other sections come from the last full run, on the machine above. A ratio is \
+             only measured in one run where both its figures are in the same group.\n\n",
             names.join(","),
             names.join(", ")
         );
@@ -1072,14 +1141,38 @@ fn markdown(r: &Value) -> String {
     let fr = &r["flow_rotation"];
     s += "## Flow rotation (native, flex CPU)\n\n| What | Figure |\n|---|---|\n";
     s += &format!(
-        "| Encryption, 16×16×1 images (2-level, 4-step Glow, 48 hidden, batch 128; Householder key, formed as a 256² matrix) | {} |\n| Same, QR key (a dense 256² matrix) | {} |\n| Encryption, 32×32×3 images (same flow; Householder key, 48 WY blocks) | {} |\n| Same, QR key (a dense 3072² matrix) | {} |\n| Flow training, one epoch of the {} digits training images (8×8, batch 32) | {} |\n\n",
+        "| Encryption, 16×16×1 images (2-level, 4-step Glow, 48 hidden, batch 128; Householder key, formed as a 256² matrix) | {} |\n| Same, QR key (a dense 256² matrix) | {} |\n| Encryption, 28×28×1 images (same flow; Householder key, 13 WY blocks) | {} |\n| Same, QR key (a dense 784² matrix) | {} |\n| Encryption, 32×32×3 images (same flow; Householder key, 48 WY blocks) | {} |\n| Same, QR key (a dense 3072² matrix) | {} |\n| Flow training, one epoch of the {} digits training images (8×8, batch 32) | {} |\n\n",
         ips(f(&fr["encrypt_1x16x16_images_per_s"])),
         ips(f(&fr["encrypt_1x16x16_qr_images_per_s"])),
+        ips(f(&fr["encrypt_1x28x28_images_per_s"])),
+        ips(f(&fr["encrypt_1x28x28_qr_images_per_s"])),
         ips(f(&fr["encrypt_3x32x32_images_per_s"])),
         ips(f(&fr["encrypt_3x32x32_qr_images_per_s"])),
         fr["flow_train_images"],
         f(&fr["flow_train_epoch_digits_s"]).map_or("—".into(), |x| format!("{x:.2} s")),
     );
+    let torch = &r["torch_glow"];
+    if torch.is_object() {
+        s += &format!(
+            "### Against PyTorch, measured in the same run\n\nThe same Glow in PyTorch {} (`tests/bench/torch_glow.py`: the same layers and parameter count, checked by the bench; eval mode, no autograd, {} threads on {} CPUs; the rotation a dense matrix formed once), the same batch of 128 random 8-bit images.\n\n| Images | Parameters (Veil = PyTorch) | Veil | PyTorch | Veil ÷ PyTorch |\n|---|---|---|---|---|\n",
+            torch["torch"].as_str().unwrap_or("?"),
+            torch["threads"],
+            torch["cpus"],
+        );
+        for shape in ["1x28x28", "3x32x32"] {
+            let ours = f(&fr[format!("encrypt_{shape}_images_per_s")]);
+            let theirs = f(&torch[format!("encrypt_{shape}_images_per_s")]);
+            s += &format!(
+                "| {} | {} | {} | {} | {} |\n",
+                shape.replace('x', "×"),
+                torch[format!("params_{shape}")],
+                ips(ours),
+                ips(theirs),
+                ratio(ours, theirs),
+            );
+        }
+        s += "\n";
+    }
     let ow = &r["owsd"];
     s += &format!(
         "## OWSD scrambling (native, flex CPU, batch 256)\n\n| What | Figure |\n|---|---|\n| Scramble 64-d embeddings to 1×8×8 | {} |\n| Scramble 64-d embeddings to 3×32×32 | {} |\n\n",
