@@ -388,53 +388,45 @@ impl AffineCoupling {
         }
     }
 
-    /// [`AffineCoupling::forward`] without the log-determinant (which costs a logarithm of
-    /// every scale).
-    fn transform(&self, x: Tensor<4>) -> Tensor<4> {
+    /// The coupling applied forwards or backwards: `x_b` (or `y_b`) moved by the functions of
+    /// the first half, which passes unchanged. Also returns the scale (`None` if additive).
+    fn couple(&self, x: Tensor<4>, inverse: bool) -> (Tensor<4>, Option<Tensor<4>>) {
         let [_, c, _, _] = x.dims();
         let xa = x.clone().narrow(1, 0, c / 2);
         let xb = x.narrow(1, c / 2, c - c / 2);
         let (shift, scale) = self.params(xa.clone());
-        let yb = match scale {
-            None => xb + shift,
-            Some(scale) => (xb + shift) * scale,
+        let yb = match (&scale, inverse) {
+            (None, false) => xb + shift,
+            (None, true) => xb - shift,
+            (Some(scale), false) => (xb + shift) * scale.clone(),
+            (Some(scale), true) => xb / scale.clone() - shift,
         };
-        Tensor::cat(vec![xa, yb], 1)
+        (Tensor::cat(vec![xa, yb], 1), scale)
+    }
+
+    /// [`AffineCoupling::forward`] without the log-determinant (which costs a logarithm of
+    /// every scale).
+    fn transform(&self, x: Tensor<4>) -> Tensor<4> {
+        self.couple(x, false).0
     }
 
     fn forward(&self, x: Tensor<4>) -> (Tensor<4>, Tensor<1>) {
-        let [b, c, _, _] = x.dims();
-        let xa = x.clone().narrow(1, 0, c / 2);
-        let xb = x.narrow(1, c / 2, c - c / 2);
-        let (shift, scale) = self.params(xa.clone());
-        let device = xb.device();
-        match scale {
-            None => (
-                Tensor::cat(vec![xa, xb + shift], 1),
-                Tensor::zeros([b], &device),
-            ),
-            Some(scale) => {
-                let logdet = scale
-                    .clone()
-                    .log()
-                    .flatten::<2>(1, 3)
-                    .sum_dim(1)
-                    .squeeze_dim::<1>(1);
-                (Tensor::cat(vec![xa, (xb + shift) * scale], 1), logdet)
-            }
-        }
+        let [b, _, _, _] = x.dims();
+        let device = x.device();
+        let (y, scale) = self.couple(x, false);
+        let logdet = match scale {
+            None => Tensor::zeros([b], &device),
+            Some(scale) => scale
+                .log()
+                .flatten::<2>(1, 3)
+                .sum_dim(1)
+                .squeeze_dim::<1>(1),
+        };
+        (y, logdet)
     }
 
     fn inverse(&self, y: Tensor<4>) -> Tensor<4> {
-        let [_, c, _, _] = y.dims();
-        let ya = y.clone().narrow(1, 0, c / 2);
-        let yb = y.narrow(1, c / 2, c - c / 2);
-        let (shift, scale) = self.params(ya.clone());
-        let xb = match scale {
-            None => yb - shift,
-            Some(scale) => yb / scale - shift,
-        };
-        Tensor::cat(vec![ya, xb], 1)
+        self.couple(y, true).0
     }
 }
 
