@@ -212,13 +212,21 @@ for _ in range(2):
     best = dt if best is None else min(best, dt)
 print(json.dumps({"numpy": np.__version__, "cpus": os.cpu_count(), "numpy_qr_3072_ms": best * 1000}))
 "#;
-    let out = std::process::Command::new(&python)
-        .args(["-c", script])
+    python_json(&python, script, &[], "numpy")
+}
+
+/// Runs a Python `script` with `args` and reads the JSON object it prints; `what` names the
+/// reference in the error when it fails.
+fn python_json(python: &str, script: &str, args: &[String], what: &str) -> Result<Value> {
+    let out = std::process::Command::new(python)
+        .arg("-c")
+        .arg(script)
+        .args(args)
         .output()
         .with_context(|| format!("running {python}"))?;
     anyhow::ensure!(
         out.status.success(),
-        "the numpy reference failed: {}",
+        "the {what} reference failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(serde_json::from_slice(&out.stdout)?)
@@ -236,17 +244,12 @@ fn torch_glow() -> Result<Value> {
         .iter()
         .map(|&(c, s)| [c, s])
         .collect();
-    let out = std::process::Command::new(&python)
-        .args(["-c", include_str!("../../bench/torch_glow.py")])
-        .arg(serde_json::to_string(&shapes)?)
-        .output()
-        .with_context(|| format!("running {python}"))?;
-    anyhow::ensure!(
-        out.status.success(),
-        "the PyTorch reference failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let torch: Value = serde_json::from_slice(&out.stdout)?;
+    let torch = python_json(
+        &python,
+        include_str!("../../bench/torch_glow.py"),
+        &[serde_json::to_string(&shapes)?],
+        "PyTorch",
+    )?;
     for [c, side] in shapes {
         let ours = flow_bench_glow(c, side).init(&Device::flex()).num_params();
         let theirs = torch[format!("params_{c}x{side}x{side}")].as_u64();
