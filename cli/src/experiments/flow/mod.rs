@@ -905,6 +905,15 @@ fn latent_route(
     )?;
     let flex = Device::flex();
     let test_ct = encrypt(&jittered(s, &s.test, TEST_COPIES, seed + 2));
+    for (set, e) in [("training", &train_ct), ("test", &test_ct)] {
+        if !e.failures.is_empty() {
+            eprintln!(
+                "route (d), {what}: {} of {} {set} images and their jittered copies cannot be encrypted and are left out of route (d)",
+                e.failures.len(),
+                e.of()
+            );
+        }
+    }
     let origin: Vec<usize> = test_ct.kept.iter().map(|i| i % s.test.len()).collect();
     Ok(LatentRoute {
         orig_orig: ceiling.0,
