@@ -576,13 +576,18 @@ pub fn run(args: FlowArgs) -> Result<()> {
         table1.insert(arch.into(), row);
         table1_veil.insert(arch.into(), row_veil);
     }
-    let latent_orig = latent_baseline(&s, &agnostic, args.common.seed)?;
+    // Route (d)'s jittered copies, made once for the ceiling and both settings.
+    let copies = Copies {
+        train: jittered(&s, &s.train, OWNER_JITTER_COPIES, args.common.seed + 1),
+        test: jittered(&s, &s.test, TEST_COPIES, args.common.seed + 2),
+    };
+    let latent_orig = latent_baseline(&s, &agnostic, &copies, args.common.seed)?;
     let mut route_d = BTreeMap::new();
     for (name, enc, ct) in [
         ("algorithm_1", &paper, &paper_ct),
         ("veil", &veil, &veil_ct),
     ] {
-        let row = latent_route(&s, &agnostic, enc, ct, latent_orig, args.common.seed, name)?;
+        let row = latent_route(&s, &agnostic, enc, ct, &copies, latent_orig, name)?;
         eprintln!("route (d), {name}: {row:?}");
         route_d.insert(name.to_owned(), row);
     }
@@ -882,15 +887,16 @@ fn latent_route(
     agnostic: &Glow,
     enc: &Encryptors,
     ct: &Ciphertexts,
+    copies: &Copies,
     ceiling: (f64, f64),
-    seed: u64,
     what: &str,
 ) -> Result<LatentRoute> {
+    let seed = s.clf_options.seed;
     let device = Device::flex().autodiff();
     device.seed(seed);
     let mlp = LatentMlpConfig::new(s.train.shape.len(), s.train.num_classes()).init(&device);
     let encrypt = |d: &ImageDataset| encrypt_all(d, |_| enc.agnostic.clone(), Some(0));
-    let train_ct = encrypt(&jittered(s, &s.train, OWNER_JITTER_COPIES, seed + 1));
+    let train_ct = encrypt(&copies.train);
     let train = with_isotropic_noise(
         &latent_features(agnostic, s.pre, &train_ct.data, true),
         NOISE_COPIES,
@@ -904,7 +910,7 @@ fn latent_route(
         &format!("latent perceptron on g(c), {what}"),
     )?;
     let flex = Device::flex();
-    let test_ct = encrypt(&jittered(s, &s.test, TEST_COPIES, seed + 2));
+    let test_ct = encrypt(&copies.test);
     for (set, e) in [("training", &train_ct), ("test", &test_ct)] {
         if !e.failures.is_empty() {
             eprintln!(
@@ -940,6 +946,12 @@ fn latent_route(
     })
 }
 
+/// Route (d)'s owner-side copies: each set followed by its jittered copies ([`jittered`]).
+struct Copies {
+    train: ImageDataset,
+    test: ImageDataset,
+}
+
 /// `data` followed by `copies` jittered copies of each image (row `j` is a copy of image
 /// `j % data.len()`): route (d)'s owner-side augmentation, reproducible from `seed`.
 fn jittered(s: &Setup, data: &ImageDataset, copies: usize, seed: u64) -> ImageDataset {
@@ -970,34 +982,24 @@ fn accuracy_over_copies<M: Classifier>(
 /// The latent perceptron trained and tested on the original images' latents `g(s)`, with the
 /// same jittered copies as route (d): its accuracy on one latent per image, and with the
 /// test-time copies.
-fn latent_baseline(s: &Setup, agnostic: &Glow, seed: u64) -> Result<(f64, f64)> {
+fn latent_baseline(s: &Setup, agnostic: &Glow, copies: &Copies, seed: u64) -> Result<(f64, f64)> {
     let device = Device::flex().autodiff();
     device.seed(seed);
     let mlp = LatentMlpConfig::new(s.train.shape.len(), s.train.num_classes()).init(&device);
     let train = with_isotropic_noise(
-        &latent_features(
-            agnostic,
-            s.pre,
-            &jittered(s, &s.train, OWNER_JITTER_COPIES, seed + 1),
-            false,
-        ),
+        &latent_features(agnostic, s.pre, &copies.train, false),
         NOISE_COPIES,
         NOISE_PER_TAU,
         seed,
     );
     let on_orig = fit_latent(mlp, s, &train, "latent perceptron on g(s)")?;
     let test = latent_features(agnostic, s.pre, &s.test, false);
-    let copies = latent_features(
-        agnostic,
-        s.pre,
-        &jittered(s, &s.test, TEST_COPIES, seed + 2),
-        false,
-    );
-    let origin: Vec<usize> = (0..copies.len()).map(|i| i % s.test.len()).collect();
+    let test_copies = latent_features(agnostic, s.pre, &copies.test, false);
+    let origin: Vec<usize> = (0..test_copies.len()).map(|i| i % s.test.len()).collect();
     let all: Vec<usize> = (0..s.test.len()).collect();
     Ok((
         f64::from(accuracy(&on_orig, &test, &Device::flex())),
-        accuracy_over_copies(&on_orig, &copies, &origin, &s.test.labels, &all),
+        accuracy_over_copies(&on_orig, &test_copies, &origin, &s.test.labels, &all),
     ))
 }
 
