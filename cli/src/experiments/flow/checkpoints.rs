@@ -6,7 +6,10 @@
 //!
 //! Checkpoints live in `<out>/checkpoints`, under a fingerprint of everything that decides the
 //! flows (the data, the split, Glow's configuration, the training options): a folder made by
-//! another run is refused, never mixed in.
+//! another run is refused, never mixed in. Each flow's files are named by its label and a hash of
+//! what it is trained on and from ([`FlowInputs`]): a flow of the same name trained on other
+//! images (Table 2's flows on the ciphertexts of another `--temperature`) or from another start
+//! is trained anew, never read back stale.
 
 use std::path::{Path, PathBuf};
 
@@ -21,6 +24,27 @@ use veil::flow::train::{FlowCheckpoint, FlowTrainOptions};
 /// The checkpoint folder of one run.
 pub struct FlowCheckpoints {
     dir: PathBuf,
+}
+
+/// A digest of what one flow is trained on and from: its images and labels, its training
+/// options, and the weights it starts from (none: a data-dependent initialisation).
+pub struct FlowInputs([u8; 32]);
+
+impl FlowInputs {
+    pub fn of(data: &ImageDataset, options: FlowTrainOptions, init: Option<&Glow>) -> Result<Self> {
+        let mut h = Sha256::new();
+        h.update(format!("{options:?}|{}", data.shape));
+        for p in &data.images {
+            h.update(p.to_le_bytes());
+        }
+        for l in &data.labels {
+            h.update(l.to_le_bytes());
+        }
+        if let Some(g) = init {
+            h.update(g.to_bytes()?);
+        }
+        Ok(Self(h.finalize().into()))
+    }
 }
 
 /// What a flow's checkpoint holds.
@@ -94,9 +118,12 @@ impl FlowCheckpoints {
         Ok(Self { dir })
     }
 
-    fn paths(&self, label: &str) -> (PathBuf, PathBuf, PathBuf) {
+    fn paths(&self, label: &str, inputs: &FlowInputs) -> (PathBuf, PathBuf, PathBuf) {
         let slug = crate::experiments::slug(label);
-        let h = hex::encode(&Sha256::digest(label.as_bytes())[..4]);
+        let mut h = Sha256::new();
+        h.update(label.as_bytes());
+        h.update(inputs.0);
+        let h = hex::encode(&h.finalize()[..4]);
         let stem = format!("{slug}-{h}");
         (
             self.dir.join(format!("{stem}.bpk")),
@@ -107,8 +134,14 @@ impl FlowCheckpoints {
 
     /// What is saved for the flow `label`, loaded onto `device` (an autodiff device, to go on
     /// training).
-    pub fn load(&self, label: &str, glow: &GlowConfig, device: &Device) -> Result<Saved> {
-        let (weights, optim, state) = self.paths(label);
+    pub fn load(
+        &self,
+        label: &str,
+        inputs: &FlowInputs,
+        glow: &GlowConfig,
+        device: &Device,
+    ) -> Result<Saved> {
+        let (weights, optim, state) = self.paths(label, inputs);
         let Ok(text) = std::fs::read_to_string(&state) else {
             return Ok(Saved::None);
         };
@@ -136,8 +169,15 @@ impl FlowCheckpoints {
     }
 
     /// Saves the flow `label` after an epoch (`done`: after its last one).
-    pub fn save(&self, label: &str, glow: &Glow, c: &FlowCheckpoint, done: bool) -> Result<()> {
-        let (weights, optim, state) = self.paths(label);
+    pub fn save(
+        &self,
+        label: &str,
+        inputs: &FlowInputs,
+        glow: &Glow,
+        c: &FlowCheckpoint,
+        done: bool,
+    ) -> Result<()> {
+        let (weights, optim, state) = self.paths(label, inputs);
         let write = |p: &Path, b: &[u8]| {
             veil_server::fsutil::write_atomic(p, b)
                 .with_context(|| format!("writing {}", p.display()))
@@ -152,5 +192,72 @@ impl FlowCheckpoints {
         };
         // The state goes last: it names a complete checkpoint.
         write(&state, &serde_json::to_vec(&st)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use veil::data::{ImageShape, SyntheticConfig, synthetic};
+
+    /// A flow saved under one label is read back only for the same images, options and start:
+    /// Table 2's flows on the ciphertexts of another `--temperature` train anew.
+    #[test]
+    fn a_checkpoint_is_found_only_for_the_same_inputs() {
+        let dir = tempfile::tempdir().unwrap();
+        let shape = ImageShape::new(1, 8, 8);
+        let data = |seed| {
+            synthetic(SyntheticConfig {
+                classes: 2,
+                per_class: 4,
+                shape,
+                noise: 0.05,
+                seed,
+            })
+            .unwrap()
+        };
+        let (a, b) = (data(1), data(2));
+        let glow = GlowConfig::for_shape(shape).with_hidden(4).with_steps(1);
+        let pre = Preprocess {
+            bins: 256,
+            alpha: 0.05,
+        };
+        let options = FlowTrainOptions {
+            epochs: 1,
+            batch_size: 4,
+            learning_rate: 1e-3,
+            warmup_steps: 1,
+            max_grad_norm: 50.0,
+            seed: 1,
+        };
+        let checkpoints = FlowCheckpoints::open(dir.path(), &a, &glow, pre, options).unwrap();
+        let device = Device::flex();
+        let flow = glow.init(&device);
+        let state = FlowCheckpoint {
+            epoch: 1,
+            global_step: 2,
+            bits_per_dim: 5.0,
+            optimizer: Vec::new(),
+        };
+        let on_a = FlowInputs::of(&a, options, None).unwrap();
+        checkpoints
+            .save("flow on ciphertexts (a)", &on_a, &flow, &state, true)
+            .unwrap();
+        let found = |inputs: &FlowInputs| {
+            matches!(
+                checkpoints
+                    .load("flow on ciphertexts (a)", inputs, &glow, &device)
+                    .unwrap(),
+                Saved::Done(_, bpd) if bpd == 5.0
+            )
+        };
+        assert!(found(&FlowInputs::of(&a, options, None).unwrap()));
+        assert!(!found(&FlowInputs::of(&b, options, None).unwrap()));
+        let halved = FlowTrainOptions {
+            learning_rate: 5e-4,
+            ..options
+        };
+        assert!(!found(&FlowInputs::of(&a, halved, None).unwrap()));
+        assert!(!found(&FlowInputs::of(&a, options, Some(&flow)).unwrap()));
     }
 }

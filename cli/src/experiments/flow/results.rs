@@ -127,6 +127,17 @@ pub struct EncryptionFailureRow {
     pub failure: veil::schemes::flow_rotation::EncryptFailure,
 }
 
+/// How each class's flow began.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClassFlowInit {
+    /// A data-dependent initialisation on the class's images (the paper's way).
+    #[default]
+    Fresh,
+    /// The class-agnostic flow's weights, fine-tuned on the class's images.
+    FineTunedFromAgnostic,
+}
+
 /// The flows' configuration and fit.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FlowSummary {
@@ -137,6 +148,9 @@ pub struct FlowSummary {
     /// Quantisation bins of the data.
     pub data_levels: usize,
     pub alpha: f64,
+    /// How the per-class flows began (absent in runs before fine-tuning: `fresh`).
+    #[serde(default)]
+    pub class_flows: ClassFlowInit,
     pub per_class_train_bits_per_dim: Vec<f64>,
     pub per_class_held_out_bits_per_dim: Vec<f64>,
 }
@@ -205,7 +219,7 @@ pub(super) fn report(r: &FlowResults) -> String {
     let ratio =
         |x: Option<f64>| x.map_or("— (baseline failed)".to_owned(), |x| format!("{x:.3}"));
     let mut s = format!(
-        "# Flow rotation on {}\n\nCommand: `{}`\n\n{} training and {} test images of {} (C×H×W), {} classes; Glow with {} levels × {} steps, {} hidden channels, {} epochs; seed {}.\n\n",
+        "# Flow rotation on {}\n\nCommand: `{}`\n\n{} training and {} test images of {} (C×H×W), {} classes; Glow with {} levels × {} steps, {} hidden channels, {} epochs; {}; seed {}.\n\n",
         r.data,
         r.command,
         r.train_images,
@@ -216,6 +230,12 @@ pub(super) fn report(r: &FlowResults) -> String {
         r.flow.steps,
         r.flow.hidden,
         r.flow.epochs,
+        match r.flow.class_flows {
+            ClassFlowInit::Fresh =>
+                "each class's flow trained on its class alone (the paper's way)",
+            ClassFlowInit::FineTunedFromAgnostic =>
+                "each class's flow fine-tuned from the class-agnostic flow at half the learning rate",
+        },
         r.seed,
     );
     for (arch, row) in &r.table1 {
