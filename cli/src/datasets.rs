@@ -421,24 +421,39 @@ impl CommonArgs {
     /// The digits are 8×8 grey; an explicit `--size` or `--channels` resamples them (the digits
     /// upsampled to 28×28, quantised to 8 bits as a folder of PNGs would be).
     pub fn load(&self, defaults: SourceDefaults) -> Result<Loaded> {
-        let shape = self.shape(defaults);
-        let loaded = load_source(
-            &self.data,
-            self.split,
-            SourceDefaults {
-                size: shape.height,
-                channels: shape.channels,
-                ..defaults
-            },
-        )?;
-        let explicit = self.size.is_some() || self.channels.is_some();
-        if matches!(self.data, DataSource::Digits) && explicit && loaded.data.shape != shape {
-            let data = veil::data::resize_dataset(&loaded.data, shape)
-                .with_context(|| format!("resampling the digits to {shape}"))?;
-            return Ok(Loaded { data, bins: 256 });
-        }
-        Ok(loaded)
+        load_sized(&self.data, self.split, self.size, self.channels, defaults)
     }
+}
+
+/// Loads `source` at an optional `--size` and `--channels` (`defaults` for what is left open).
+///
+/// The digits are 8×8 grey; an explicit size or channel count resamples them (the digits
+/// upsampled to 28×28, quantised to 8 bits as a folder of PNGs would be).
+pub fn load_sized(
+    source: &DataSource,
+    split: Split,
+    size: Option<usize>,
+    channels: Option<usize>,
+    defaults: SourceDefaults,
+) -> Result<Loaded> {
+    let side = size.unwrap_or(defaults.size);
+    let shape = ImageShape::new(channels.unwrap_or(defaults.channels), side, side);
+    let loaded = load_source(
+        source,
+        split,
+        SourceDefaults {
+            size: shape.height,
+            channels: shape.channels,
+            ..defaults
+        },
+    )?;
+    let explicit = size.is_some() || channels.is_some();
+    if matches!(source, DataSource::Digits) && explicit && loaded.data.shape != shape {
+        let data = veil::data::resize_dataset(&loaded.data, shape)
+            .with_context(|| format!("resampling the digits to {shape}"))?;
+        return Ok(Loaded { data, bins: 256 });
+    }
+    Ok(loaded)
 }
 
 /// Loads `source`; image folders and the synthetic set take their shape from `defaults`.
